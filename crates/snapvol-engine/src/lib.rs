@@ -1,1 +1,25 @@
+//! snapvol's engine: a live volume (the source VLUN) kept as a plain raw image, and a shared
+//! snapshot store (the target VLUN) where the original of each overwritten chunk is preserved
+//! **once**, however many snapshots need it.
+//!
+//! Layers, bottom up: [`vlun`] (positional I/O), [`format`] (bytes on disk), [`metadata`]
+//! (snapshot table, shared preservation index, allocator), [`cache`] (write-back cache with
+//! dirty designations), [`destage`] (batch planning), [`volume`] (the public API) and
+//! [`store`] (a directory of volumes).
 
+pub mod cache;
+pub mod destage;
+pub mod error;
+pub mod format;
+pub mod metadata;
+pub mod store;
+pub mod units;
+pub mod vlun;
+pub mod volume;
+
+pub use error::{Error, Result};
+pub use store::{
+    parse_snapshot_name, parse_volume_or_snapshot, validate_name, CreateOptions, Store,
+    DEFAULT_CACHE_SIZE,
+};
+pub use volume::{SnapshotInfo, Volume, VolumeInfo, VolumeOptions};

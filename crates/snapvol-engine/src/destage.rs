@@ -1,0 +1,293 @@
+//! Destage planning: pure decisions about what a batch must preserve and write (claims 14–16,
+//! 21–24). No I/O here; `volume` performs what the plan says, in the order that keeps I1/I2.
+
+use crate::cache::{BlockMask, Version, VersionData};
+use crate::format::Record;
+use crate::metadata::SnapshotTable;
+use crate::units::{ChunkIndex, Epoch, SnapshotSeq, TargetSlot, BLOCK};
+
+/// One preserved copy a batch must make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preservation {
+    /// Which image: the source's content with the first `image` versions applied over it
+    /// (0 = the source as it is).
+    pub image: usize,
+    /// Oldest snapshot sequence number the copy serves.
+    pub lo: u64,
+    /// Newest snapshot sequence number the copy serves.
+    pub hi: u64,
+}
+
+/// What destaging one dirty chunk takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPlan {
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// Copies to preserve, oldest image first.
+    pub preserve: Vec<Preservation>,
+    /// Whether the source's current content of the chunk must be read (a preserved image is
+    /// not entirely covered by cached versions).
+    pub needs_source: bool,
+}
+
+/// Plans one chunk: "search the bitmaps" for the snapshots that need an original (claims 14,
+/// 15). Image *i* (the source with versions `0..i` applied) is what snapshots taken after the
+/// epoch of version *i − 1* (after the watermark, for the source image) and no later than the
+/// epoch of version *i* see; it is preserved once, for all of them, if any of them is live.
+pub fn plan_chunk(
+    chunk: ChunkIndex,
+    versions: &[Version],
+    watermark: Epoch,
+    table: &SnapshotTable,
+    nblocks: usize,
+) -> ChunkPlan {
+    let mut plan = ChunkPlan {
+        chunk,
+        preserve: Vec::new(),
+        needs_source: false,
+    };
+    let mut boundary = watermark;
+    let mut union = BlockMask::default();
+    for (i, v) in versions.iter().enumerate() {
+        if v.epoch > boundary {
+            if table.any_alive(boundary, v.epoch) {
+                plan.preserve.push(Preservation {
+                    image: i,
+                    lo: boundary + 1,
+                    hi: v.epoch,
+                });
+                if !union_is_full(&union, nblocks) {
+                    plan.needs_source = true;
+                }
+            }
+            boundary = v.epoch;
+        }
+        union = or(union, v.valid);
+    }
+    plan
+}
+
+fn or(a: BlockMask, b: BlockMask) -> BlockMask {
+    let mut m = a;
+    for i in 0..256 {
+        if b.get(i) {
+            m.set(i);
+        }
+    }
+    m
+}
+
+fn union_is_full(m: &BlockMask, nblocks: usize) -> bool {
+    m.is_full(nblocks)
+}
+
+/// Writes image `image` of a chunk (the source content `source` with the first `image`
+/// versions applied) into `out`.
+pub fn compose(versions: &[Version], image: usize, source: Option<&[u8]>, out: &mut [u8]) {
+    let bs = BLOCK as usize;
+    for b in 0..out.len() / bs {
+        let dst = &mut out[b * bs..(b + 1) * bs];
+        match versions[..image].iter().rev().find(|v| v.valid.get(b)) {
+            Some(v) => match &v.data {
+                VersionData::Zero => dst.fill(0),
+                VersionData::Bytes(d) => dst.copy_from_slice(&d[b * bs..(b + 1) * bs]),
+            },
+            None => match source {
+                Some(s) => dst.copy_from_slice(&s[b * bs..(b + 1) * bs]),
+                None => unreachable!("plan_chunk asks for the source when a block is missing"),
+            },
+        }
+    }
+}
+
+/// How the newest image of a chunk reaches the source.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceWrite<'a> {
+    /// The whole chunk reads as zero: punch it.
+    Zero,
+    /// The whole chunk, straight from one version's buffer.
+    Whole(&'a [u8]),
+    /// Runs of blocks `(first block, count)` composed from several versions.
+    Runs(Vec<(usize, usize)>),
+}
+
+/// Decides how to write the final image of a chunk to the source with the fewest copies.
+pub fn source_write(versions: &[Version], nblocks: usize) -> SourceWrite<'_> {
+    let newest = versions.last().expect("a dirty chunk has a version");
+    if newest.valid.is_full(nblocks) {
+        return match &newest.data {
+            VersionData::Zero => SourceWrite::Zero,
+            VersionData::Bytes(d) => SourceWrite::Whole(d),
+        };
+    }
+    let mut union = BlockMask::default();
+    for v in versions {
+        union = or(union, v.valid);
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for b in 0..nblocks {
+        if union.get(b) {
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == b => *n += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+    }
+    SourceWrite::Runs(runs)
+}
+
+/// Turns placed preservations into log records, merging runs of consecutive chunks in
+/// consecutive slots that serve the same snapshots into one record.
+pub fn records(placed: &[(ChunkIndex, TargetSlot, u64, u64)]) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    for &(chunk, slot, lo, hi) in placed {
+        if let Some(Record::Preserve {
+            chunk: c0,
+            count,
+            slot: s0,
+            lo: l0,
+            hi: h0,
+        }) = out.last_mut()
+        {
+            if c0.0 + u64::from(*count) == chunk.0
+                && s0.0 + u64::from(*count) == slot.0
+                && l0.0 == lo
+                && h0.0 == hi
+                && *count < u32::MAX
+            {
+                *count += 1;
+                continue;
+            }
+        }
+        out.push(Record::Preserve {
+            chunk,
+            count: 1,
+            slot,
+            lo: SnapshotSeq(lo),
+            hi: SnapshotSeq(hi),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::SnapshotMeta;
+    use std::sync::Arc;
+
+    fn table(seqs: &[u64]) -> SnapshotTable {
+        let mut t = SnapshotTable::default();
+        for &s in seqs {
+            t.push(SnapshotMeta {
+                seq: SnapshotSeq(s),
+                name: format!("s{s}"),
+                created: std::time::SystemTime::UNIX_EPOCH,
+            });
+        }
+        t
+    }
+
+    fn version(epoch: Epoch, fill: u8, valid: BlockMask) -> Version {
+        Version {
+            epoch,
+            data: VersionData::Bytes(Arc::new(vec![fill; 16384])),
+            valid,
+            gen: 1,
+            dirty_since: 1,
+            reserved: false,
+        }
+    }
+
+    #[test]
+    fn k_snapshots_between_two_writes_share_one_preservation() {
+        // Snapshots 1..=64 taken back to back, then a write in epoch 64.
+        let t = table(&(1..=64).collect::<Vec<_>>());
+        let v = [version(64, 1, BlockMask::full(4))];
+        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        assert_eq!(
+            p.preserve,
+            vec![Preservation {
+                image: 0,
+                lo: 1,
+                hi: 64
+            }]
+        );
+        assert!(p.needs_source);
+    }
+
+    #[test]
+    fn nothing_is_preserved_for_snapshots_that_already_hold_their_original() {
+        let t = table(&[1, 2]);
+        let v = [version(2, 1, BlockMask::full(4))];
+        assert!(plan_chunk(ChunkIndex(0), &v, 2, &t, 4).preserve.is_empty());
+    }
+
+    #[test]
+    fn a_version_kept_apart_is_preserved_for_the_snapshot_taken_after_it() {
+        // Write in epoch 0, snapshot 1, write in epoch 1: snapshot 1 needs version 0's image,
+        // which covers every block, so the source is not read.
+        let t = table(&[1]);
+        let v = [
+            version(0, 1, BlockMask::full(4)),
+            version(1, 2, BlockMask::full(4)),
+        ];
+        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        assert_eq!(
+            p.preserve,
+            vec![Preservation {
+                image: 1,
+                lo: 1,
+                hi: 1
+            }]
+        );
+        assert!(!p.needs_source);
+        let mut out = vec![0; 16384];
+        compose(&v, 1, None, &mut out);
+        assert!(out.iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn deleted_snapshots_need_no_preservation() {
+        let t = table(&[3]);
+        let v = [
+            version(2, 1, BlockMask::full(4)),
+            version(5, 2, BlockMask::full(4)),
+        ];
+        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        assert_eq!(
+            p.preserve,
+            vec![Preservation {
+                image: 1,
+                lo: 3,
+                hi: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn partial_versions_compose_over_the_source_and_write_only_their_blocks() {
+        let mut m = BlockMask::default();
+        m.set(1);
+        let v = [version(0, 7, m)];
+        let src = vec![9u8; 16384];
+        let mut out = vec![0; 16384];
+        compose(&v, 1, Some(&src), &mut out);
+        assert!(out[..4096].iter().all(|&b| b == 9));
+        assert!(out[4096..8192].iter().all(|&b| b == 7));
+        assert_eq!(source_write(&v, 4), SourceWrite::Runs(vec![(1, 1)]));
+    }
+
+    #[test]
+    fn records_merge_sequential_runs_only() {
+        let placed = [
+            (ChunkIndex(10), TargetSlot(0), 1, 4),
+            (ChunkIndex(11), TargetSlot(1), 1, 4),
+            (ChunkIndex(12), TargetSlot(2), 2, 4),
+            (ChunkIndex(14), TargetSlot(3), 2, 4),
+        ];
+        let r = records(&placed);
+        assert_eq!(r.len(), 3);
+        assert!(matches!(r[0], Record::Preserve { count: 2, .. }));
+    }
+}

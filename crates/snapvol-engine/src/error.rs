@@ -1,0 +1,154 @@
+//! Errors of the engine: a stable kind, the context a user needs, and the cause.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which VLUN (or other file) an I/O error happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The live volume's data.
+    Source,
+    /// The snapshot store.
+    Target,
+    /// Anything else (lock file, configuration).
+    Other,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Source => "source VLUN",
+            Device::Target => "target VLUN",
+            Device::Other => "file",
+        })
+    }
+}
+
+/// Everything that can go wrong in the engine.
+///
+/// The variants are stable kinds that callers (the CLI, the NBD server) map to exit codes and
+/// protocol errors; the payloads carry the context a person needs to act on the error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on a VLUN or a store file failed.
+    #[error("{op} on {device} at offset {offset:#x} failed: {source}")]
+    Io {
+        /// What the engine was doing.
+        op: &'static str,
+        /// Which device.
+        device: Device,
+        /// Byte offset of the failed operation.
+        offset: u64,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// An I/O error on a store file (configuration, lock, directory).
+    #[error("{path}: {source}")]
+    File {
+        /// The file concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Metadata on the target VLUN failed a checksum or a consistency rule.
+    #[error("corrupt metadata at {location}: {detail}")]
+    Corrupt {
+        /// Where: a structure name and a byte offset in the target VLUN.
+        location: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The target VLUN cannot hold the preservation this write needs.
+    #[error("no space left in the snapshot store (target VLUN): {detail}")]
+    NoSpace {
+        /// Capacity figures.
+        detail: String,
+    },
+    /// A request reaches past the end of the volume.
+    #[error("request at offset {offset:#x} length {len:#x} is beyond the end of the volume ({size:#x} bytes)")]
+    OutOfBounds {
+        /// Start of the request.
+        offset: u64,
+        /// Length of the request.
+        len: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// A volume of that name already exists.
+    #[error("volume '{0}' already exists")]
+    VolumeExists(String),
+    /// No volume of that name.
+    #[error("volume '{0}' not found")]
+    VolumeNotFound(String),
+    /// A snapshot of that name already exists.
+    #[error("snapshot '{0}' already exists")]
+    SnapshotExists(String),
+    /// No snapshot of that name.
+    #[error("snapshot '{0}' not found")]
+    SnapshotNotFound(String),
+    /// A volume or snapshot name is not acceptable.
+    #[error("invalid name '{name}': {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A parameter is out of its allowed range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Another process holds the volume open.
+    #[error("volume '{volume}' is in use by {holder}")]
+    Locked {
+        /// The volume.
+        volume: String,
+        /// Who holds the lock, as recorded in the lock file.
+        holder: String,
+    },
+    /// An earlier I/O error left the volume in an unknown state; it refuses writes until it is
+    /// closed and reopened.
+    #[error("volume refuses writes after an earlier I/O error ({0}); close and reopen it")]
+    Failed(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, device: Device, offset: u64, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            device,
+            offset,
+            source,
+        }
+    }
+
+    pub(crate) fn file(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(location: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            location: location.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The errno a block-device protocol should report for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NoSpace { .. } => libc::ENOSPC,
+            Error::OutOfBounds { .. } | Error::InvalidArgument(_) | Error::InvalidName { .. } => {
+                libc::EINVAL
+            }
+            _ => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! In-RAM metadata: the snapshot table, the shared preservation index (every snapshot's
+//! bitmap and pointer log at once), and the target allocator. Pure data structures; no I/O.
+//!
+//! # How per-snapshot bitmaps and logs are represented
+//!
+//! For chunk *c*, the snapshots that still read *c* from the source are exactly the
+//! snapshots taken since *c*'s last preservation: once a chunk is overwritten, every snapshot
+//! taken before the overwrite holds its original. So the preserved copies of *c* cover
+//! disjoint, ascending ranges of snapshot sequence numbers, and one [`Entry`]
+//! `{lo, hi, slot}` stands for "bit *c* is 1 and the log points at `slot`" in the bitmap and
+//! log of every snapshot `lo..=hi` (claims 1–13). Memory therefore grows with preserved
+//! copies, never with copies × the snapshots that share them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+
+use crate::units::{ChunkIndex, Epoch, SnapshotSeq, TargetSlot};
+
+/// One snapshot in the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Sequence number (identity).
+    pub seq: SnapshotSeq,
+    /// Name, unique among live snapshots of the volume.
+    pub name: String,
+    /// When it was taken.
+    pub created: SystemTime,
+}
+
+/// The live snapshots of a volume, oldest first. Immutable once published: writers swap in a
+/// new table (see `Volume`), so readers on the data path never take a lock for it.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotTable {
+    snaps: Vec<SnapshotMeta>,
+}
+
+impl SnapshotTable {
+    /// The snapshots, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &SnapshotMeta> {
+        self.snaps.iter()
+    }
+
+    /// Number of live snapshots.
+    pub fn len(&self) -> usize {
+        self.snaps.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.snaps.is_empty()
+    }
+
+    /// Looks a snapshot up by name.
+    pub fn by_name(&self, name: &str) -> Option<&SnapshotMeta> {
+        self.snaps.iter().find(|s| s.name == name)
+    }
+
+    /// Whether `seq` is live.
+    pub fn is_alive(&self, seq: SnapshotSeq) -> bool {
+        self.snaps.binary_search_by_key(&seq, |s| s.seq).is_ok()
+    }
+
+    /// Number of live snapshots with a sequence number in `lo..=hi`.
+    pub fn count_alive(&self, lo: u64, hi: u64) -> usize {
+        if lo > hi {
+            return 0;
+        }
+        let a = self.snaps.partition_point(|s| s.seq.0 < lo);
+        let b = self.snaps.partition_point(|s| s.seq.0 <= hi);
+        b - a
+    }
+
+    /// Whether any live snapshot was taken after epoch `after` and no later than `upto`, i.e.
+    /// whether an image seen by snapshots `after+1..=upto` must be preserved.
+    pub fn any_alive(&self, after: Epoch, upto: Epoch) -> bool {
+        after < upto && self.count_alive(after + 1, upto) > 0
+    }
+
+    /// Adds a snapshot newer than all others.
+    pub fn push(&mut self, meta: SnapshotMeta) {
+        debug_assert!(self.snaps.last().is_none_or(|s| s.seq < meta.seq));
+        self.snaps.push(meta);
+    }
+
+    /// Removes a snapshot.
+    pub fn remove(&mut self, seq: SnapshotSeq) -> Option<SnapshotMeta> {
+        let i = self.snaps.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        Some(self.snaps.remove(i))
+    }
+}
+
+/// One preserved copy of a chunk, shared by snapshots `lo..=hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Oldest snapshot sequence number that reads this copy.
+    pub lo: u64,
+    /// Newest snapshot sequence number that reads this copy.
+    pub hi: u64,
+    /// Where the copy is.
+    pub slot: TargetSlot,
+}
+
+const INDEX_SHARDS: usize = 64;
+
+type Shard = HashMap<u64, Vec<Entry>>;
+
+/// The shared preservation index: chunk → preserved copies, sorted by `hi`.
+///
+/// Sharded by chunk so that lookups of independent chunks never contend.
+#[derive(Debug)]
+pub struct Index {
+    shards: Vec<RwLock<Shard>>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self {
+            shards: (0..INDEX_SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl Index {
+    fn shard(&self, c: ChunkIndex) -> &RwLock<Shard> {
+        &self.shards[(c.0 as usize) % INDEX_SHARDS]
+    }
+
+    /// Bit *c* of snapshot `s`'s bitmap, with its log pointer: `Some(slot)` when the original is
+    /// in the target VLUN, `None` when the snapshot still reads the chunk from the source
+    /// (claims 11, 12).
+    pub fn lookup(&self, c: ChunkIndex, s: SnapshotSeq) -> Option<TargetSlot> {
+        let shard = self.shard(c).read();
+        let entries = shard.get(&c.0)?;
+        let i = entries.partition_point(|e| e.hi < s.0);
+        entries.get(i).filter(|e| e.lo <= s.0).map(|e| e.slot)
+    }
+
+    /// The newest snapshot sequence number whose original of `c` is preserved (0 if none):
+    /// every live snapshot up to it has bit *c* set; every live snapshot after it has bit *c*
+    /// clear (the "search the bitmaps" step of claims 14, 15 and 25).
+    pub fn watermark(&self, c: ChunkIndex) -> Epoch {
+        self.shard(c)
+            .read()
+            .get(&c.0)
+            .and_then(|v| v.last())
+            .map_or(0, |e| e.hi)
+    }
+
+    /// Records a preserved copy (newer than every other copy of the chunk).
+    pub fn insert(&self, c: ChunkIndex, e: Entry) {
+        let mut shard = self.shard(c).write();
+        let v = shard.entry(c.0).or_default();
+        let at = v.partition_point(|x| x.hi < e.hi);
+        v.insert(at, e);
+    }
+
+    /// Removes every copy that no live snapshot reads any more; returns their slots.
+    pub fn remove_unreferenced(&self, table: &SnapshotTable) -> Vec<TargetSlot> {
+        let mut freed = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.write();
+            shard.retain(|_, v| {
+                v.retain(|e| {
+                    let keep = table.count_alive(e.lo, e.hi) > 0;
+                    if !keep {
+                        freed.push(e.slot);
+                    }
+                    keep
+                });
+                !v.is_empty()
+            });
+        }
+        freed
+    }
+
+    /// Calls `f` for every (chunk, copy).
+    pub fn for_each(&self, mut f: impl FnMut(ChunkIndex, &Entry)) {
+        for shard in &self.shards {
+            for (c, v) in shard.read().iter() {
+                for e in v {
+                    f(ChunkIndex(*c), e);
+                }
+            }
+        }
+    }
+
+    /// All (chunk, copy) pairs sorted by chunk then `hi`; for checkpoints and checks.
+    pub fn sorted(&self) -> Vec<(ChunkIndex, Entry)> {
+        let mut all = Vec::new();
+        self.for_each(|c, e| all.push((c, *e)));
+        all.sort_by_key(|(c, e)| (c.0, e.hi));
+        all
+    }
+
+    /// Number of preserved copies.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// Whether nothing is preserved.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where free target slots are: derived from the metadata at open (I6), updated as slots are
+/// handed out and freed. Hands out the lowest free slots after a moving cursor so that
+/// consecutive batches fill the target sequentially.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    /// Free extents below `high_water`: start → length.
+    free: BTreeMap<u64, u64>,
+    /// Every slot at or above this is free (never used, or freed at the end).
+    high_water: u64,
+    /// Slots in use (data and metadata).
+    used: u64,
+}
+
+impl Allocator {
+    /// Builds the allocator from the set of slots in use.
+    pub fn from_used(mut used: Vec<u64>) -> Self {
+        used.sort_unstable();
+        used.dedup();
+        let mut a = Allocator {
+            used: used.len() as u64,
+            ..Default::default()
+        };
+        let mut next = 0;
+        for s in used {
+            if s > next {
+                a.free.insert(next, s - next);
+            }
+            next = s + 1;
+        }
+        a.high_water = next;
+        a
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// One past the highest slot in use or handed out.
+    pub fn high_water(&self) -> u64 {
+        self.high_water
+    }
+
+    /// Hands out `n` slots as ascending runs `(first, len)`, lowest free first, growing the
+    /// area at its end when the holes do not suffice. The caller checks capacity first.
+    pub fn allocate(&mut self, mut n: u64) -> Vec<(TargetSlot, u64)> {
+        let mut runs = Vec::new();
+        // Prefer one hole that takes the whole request, so a batch lands sequentially.
+        if let Some((&start, &len)) = self.free.iter().find(|(_, &len)| len >= n) {
+            if n > 0 {
+                self.free.remove(&start);
+                if len > n {
+                    self.free.insert(start + n, len - n);
+                }
+                self.used += n;
+                return vec![(TargetSlot(start), n)];
+            }
+        }
+        while n > 0 {
+            let Some((&start, &len)) = self.free.iter().next() else {
+                break;
+            };
+            self.free.remove(&start);
+            let take = len.min(n);
+            if len > take {
+                self.free.insert(start + take, len - take);
+            }
+            runs.push((TargetSlot(start), take));
+            n -= take;
+            self.used += take;
+        }
+        if n > 0 {
+            runs.push((TargetSlot(self.high_water), n));
+            self.high_water += n;
+            self.used += n;
+        }
+        runs
+    }
+
+    /// Returns a slot to the free set.
+    pub fn free(&mut self, slot: TargetSlot) {
+        let s = slot.0;
+        debug_assert!(s < self.high_water);
+        self.used -= 1;
+        let mut start = s;
+        let mut len = 1;
+        if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
+            debug_assert!(ps + pl <= s, "double free of slot {s}");
+            if ps + pl == s {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(nl) = self.free.remove(&(s + 1)) {
+            len += nl;
+        }
+        if start + len == self.high_water {
+            self.high_water = start;
+        } else {
+            self.free.insert(start, len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(seqs: &[u64]) -> SnapshotTable {
+        let mut t = SnapshotTable::default();
+        for &s in seqs {
+            t.push(SnapshotMeta {
+                seq: SnapshotSeq(s),
+                name: format!("s{s}"),
+                created: SystemTime::UNIX_EPOCH,
+            });
+        }
+        t
+    }
+
+    #[test]
+    fn one_entry_answers_for_every_snapshot_in_its_range() {
+        let idx = Index::default();
+        idx.insert(
+            ChunkIndex(3),
+            Entry {
+                lo: 1,
+                hi: 4,
+                slot: TargetSlot(7),
+            },
+        );
+        idx.insert(
+            ChunkIndex(3),
+            Entry {
+                lo: 5,
+                hi: 6,
+                slot: TargetSlot(9),
+            },
+        );
+        for s in 1..=4 {
+            assert_eq!(
+                idx.lookup(ChunkIndex(3), SnapshotSeq(s)),
+                Some(TargetSlot(7))
+            );
+        }
+        assert_eq!(
+            idx.lookup(ChunkIndex(3), SnapshotSeq(6)),
+            Some(TargetSlot(9))
+        );
+        assert_eq!(idx.lookup(ChunkIndex(3), SnapshotSeq(7)), None);
+        assert_eq!(idx.lookup(ChunkIndex(4), SnapshotSeq(1)), None);
+        assert_eq!(idx.watermark(ChunkIndex(3)), 6);
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn copies_are_freed_only_when_no_live_snapshot_reads_them() {
+        let idx = Index::default();
+        idx.insert(
+            ChunkIndex(0),
+            Entry {
+                lo: 1,
+                hi: 3,
+                slot: TargetSlot(0),
+            },
+        );
+        idx.insert(
+            ChunkIndex(0),
+            Entry {
+                lo: 4,
+                hi: 4,
+                slot: TargetSlot(1),
+            },
+        );
+        let freed = idx.remove_unreferenced(&table(&[2, 5]));
+        assert_eq!(freed, vec![TargetSlot(1)]);
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn table_counts_live_snapshots_in_ranges() {
+        let t = table(&[2, 5, 9]);
+        assert_eq!(t.count_alive(1, 9), 3);
+        assert_eq!(t.count_alive(3, 8), 1);
+        assert!(!t.any_alive(5, 8));
+        assert!(t.any_alive(4, 5));
+        assert!(!t.any_alive(5, 5));
+    }
+
+    #[test]
+    fn allocator_reuses_freed_slots_and_prefers_one_sequential_run() {
+        let mut a = Allocator::from_used(vec![0, 1, 5]);
+        assert_eq!(a.used(), 3);
+        assert_eq!(a.high_water(), 6);
+        assert_eq!(a.allocate(3), vec![(TargetSlot(2), 3)]);
+        assert_eq!(a.allocate(2), vec![(TargetSlot(6), 2)]);
+        a.free(TargetSlot(3));
+        a.free(TargetSlot(2));
+        assert_eq!(a.allocate(1), vec![(TargetSlot(2), 1)]);
+        a.free(TargetSlot(7));
+        a.free(TargetSlot(6));
+        assert_eq!(a.high_water(), 6, "freeing the tail shrinks the area");
+        assert_eq!(a.allocate(3), vec![(TargetSlot(3), 1), (TargetSlot(6), 2)]);
+        assert_eq!(a.used(), 8);
+    }
+}

@@ -1,0 +1,329 @@
+//! A store: a directory holding one sub-directory per volume.
+//!
+//! ```text
+//! STORE/
+//!   VOL/
+//!     volume.json   where the source and target VLUNs live (paths relative to VOL/ or absolute)
+//!     source.raw    the source VLUN (default location): byte for byte the live volume
+//!     target.svt    the target VLUN (default location): superblocks, metadata, preserved chunks
+//!     lock          held with flock(2) by the process that has the volume open
+//! ```
+//!
+//! Everything about the volume except where its files are lives in the target VLUN's
+//! superblock, so a volume directory cannot disagree with its own data.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::units::{Geometry, DEFAULT_CHUNK};
+use crate::volume::{Volume, VolumeOptions};
+
+/// Default size of the write-back cache in RAM.
+pub const DEFAULT_CACHE_SIZE: u64 = 128 << 20;
+
+const CONFIG_FILE: &str = "volume.json";
+const LOCK_FILE: &str = "lock";
+const DEFAULT_SOURCE: &str = "source.raw";
+const DEFAULT_TARGET: &str = "target.svt";
+
+/// Where a volume's VLUNs live, as recorded in `volume.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VolumeConfig {
+    source: PathBuf,
+    target: PathBuf,
+}
+
+/// What `create` needs to know.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Put the source VLUN here (a file or a block device) instead of inside the store.
+    pub source: Option<PathBuf>,
+    /// Put the target VLUN here (a file or a block device) instead of inside the store.
+    pub target: Option<PathBuf>,
+    /// Cap on the target VLUN's size; `None` lets a target file grow as needed.
+    pub target_size: Option<u64>,
+}
+
+impl CreateOptions {
+    /// Options for a volume of `size` bytes with every other setting at its default.
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            chunk_size: DEFAULT_CHUNK,
+            source: None,
+            target: None,
+            target_size: None,
+        }
+    }
+}
+
+/// A directory of volumes.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Checks a volume or snapshot name: 1 to 128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("names must not be empty");
+    }
+    if name.len() > 128 {
+        return bad("names are at most 128 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("names may contain only letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Splits `VOL@SNAP` into its parts, validating both names.
+pub fn parse_snapshot_name(spec: &str) -> Result<(&str, &str)> {
+    match spec.split_once('@') {
+        Some((vol, snap)) => {
+            validate_name(vol)?;
+            validate_name(snap)?;
+            Ok((vol, snap))
+        }
+        None => Err(Error::InvalidName {
+            name: spec.to_owned(),
+            reason: "a snapshot is named VOL@SNAP",
+        }),
+    }
+}
+
+/// Splits `VOL` or `VOL@SNAP`, validating the names.
+pub fn parse_volume_or_snapshot(spec: &str) -> Result<(&str, Option<&str>)> {
+    if spec.contains('@') {
+        let (v, s) = parse_snapshot_name(spec)?;
+        Ok((v, Some(s)))
+    } else {
+        validate_name(spec)?;
+        Ok((spec, None))
+    }
+}
+
+impl Store {
+    /// A store rooted at `root`. The directory is created on the first `create`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Whether a volume of this name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.volume_dir(name).join(CONFIG_FILE).is_file()
+    }
+
+    /// Names of all volumes, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::file(&self.root, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::file(&self.root, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if validate_name(name).is_ok() && self.exists(name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a volume and returns it open.
+    pub fn create(&self, name: &str, opts: &CreateOptions, vopts: VolumeOptions) -> Result<Volume> {
+        validate_name(name)?;
+        let geometry = Geometry::new(opts.size, opts.chunk_size)?;
+        let dir = self.volume_dir(name);
+        fs::create_dir_all(&self.root).map_err(|e| Error::file(&self.root, e))?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::VolumeExists(name.to_owned()))
+            }
+            Err(e) => return Err(Error::file(&dir, e)),
+        }
+        let result = (|| {
+            let lock = VolumeLock::acquire(name, &dir)?;
+            let config = VolumeConfig {
+                source: opts
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_SOURCE)),
+                target: opts
+                    .target
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TARGET)),
+            };
+            let source = dir.join(&config.source);
+            let target = dir.join(&config.target);
+            let volume = Volume::create(
+                name,
+                &source,
+                &target,
+                geometry,
+                opts.target_size,
+                vopts,
+                lock,
+            )?;
+            // The configuration file is written last: a volume directory without it is a
+            // creation that did not finish, and `exists` does not count it.
+            write_atomically(
+                &dir.join(CONFIG_FILE),
+                &serde_json::to_vec_pretty(&config).expect("config serializes"),
+            )?;
+            Ok(volume)
+        })();
+        if result.is_err() {
+            // Leave nothing half-made behind in the store (external devices are left alone).
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Opens an existing volume, taking its lock.
+    pub fn open(&self, name: &str, vopts: VolumeOptions) -> Result<Volume> {
+        validate_name(name)?;
+        if !self.exists(name) {
+            return Err(Error::VolumeNotFound(name.to_owned()));
+        }
+        let dir = self.volume_dir(name);
+        let lock = VolumeLock::acquire(name, &dir)?;
+        let config_path = dir.join(CONFIG_FILE);
+        let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
+        let config: VolumeConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
+        Volume::open(
+            name,
+            &dir.join(&config.source),
+            &dir.join(&config.target),
+            vopts,
+            lock,
+        )
+    }
+
+    /// Removes a volume whose files live in the store (not used by the CLI yet; tests use it).
+    pub fn destroy(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let dir = self.volume_dir(name);
+        let _lock = VolumeLock::acquire(name, &dir)?;
+        fs::remove_dir_all(&dir).map_err(|e| Error::file(&dir, e))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::file(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::file(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The exclusive lock on a volume directory, held for as long as the volume is open.
+///
+/// `flock(2)` is released by the kernel when the process dies, so a crash never leaves a
+/// stale lock; the file's content (pid and command) only serves the error message.
+#[derive(Debug)]
+pub struct VolumeLock {
+    file: File,
+}
+
+impl VolumeLock {
+    fn acquire(name: &str, dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::file(&path, e))?;
+        if !crate::vlun::try_lock_exclusive(&file).map_err(|e| Error::file(&path, e))? {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::Locked {
+                volume: name.to_owned(),
+                holder: if holder.is_empty() {
+                    "another process".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        let me = format!(
+            "process {} ({})",
+            std::process::id(),
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+        file.set_len(0).map_err(|e| Error::file(&path, e))?;
+        file.rewind().map_err(|e| Error::file(&path, e))?;
+        file.write_all(me.as_bytes())
+            .map_err(|e| Error::file(&path, e))?;
+        Ok(Self { file })
+    }
+}
+
+impl Drop for VolumeLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        assert!(validate_name("vm-01.disk_a").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("a@b").is_err());
+        assert!(validate_name("..").is_err());
+        assert!(validate_name(&"x".repeat(129)).is_err());
+        assert_eq!(parse_snapshot_name("v@s").unwrap(), ("v", "s"));
+        assert!(parse_snapshot_name("v").is_err());
+        assert!(parse_snapshot_name("v@").is_err());
+        assert_eq!(parse_volume_or_snapshot("v").unwrap(), ("v", None));
+    }
+}

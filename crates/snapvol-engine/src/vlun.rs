@@ -1,0 +1,349 @@
+//! The one narrow door to the disk: positional I/O on a VLUN.
+//!
+//! Every byte the engine reads or writes goes through [`Vlun`]. The file implementation works
+//! on regular files and block devices alike; the in-memory one backs tests and benchmarks;
+//! fault-injecting wrappers (crash images, I/O errors, corruption) implement the same trait.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use parking_lot::RwLock;
+
+/// Positional, synchronous I/O on a virtual LUN.
+///
+/// Contract shared by every implementation:
+/// - `read_at` fills the whole buffer or fails; bytes past the current length read as zero
+///   (a sparse or growing file), never as an error.
+/// - `write_at` writes the whole buffer or fails; writing past the end of a growable VLUN
+///   extends it. A write is *not* durable until a later `sync` returns `Ok`.
+/// - `sync` makes every write that returned before it durable. After a failed `sync` the
+///   caller must assume nothing about which unsynced writes reached the media.
+/// - Implementations are `Send + Sync`; concurrent calls on disjoint ranges are allowed.
+#[allow(clippy::len_without_is_empty)] // a VLUN is never "empty" in a useful sense
+pub trait Vlun: Send + Sync + std::fmt::Debug {
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes all completed writes durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the VLUN can grow past its current length (a regular file can; a block device
+    /// cannot).
+    fn growable(&self) -> bool;
+    /// Sets the length (regular files only).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Tells the VLUN that `[offset, offset + len)` now reads as zero and its space may be
+    /// released. The default writes zeroes.
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+    /// Bytes of free space the VLUN could still grow by, if it is growable and that is known.
+    fn growth_room(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A VLUN backed by a regular file or a block device.
+#[derive(Debug)]
+pub struct FileVlun {
+    file: File,
+    block_device: bool,
+}
+
+impl FileVlun {
+    /// Opens an existing file or block device for reading and writing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(Self { file, block_device })
+    }
+
+    /// Creates (or opens, for a block device) `path` and gives a regular file the length `len`
+    /// (sparse).
+    pub fn create(path: &Path, len: u64) -> io::Result<Self> {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.file_type().is_block_device() {
+                return Self::open(path);
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(len)?;
+        Ok(Self {
+            file,
+            block_device: false,
+        })
+    }
+}
+
+impl Vlun for FileVlun {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        if self.block_device {
+            // A block device's metadata length is 0; its size is where SEEK_END lands.
+            use std::io::Seek;
+            let mut f = &self.file;
+            return f.seek(io::SeekFrom::End(0));
+        }
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn growable(&self) -> bool {
+        !self.block_device
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.block_device {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be resized",
+            ));
+        }
+        self.file.set_len(len)
+    }
+
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.block_device {
+            let fd = self.file.as_raw_fd();
+            let r = fallocate_punch(fd, offset, len);
+            if r.is_ok() {
+                return Ok(());
+            }
+        }
+        // Block devices and file systems without hole punching: write the zeroes.
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn growth_room(&self) -> Option<u64> {
+        if self.block_device {
+            return Some(0);
+        }
+        statvfs_free(self.file.as_raw_fd()).ok()
+    }
+}
+
+#[allow(unsafe_code)]
+fn fallocate_punch(fd: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate only reads its integer arguments; `fd` is a descriptor owned by a
+    // live `File` for the duration of the call.
+    let r = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[allow(unsafe_code)]
+fn statvfs_free(fd: i32) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `st` is a properly sized, writable statvfs buffer and `fd` is an open descriptor.
+    let r = unsafe { libc::fstatvfs(fd, st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatvfs returned 0, so it initialised the whole structure.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Takes a non-blocking exclusive `flock(2)` on `file`; `Ok(false)` if another holder has it.
+#[allow(unsafe_code)]
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes a descriptor owned by the live `file` and integer flags.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// A VLUN in RAM. Every write is immediately "durable"; `sync` does nothing.
+#[derive(Debug, Default)]
+pub struct MemVlun {
+    data: RwLock<Vec<u8>>,
+    fixed: Option<u64>,
+}
+
+impl MemVlun {
+    /// A growable in-memory VLUN of initial length `len`.
+    pub fn new(len: u64) -> Self {
+        Self {
+            data: RwLock::new(vec![0; len as usize]),
+            fixed: None,
+        }
+    }
+
+    /// An in-memory VLUN that cannot grow past `len`, like a block device.
+    pub fn fixed(len: u64) -> Self {
+        Self {
+            data: RwLock::new(vec![0; len as usize]),
+            fixed: Some(len),
+        }
+    }
+
+    /// A copy of the whole content.
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.read().clone()
+    }
+}
+
+impl Vlun for MemVlun {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let data = self.data.read();
+        let start = (offset as usize).min(data.len());
+        let end = (offset as usize + buf.len()).min(data.len());
+        buf[..end - start].copy_from_slice(&data[start..end]);
+        buf[end - start..].fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut data = self.data.write();
+        let end = offset as usize + buf.len();
+        if end > data.len() {
+            if self.fixed.is_some() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            data.resize(end, 0);
+        }
+        data[offset as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.read().len() as u64)
+    }
+
+    fn growable(&self) -> bool {
+        self.fixed.is_none()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.fixed.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "fixed-size VLUN",
+            ));
+        }
+        self.data.write().resize(len as usize, 0);
+        Ok(())
+    }
+}
+
+/// A shared handle is a VLUN too, so tests can keep a VLUN across close and reopen.
+impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn growable(&self) -> bool {
+        (**self).growable()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).punch_zero(offset, len)
+    }
+    fn growth_room(&self) -> Option<u64> {
+        (**self).growth_room()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(v: &dyn Vlun) {
+        v.write_at(b"hello", 10).unwrap();
+        let mut buf = [1u8; 8];
+        v.read_at(&mut buf, 8).unwrap();
+        assert_eq!(&buf, b"\0\0hello\0");
+        let mut past = [1u8; 4];
+        v.read_at(&mut past, 1 << 20).unwrap();
+        assert_eq!(past, [0; 4], "reads past the end see zeroes");
+        v.sync().unwrap();
+    }
+
+    #[test]
+    fn file_and_memory_vluns_honour_the_same_contract() {
+        exercise(&MemVlun::new(16));
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileVlun::create(&dir.path().join("v"), 16).unwrap();
+        exercise(&f);
+        f.punch_zero(10, 5).unwrap();
+        let mut buf = [1u8; 5];
+        f.read_at(&mut buf, 10).unwrap();
+        assert_eq!(buf, [0; 5]);
+    }
+}

@@ -1,0 +1,1354 @@
+//! The volume: the public API that ties the cache, the metadata and the VLUNs together.
+//!
+//! Write ordering of a destage batch (the crash argument for each step is in
+//! `docs/format.md`):
+//!
+//! 1. originals are copied, once each, to freshly allocated target slots (sequentially);
+//! 2. the preservation records that point every affected snapshot at them are appended to the
+//!    metadata log; the target is synced (data and records durable together);
+//! 3. the superblock is pointed at the new log head; the target is synced (the records become
+//!    part of the volume: I1, I2);
+//! 4. the new pointers are published in RAM;
+//! 5. the new data is written to the source;
+//! 6. the dirty designations are cleared.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex};
+
+use crate::cache::{Cache, DirtyChunk, Version};
+use crate::destage::{self, SourceWrite};
+use crate::error::{Device, Error, Result};
+use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
+use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
+use crate::store::{validate_name, VolumeLock, DEFAULT_CACHE_SIZE};
+use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot, BLOCK};
+use crate::vlun::{FileVlun, Vlun};
+
+/// Tunables for an open volume.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Bound on dirty data in the RAM cache, in bytes.
+    pub cache_size: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        Self {
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+/// A snapshot as users see it, with its space accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Name (the part after `@`).
+    pub name: String,
+    /// Sequence number.
+    pub seq: SnapshotSeq,
+    /// When it was taken.
+    pub created: SystemTime,
+    /// Bytes of preserved data only this snapshot reads: freed if it is deleted.
+    pub exclusive_bytes: u64,
+    /// Bytes of preserved data it shares with other snapshots.
+    pub shared_bytes: u64,
+}
+
+/// Figures about a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Volume name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Cap on the target VLUN's size; `None` = grows as needed.
+    pub target_size: Option<u64>,
+    /// Bytes of the data area holding preserved chunks.
+    pub target_used_bytes: u64,
+    /// Bytes of the target VLUN holding metadata (superblocks and the metadata log).
+    pub metadata_bytes: u64,
+    /// Current length of the target VLUN.
+    pub target_file_bytes: u64,
+    /// Live snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Chunk copies made to the target since the volume was opened.
+    pub chunks_preserved: u64,
+    /// Dirty bytes in the cache right now.
+    pub dirty_bytes: u64,
+}
+
+/// Admits writes into epochs. A snapshot advances the epoch and waits until every write that
+/// entered the old epoch has finished landing in the cache, so the boundary between "in the
+/// snapshot" and "after it" is exact, without a lock on the write path.
+#[derive(Debug)]
+struct EpochGate {
+    epoch: AtomicU64,
+    inflight: [AtomicU64; 2],
+}
+
+struct GateGuard<'a> {
+    gate: &'a EpochGate,
+    epoch: Epoch,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.gate.inflight[(self.epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl EpochGate {
+    fn new(epoch: Epoch) -> Self {
+        Self {
+            epoch: AtomicU64::new(epoch),
+            inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    fn enter(&self) -> GateGuard<'_> {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            self.inflight[(e & 1) as usize].fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == e {
+                return GateGuard {
+                    gate: self,
+                    epoch: e,
+                };
+            }
+            self.inflight[(e & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts epoch `current + 1` and waits for the writers of the old one. Callers serialize.
+    fn advance(&self) -> Epoch {
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut spins = 0u32;
+        while self.inflight[(old & 1) as usize].load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        old + 1
+    }
+
+    fn current(&self) -> Epoch {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+/// Metadata that changes only on commit; guarded by one mutex that the data path never takes.
+#[derive(Debug)]
+struct MetaState {
+    sb: Superblock,
+    alloc: Allocator,
+    /// Slots holding blocks of the current metadata chain.
+    chain_slots: Vec<TargetSlot>,
+    /// Byte offset where the next metadata block goes, if the current slot has room.
+    next_block: Option<u64>,
+    /// Records in the current chain, and how many of them a checkpoint would keep.
+    chain_records: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    chunks_preserved: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    geo: Geometry,
+    source: Box<dyn Vlun>,
+    target: Box<dyn Vlun>,
+    data_start: u64,
+    target_cap: Option<u64>,
+    volume_id: [u8; 16],
+    cache: Cache,
+    index: Index,
+    table: ArcSwap<SnapshotTable>,
+    gate: EpochGate,
+    wseq: AtomicU64,
+    meta: Mutex<MetaState>,
+    /// Slots in use, mirrored out of `meta` for the write path's capacity check.
+    slots_used: AtomicU64,
+    /// Target slots promised to cached writes whose originals are not yet preserved.
+    reserved: AtomicU64,
+    /// Serializes destage batches with snapshot deletion.
+    destage_lock: Mutex<()>,
+    /// Serializes snapshot creation and deletion.
+    admin_lock: Mutex<()>,
+    failed: OnceLock<String>,
+    stats: Stats,
+    wake_lock: Mutex<bool>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+/// An open volume. Dropping it flushes and closes it; [`Volume::close`] does the same and
+/// reports errors.
+#[derive(Debug)]
+pub struct Volume {
+    inner: Arc<Inner>,
+    destager: Option<JoinHandle<()>>,
+    _lock: Option<VolumeLock>,
+}
+
+/// Largest batch the destager takes at once.
+const MAX_BATCH: u64 = 32 << 20;
+/// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
+const META_HEADROOM: u64 = 2;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_id() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for (i, part) in id.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms() ^ (i as u64) << 32 ^ u64::from(std::process::id()));
+        part.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    id
+}
+
+impl Volume {
+    /// Creates a volume on files at `source` and `target` (a regular file is created; an
+    /// existing block device is used as it is).
+    pub fn create(
+        name: &str,
+        source: &Path,
+        target: &Path,
+        geo: Geometry,
+        target_cap: Option<u64>,
+        opts: VolumeOptions,
+        lock: VolumeLock,
+    ) -> Result<Self> {
+        let src = FileVlun::create(source, geo.size).map_err(|e| Error::file(source, e))?;
+        let len = src.len().map_err(|e| Error::file(source, e))?;
+        if len < geo.size {
+            return Err(Error::InvalidArgument(format!(
+                "source {} holds {len} bytes, less than the volume size {}",
+                source.display(),
+                geo.size
+            )));
+        }
+        let tgt = FileVlun::create(target, 0).map_err(|e| Error::file(target, e))?;
+        let mut v = Self::create_on(name, Box::new(src), Box::new(tgt), geo, target_cap, opts)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Opens a volume on files at `source` and `target`.
+    pub fn open(
+        name: &str,
+        source: &Path,
+        target: &Path,
+        opts: VolumeOptions,
+        lock: VolumeLock,
+    ) -> Result<Self> {
+        let src = FileVlun::open(source).map_err(|e| Error::file(source, e))?;
+        let tgt = FileVlun::open(target).map_err(|e| Error::file(target, e))?;
+        let mut v = Self::open_on(name, Box::new(src), Box::new(tgt), opts)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Creates a volume on any pair of VLUNs: writes both superblock copies to the target.
+    pub fn create_on(
+        name: &str,
+        source: Box<dyn Vlun>,
+        target: Box<dyn Vlun>,
+        geo: Geometry,
+        target_cap: Option<u64>,
+        opts: VolumeOptions,
+    ) -> Result<Self> {
+        validate_name(name)?;
+        let data_start = format::data_start(geo.chunk_size);
+        let min_target = data_start + (META_HEADROOM + 2) * geo.chunk();
+        let cap = match target_cap {
+            Some(c) => Some(c),
+            None if !target.growable() => Some(
+                target
+                    .len()
+                    .map_err(|e| Error::io("size", Device::Target, 0, e))?,
+            ),
+            None => None,
+        };
+        if let Some(c) = cap {
+            if c < min_target {
+                return Err(Error::InvalidArgument(format!(
+                    "target size {c} is too small: the snapshot store needs at least {min_target} bytes with {} chunks",
+                    geo.chunk_size
+                )));
+            }
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut sb = Superblock {
+            generation: 0,
+            volume_size: geo.size,
+            chunk_size: geo.chunk_size,
+            target_cap: target_cap.unwrap_or(0),
+            data_start,
+            meta_head: 0,
+            meta_head_seq: 0,
+            last_snapshot_seq: 0,
+            volume_id: random_id(),
+            created,
+        };
+        // Both copies valid from the start; generation 1 is the current one.
+        for g in 0..2 {
+            sb.generation = g;
+            target
+                .write_at(&sb.encode(), format::superblock_offset(g))
+                .map_err(|e| Error::io("write superblock", Device::Target, 0, e))?;
+        }
+        target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+        source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        Self::open_on(name, source, target, opts)
+    }
+
+    /// Opens a volume on any pair of VLUNs: reads the superblock and replays the metadata log.
+    pub fn open_on(
+        name: &str,
+        source: Box<dyn Vlun>,
+        target: Box<dyn Vlun>,
+        opts: VolumeOptions,
+    ) -> Result<Self> {
+        let loaded = load(&*target)?;
+        let geo = Geometry::new(loaded.sb.volume_size, loaded.sb.chunk_size)?;
+        let src_len = source
+            .len()
+            .map_err(|e| Error::io("size", Device::Source, 0, e))?;
+        if src_len < geo.size && !source.growable() {
+            return Err(Error::InvalidArgument(format!(
+                "source VLUN holds {src_len} bytes, less than the volume size {}",
+                geo.size
+            )));
+        }
+        let target_cap = match loaded.sb.target_cap {
+            0 if !target.growable() => Some(
+                target
+                    .len()
+                    .map_err(|e| Error::io("size", Device::Target, 0, e))?,
+            ),
+            0 => None,
+            c => Some(c),
+        };
+        let slots_used = loaded.alloc.used();
+        let epoch = loaded.last_seq;
+        let volume_id = loaded.sb.volume_id;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            geo,
+            data_start: loaded.sb.data_start,
+            target_cap,
+            volume_id,
+            cache: Cache::new(geo, opts.cache_size),
+            index: loaded.index,
+            table: ArcSwap::from_pointee(loaded.table),
+            gate: EpochGate::new(epoch),
+            wseq: AtomicU64::new(1),
+            meta: Mutex::new(MetaState {
+                sb: loaded.sb,
+                alloc: loaded.alloc,
+                chain_slots: loaded.chain_slots,
+                next_block: loaded.next_block,
+                chain_records: loaded.chain_records,
+            }),
+            slots_used: AtomicU64::new(slots_used),
+            reserved: AtomicU64::new(0),
+            destage_lock: Mutex::new(()),
+            admin_lock: Mutex::new(()),
+            failed: OnceLock::new(),
+            stats: Stats::default(),
+            wake_lock: Mutex::new(false),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            source,
+            target,
+        });
+        let bg = Arc::clone(&inner);
+        let destager = std::thread::Builder::new()
+            .name(format!("destage-{name}"))
+            .spawn(move || bg.destager_loop())
+            .map_err(|e| Error::file("destager thread", e))?;
+        Ok(Self {
+            inner,
+            destager: Some(destager),
+            _lock: None,
+        })
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Size and chunk size.
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geo
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.geo.size
+    }
+
+    /// Reads the live volume.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read(offset, buf, None)
+    }
+
+    /// Reads snapshot `seq`.
+    pub fn read_snapshot(&self, seq: SnapshotSeq, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read(offset, buf, Some(seq))
+    }
+
+    /// Writes `data` at `offset`; acknowledged once it is in the cache (claims 17, 22).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.write(offset, data.len() as u64, Some(data))
+    }
+
+    /// Makes `[offset, offset + len)` read as zero; originals are preserved first where a
+    /// snapshot needs them.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.write(offset, len, None)
+    }
+
+    /// Discards `[offset, offset + len)`: it reads as zero afterwards, and whole chunks give
+    /// their space back to the source's file system once destaged.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.write(offset, len, None)
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Takes a snapshot. It holds every write acknowledged before this call and none issued
+    /// after it returns, and it is durable when this returns.
+    pub fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
+        self.inner.snapshot_create(name)
+    }
+
+    /// Deletes a snapshot; target space only it used is freed for reuse.
+    pub fn snapshot_delete(&self, name: &str) -> Result<()> {
+        self.inner.snapshot_delete(name)
+    }
+
+    /// One snapshot with its accounting.
+    pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        self.snapshots()
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::SnapshotNotFound(format!("{}@{name}", self.inner.name)))
+    }
+
+    /// Live snapshots, oldest first, with their accounting.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.inner.accounting()
+    }
+
+    /// Figures about the volume.
+    pub fn info(&self) -> VolumeInfo {
+        let i = &self.inner;
+        let meta = i.meta.lock();
+        let metadata_bytes = 2 * BLOCK_SIZE as u64 + meta.chain_slots.len() as u64 * i.geo.chunk();
+        drop(meta);
+        VolumeInfo {
+            name: i.name.clone(),
+            size: i.geo.size,
+            chunk_size: i.geo.chunk_size,
+            target_size: i.target_cap,
+            target_used_bytes: i.index.len() as u64 * i.geo.chunk(),
+            metadata_bytes,
+            target_file_bytes: i.target.len().unwrap_or(0),
+            snapshots: i.accounting(),
+            chunks_preserved: i.stats.chunks_preserved.load(Ordering::Relaxed),
+            dirty_bytes: i.cache.dirty_bytes(),
+        }
+    }
+
+    /// Flushes, stops the destager and releases the volume.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(handle) = self.destager.take() else {
+            return Ok(());
+        };
+        let result = self.inner.flush();
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.poke();
+        let _ = handle.join();
+        result
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(volume = %self.inner.name, error = %e, "flush on close failed");
+        }
+    }
+}
+
+/// What `load` finds in a target VLUN.
+struct Loaded {
+    sb: Superblock,
+    index: Index,
+    table: SnapshotTable,
+    alloc: Allocator,
+    chain_slots: Vec<TargetSlot>,
+    next_block: Option<u64>,
+    chain_records: u64,
+    last_seq: u64,
+}
+
+/// Reads the newest valid superblock copy.
+pub(crate) fn read_superblock(target: &dyn Vlun) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut errors = Vec::new();
+    for g in 0..2u64 {
+        let off = format::superblock_offset(g);
+        let mut b = [0u8; BLOCK_SIZE];
+        target
+            .read_at(&mut b, off)
+            .map_err(|e| Error::io("read superblock", Device::Target, off, e))?;
+        match Superblock::decode(&b, off) {
+            Ok(sb) => {
+                if best.as_ref().is_none_or(|x| sb.generation > x.generation) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match best {
+        Some(sb) => {
+            for e in errors {
+                tracing::warn!(error = %e, "one superblock copy is unusable; using the other");
+            }
+            Ok(sb)
+        }
+        None => Err(errors.remove(0)),
+    }
+}
+
+/// Reads the metadata chain backwards from the superblock's head; returns the blocks oldest
+/// first with their offsets.
+pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64, MetaBlock)>> {
+    let mut chain = Vec::new();
+    let mut off = sb.meta_head;
+    let mut expect_seq = sb.meta_head_seq;
+    let chunk = u64::from(sb.chunk_size);
+    while off != 0 {
+        if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
+            return Err(Error::corrupt(
+                format!("metadata chain before block seq {}", expect_seq + 1),
+                format!("pointer {off:#x} is not a metadata block position"),
+            ));
+        }
+        let mut b = [0u8; BLOCK_SIZE];
+        target
+            .read_at(&mut b, off)
+            .map_err(|e| Error::io("read metadata", Device::Target, off, e))?;
+        let blk = MetaBlock::decode(&b, off, &sb.volume_id)?;
+        if blk.seq != expect_seq {
+            return Err(Error::corrupt(
+                format!("metadata block at {off:#x}"),
+                format!("sequence {} where {expect_seq} was expected", blk.seq),
+            ));
+        }
+        let _ = chunk;
+        off = blk.prev;
+        expect_seq = expect_seq.wrapping_sub(1);
+        chain.push((off, blk));
+        if chain.len() as u64 > (1 << 32) {
+            return Err(Error::corrupt("metadata chain", "loop"));
+        }
+    }
+    // `chain` holds (prev offset, block); rebuild (own offset, block) oldest first.
+    let mut own = sb.meta_head;
+    let mut out = Vec::with_capacity(chain.len());
+    for (prev, blk) in chain {
+        out.push((own, blk));
+        own = prev;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn load(target: &dyn Vlun) -> Result<Loaded> {
+    let sb = read_superblock(target)?;
+    let chain = read_chain(target, &sb)?;
+    let chunk = u64::from(sb.chunk_size);
+    let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
+    let index = Index::default();
+    let mut table = SnapshotTable::default();
+    let mut last_seq = sb.last_snapshot_seq;
+    let mut chain_records = 0;
+    for (off, blk) in &chain {
+        for r in &blk.records {
+            chain_records += 1;
+            match r {
+                Record::SnapshotCreate {
+                    seq,
+                    created_ms,
+                    name,
+                } => {
+                    if table.iter().last().is_some_and(|s| s.seq >= *seq)
+                        || table.by_name(name).is_some()
+                    {
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!("snapshot {name} {seq} out of order or duplicated"),
+                        ));
+                    }
+                    last_seq = last_seq.max(seq.0);
+                    table.push(SnapshotMeta {
+                        seq: *seq,
+                        name: name.clone(),
+                        created: UNIX_EPOCH + Duration::from_millis(*created_ms),
+                    });
+                }
+                Record::SnapshotDelete { seq } => {
+                    table.remove(*seq);
+                }
+                Record::Preserve {
+                    chunk: c,
+                    count,
+                    slot,
+                    lo,
+                    hi,
+                } => {
+                    let end = c.0.checked_add(u64::from(*count));
+                    if end.is_none_or(|e| e > geo.chunks()) {
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!("preserve record for {c} x{count} lies beyond the volume"),
+                        ));
+                    }
+                    if sb.target_cap != 0 {
+                        let cap_slots = (sb.target_cap - sb.data_start) / chunk;
+                        if slot.0 + u64::from(*count) > cap_slots {
+                            return Err(Error::corrupt(
+                                format!("metadata block at {off:#x}"),
+                                format!("{slot} x{count} lies beyond the target size"),
+                            ));
+                        }
+                    }
+                    last_seq = last_seq.max(hi.0);
+                    for i in 0..u64::from(*count) {
+                        index.insert(
+                            ChunkIndex(c.0 + i),
+                            Entry {
+                                lo: lo.0,
+                                hi: hi.0,
+                                slot: TargetSlot(slot.0 + i),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Copies no live snapshot reads (their snapshot was deleted, or never committed before a
+    // crash) are dropped here: the allocator is derived from what the logs still reference.
+    index.remove_unreferenced(&table);
+    let mut used = Vec::new();
+    index.for_each(|_, e| used.push(e.slot.0));
+    let mut chain_slots: Vec<TargetSlot> = chain
+        .iter()
+        .map(|(off, _)| TargetSlot((off - sb.data_start) / chunk))
+        .collect();
+    chain_slots.dedup();
+    used.extend(chain_slots.iter().map(|s| s.0));
+    let n = used.len();
+    let alloc = Allocator::from_used(used);
+    if alloc.used() as usize != n {
+        return Err(Error::corrupt(
+            "metadata log",
+            "two live pointers (or a pointer and a metadata block) share a target slot",
+        ));
+    }
+    let next_block = chain.last().and_then(|(off, _)| {
+        let next = off + BLOCK_SIZE as u64;
+        ((next - sb.data_start) % chunk != 0).then_some(next)
+    });
+    Ok(Loaded {
+        sb,
+        index,
+        table,
+        alloc,
+        chain_slots,
+        next_block,
+        chain_records,
+        last_seq,
+    })
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(why) => Err(Error::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: &Error) {
+        let _ = self.failed.set(e.to_string());
+        tracing::error!(volume = %self.name, error = %e, "volume failed; refusing writes until reopened");
+    }
+
+    fn poke(&self) {
+        let mut w = self.wake_lock.lock();
+        *w = true;
+        self.wake.notify_all();
+    }
+
+    fn source_offset(&self, c: ChunkIndex) -> u64 {
+        self.geo.chunk_offset(c)
+    }
+
+    fn slot_offset(&self, s: TargetSlot) -> u64 {
+        self.data_start + s.0 * self.geo.chunk()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8], snap: Option<SnapshotSeq>) -> Result<()> {
+        self.geo.check_range(offset, buf.len() as u64)?;
+        if let Some(s) = snap {
+            if !self.table.load().is_alive(s) {
+                return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name)));
+            }
+        }
+        for p in self.geo.split(offset, buf.len() as u64) {
+            let out = &mut buf[p.req_off..p.req_off + p.len];
+            match snap {
+                None => self.read_cached(p.chunk, p.within, out, u64::MAX)?,
+                Some(s) => self.read_snapshot_piece(p.chunk, p.within, out, s)?,
+            }
+        }
+        if let Some(s) = snap {
+            // A snapshot deleted while we read may have had its slots reused: say so rather
+            // than return what they hold now.
+            if !self.table.load().is_alive(s) {
+                return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a piece as seen by epochs below `before` from the cache, and the rest from the
+    /// source.
+    fn read_cached(&self, c: ChunkIndex, within: usize, out: &mut [u8], before: u64) -> Result<()> {
+        let holes = self.cache.read(c, within, out, before);
+        let base = self.source_offset(c);
+        for (start, len) in holes.0 {
+            let dst = &mut out[start - within..start - within + len];
+            self.source
+                .read_at(dst, base + start as u64)
+                .map_err(|e| Error::io("read", Device::Source, base + start as u64, e))?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot read of one piece (claims 11, 12): bit 1 → the target at the snapshot's
+    /// pointer; bit 0 → what the volume held before the snapshot: a version kept apart in the
+    /// cache, else the source. If a destage preserves the chunk while we read the source, the
+    /// pointer appears before the source changes, so checking again tells us to retry.
+    fn read_snapshot_piece(
+        &self,
+        c: ChunkIndex,
+        within: usize,
+        out: &mut [u8],
+        s: SnapshotSeq,
+    ) -> Result<()> {
+        loop {
+            if let Some(slot) = self.index.lookup(c, s) {
+                let off = self.slot_offset(slot) + within as u64;
+                return self
+                    .target
+                    .read_at(out, off)
+                    .map_err(|e| Error::io("read", Device::Target, off, e));
+            }
+            self.read_cached(c, within, out, s.0)?;
+            if self.index.lookup(c, s).is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+        self.check_writable()?;
+        self.geo.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // Huge zeroing requests go in pieces so that each fits the cache.
+        let step =
+            (self.cache.limit() / 4).max(self.geo.chunk()) / self.geo.chunk() * self.geo.chunk();
+        if data.is_none() && len > step {
+            let mut pos = offset;
+            while pos < offset + len {
+                let n = (offset + len - pos).min(step - pos % step.max(1) % self.geo.chunk());
+                let n = n.max(1).min(offset + len - pos);
+                self.write(pos, n, None)?;
+                pos += n;
+            }
+            return Ok(());
+        }
+        let chunks = self.geo.split(offset, len).count() as u64;
+        let cost = if data.is_some() {
+            chunks * self.geo.chunk()
+        } else {
+            chunks * 512
+        };
+        self.cache
+            .wait_for_space(cost, || self.poke(), || self.failed.get().is_some());
+        self.check_writable()?;
+
+        let guard = self.gate.enter();
+        let epoch = guard.epoch;
+        let table = self.table.load();
+        // Phase 1: how many target slots could this request need? Reserve them up front so a
+        // write that cannot be preserved fails whole, before anything changes (ENOSPC).
+        let mut need = 0;
+        for p in self.geo.split(offset, len) {
+            if let Some(boundary) = self.cache.new_version_boundary(p.chunk, epoch) {
+                let boundary = boundary.unwrap_or_else(|| self.index.watermark(p.chunk));
+                if table.any_alive(boundary, epoch) {
+                    need += 1;
+                }
+            }
+        }
+        self.reserve(need)?;
+        // Phase 2: land the data in the cache.
+        let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
+        let mut took = 0;
+        let mut result = Ok(());
+        for p in self.geo.split(offset, len) {
+            let base = self.source_offset(p.chunk);
+            let r = self.cache.write(
+                p.chunk,
+                p.within,
+                data.map(|d| &d[p.req_off..p.req_off + p.len]),
+                p.len,
+                epoch,
+                wseq,
+                || self.index.watermark(p.chunk),
+                |boundary| table.any_alive(boundary, epoch),
+                |buf, at| self.source.read_at(buf, base + at as u64),
+            );
+            match r {
+                Ok(true) => took += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(Error::io("read", Device::Source, base, e));
+                    break;
+                }
+            }
+        }
+        drop(guard);
+        if took < need {
+            self.reserved.fetch_sub(need - took, Ordering::SeqCst);
+        } else if took > need {
+            // A concurrent destage moved a boundary between the phases; keep the books right.
+            self.reserved.fetch_add(took - need, Ordering::SeqCst);
+        }
+        if self.cache.dirty_bytes() > self.cache.limit() / 4 {
+            self.poke();
+        }
+        result
+    }
+
+    fn capacity_slots(&self) -> u64 {
+        let chunk = self.geo.chunk();
+        match self.target_cap {
+            Some(cap) => cap.saturating_sub(self.data_start) / chunk,
+            None => {
+                let len = self.target.len().unwrap_or(0);
+                let room = self.target.growth_room().unwrap_or(u64::MAX / 2);
+                len.saturating_add(room).saturating_sub(self.data_start) / chunk
+            }
+        }
+    }
+
+    /// Promises `n` target slots to cached writes, or fails with ENOSPC.
+    fn reserve(&self, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let prev = self.reserved.fetch_add(n, Ordering::SeqCst);
+        let used = self.slots_used.load(Ordering::SeqCst);
+        let meta = self.meta_headroom();
+        let want = used + prev + n + meta;
+        let cap = self.capacity_slots();
+        if want > cap {
+            self.reserved.fetch_sub(n, Ordering::SeqCst);
+            return Err(Error::NoSpace {
+                detail: format!(
+                    "{} of {} chunk slots used or promised, {n} more needed",
+                    used + prev + meta,
+                    cap
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn meta_headroom(&self) -> u64 {
+        // Enough to append records and to rewrite the live metadata as a checkpoint.
+        let live = self.index.len() as u64 * 40 + 64 * 1024;
+        META_HEADROOM + live.div_ceil(self.geo.chunk())
+    }
+
+    fn destager_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut w = self.wake_lock.lock();
+                if !*w {
+                    self.wake.wait_for(&mut w, Duration::from_millis(100));
+                }
+                *w = false;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            if self.failed.get().is_some() || self.cache.dirty_chunks() == 0 {
+                continue;
+            }
+            // Destage in batches while there is dirty data; idle data goes out within ~100 ms.
+            loop {
+                match self.destage_batch(|_| true) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.fail(&e);
+                        break;
+                    }
+                }
+                if self.cache.dirty_bytes() < self.cache.limit() / 8
+                    || self.shutdown.load(Ordering::SeqCst)
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        let upto = self.wseq.load(Ordering::SeqCst);
+        loop {
+            match self.destage_batch(|v| v.dirty_since < upto) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(e);
+                }
+            }
+        }
+        let synced = self
+            .source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))
+            .and_then(|()| {
+                self.target
+                    .sync()
+                    .map_err(|e| Error::io("sync", Device::Target, 0, e))
+            });
+        if let Err(e) = &synced {
+            self.fail(e);
+        }
+        synced
+    }
+
+    /// One destage batch (claims 14–16): preserve originals once each for every snapshot that
+    /// needs them, commit the pointers, then write the new data to the source and clear the
+    /// dirty designations. Returns the number of chunks destaged.
+    fn destage_batch(&self, pick: impl Fn(&Version) -> bool) -> Result<usize> {
+        let _d = self.destage_lock.lock();
+        self.check_writable()?;
+        let batch = self.cache.collect(MAX_BATCH, pick);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let table = self.table.load_full();
+        let nblocks = self.geo.blocks_per_chunk();
+        let chunk = self.geo.chunk_size as usize;
+
+        // Plan (pure): which images each chunk must preserve, for which snapshots.
+        let plans: Vec<_> = batch
+            .iter()
+            .map(|d| {
+                destage::plan_chunk(
+                    d.chunk,
+                    &d.versions,
+                    self.index.watermark(d.chunk),
+                    &table,
+                    nblocks,
+                )
+            })
+            .collect();
+        let copies: u64 = plans.iter().map(|p| p.preserve.len() as u64).sum();
+
+        let mut placed = Vec::with_capacity(copies as usize);
+        if copies > 0 {
+            // Destage the originals to the next free target locations, sequentially.
+            let runs = {
+                let mut meta = self.meta.lock();
+                let runs = meta.alloc.allocate(copies);
+                self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+                runs
+            };
+            let mut slots = runs
+                .iter()
+                .flat_map(|&(s, n)| (0..n).map(move |i| TargetSlot(s.0 + i)));
+            let mut source_buf = vec![0u8; chunk];
+            let mut run_bufs: Vec<Vec<u8>> = runs
+                .iter()
+                .map(|&(_, n)| vec![0u8; n as usize * chunk])
+                .collect();
+            let mut run_pos = (0usize, 0usize);
+            for (d, plan) in batch.iter().zip(&plans) {
+                if plan.preserve.is_empty() {
+                    continue;
+                }
+                let src = if plan.needs_source {
+                    let off = self.source_offset(d.chunk);
+                    self.source
+                        .read_at(&mut source_buf, off)
+                        .map_err(|e| Error::io("read original", Device::Source, off, e))?;
+                    Some(&source_buf[..])
+                } else {
+                    None
+                };
+                for pres in &plan.preserve {
+                    let slot = slots.next().expect("allocated one slot per copy");
+                    let buf = &mut run_bufs[run_pos.0][run_pos.1 * chunk..(run_pos.1 + 1) * chunk];
+                    destage::compose(&d.versions, pres.image, src, buf);
+                    placed.push((d.chunk, slot, pres.lo, pres.hi));
+                    run_pos.1 += 1;
+                    if run_pos.1 as u64 == runs[run_pos.0].1 {
+                        run_pos = (run_pos.0 + 1, 0);
+                    }
+                }
+            }
+            for (&(first, _), buf) in runs.iter().zip(&run_bufs) {
+                let off = self.slot_offset(first);
+                self.target
+                    .write_at(buf, off)
+                    .map_err(|e| Error::io("write preserved chunks", Device::Target, off, e))?;
+            }
+            // Every affected snapshot's log and bitmap now point at the copies: commit.
+            let records = destage::records(&placed);
+            self.commit(records)?;
+            for &(c, slot, lo, hi) in &placed {
+                self.index.insert(c, Entry { lo, hi, slot });
+            }
+            self.stats
+                .chunks_preserved
+                .fetch_add(copies, Ordering::Relaxed);
+        }
+
+        // New data to the source (claims 21, 23).
+        let mut compose_buf = vec![0u8; chunk];
+        for d in &batch {
+            let off = self.source_offset(d.chunk);
+            let io = |e| Error::io("write", Device::Source, off, e);
+            match destage::source_write(&d.versions, nblocks) {
+                SourceWrite::Zero => self.source.punch_zero(off, self.geo.chunk()).map_err(io)?,
+                SourceWrite::Whole(bytes) => self.source.write_at(bytes, off).map_err(io)?,
+                SourceWrite::Runs(runs) => {
+                    let n = d.versions.len();
+                    for (b, count) in runs {
+                        let bs = BLOCK as usize;
+                        let piece = &mut compose_buf[..count * bs];
+                        compose_blocks(&d.versions[..n], b, piece);
+                        let at = off + (b * bs) as u64;
+                        self.source
+                            .write_at(piece, at)
+                            .map_err(|e| Error::io("write", Device::Source, at, e))?;
+                    }
+                }
+            }
+        }
+
+        // Clear the dirty designations.
+        let mut released = 0;
+        for d in &batch {
+            released += self.cache.retire(d);
+        }
+        self.reserved.fetch_sub(released, Ordering::SeqCst);
+        Ok(batch.len())
+    }
+
+    /// Appends records to the metadata log and makes them part of the volume: blocks written,
+    /// target synced, superblock pointed at the new head, target synced.
+    fn commit(&self, records: Vec<Record>) -> Result<()> {
+        let mut meta = self.meta.lock();
+        self.commit_locked(&mut meta, records)
+    }
+
+    fn commit_locked(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        let n = records.len() as u64;
+        self.commit_raw(meta, records)?;
+        meta.chain_records += n;
+        self.maybe_checkpoint(meta)
+    }
+
+    /// Rewrites the metadata log as a fresh chain holding only what is live, once the chain
+    /// has grown well past that, and frees the old chain's slots.
+    fn maybe_checkpoint(&self, meta: &mut MetaState) -> Result<()> {
+        let live = self.index.len() as u64 + self.table.load().len() as u64;
+        if meta.chain_records < 4096 || meta.chain_records < 4 * live {
+            return Ok(());
+        }
+        let mut records: Vec<Record> = self
+            .table
+            .load()
+            .iter()
+            .map(|s| Record::SnapshotCreate {
+                seq: s.seq,
+                created_ms: s
+                    .created
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                name: s.name.clone(),
+            })
+            .collect();
+        let entries = self.index.sorted();
+        let placed: Vec<_> = entries
+            .iter()
+            .map(|(c, e)| (*c, e.slot, e.lo, e.hi))
+            .collect();
+        records.extend(destage::records(&placed));
+        let old_slots = std::mem::take(&mut meta.chain_slots);
+        let old_next = meta.next_block.take();
+        let old_head = meta.sb.meta_head;
+        meta.sb.meta_head = 0;
+        let n = records.len() as u64;
+        let r = self.commit_raw(meta, records);
+        if let Err(e) = r {
+            // The old chain is still what the superblock points at.
+            meta.chain_slots = old_slots;
+            meta.next_block = old_next;
+            meta.sb.meta_head = old_head;
+            return Err(e);
+        }
+        meta.chain_records = n;
+        for s in old_slots {
+            meta.alloc.free(s);
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        tracing::debug!(volume = %self.name, records = n, "metadata log compacted");
+        Ok(())
+    }
+
+    /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
+    /// (the copy its new generation selects) at the new head and syncs again.
+    fn commit_raw(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        let blocks = MetaBlock::pack(&records, meta.sb.meta_head_seq + 1);
+        let mut head = meta.sb.meta_head;
+        let mut head_seq = meta.sb.meta_head_seq;
+        for mut blk in blocks {
+            let off = match meta.next_block {
+                Some(off) => off,
+                None => {
+                    let slot = meta.alloc.allocate(1)[0].0;
+                    meta.chain_slots.push(slot);
+                    self.slot_offset(slot)
+                }
+            };
+            blk.prev = head;
+            self.target
+                .write_at(&blk.encode(&self.volume_id), off)
+                .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
+            head = off;
+            head_seq = blk.seq;
+            let next = off + BLOCK_SIZE as u64;
+            meta.next_block = ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        self.target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+        let mut sb = meta.sb.clone();
+        sb.generation += 1;
+        sb.meta_head = head;
+        sb.meta_head_seq = head_seq;
+        sb.last_snapshot_seq = sb.last_snapshot_seq.max(self.gate.current());
+        let off = format::superblock_offset(sb.generation);
+        self.target
+            .write_at(&sb.encode(), off)
+            .map_err(|e| Error::io("write superblock", Device::Target, off, e))?;
+        self.target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, off, e))?;
+        meta.sb = sb;
+        Ok(())
+    }
+
+    fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_name(name)?;
+        self.check_writable()?;
+        let _a = self.admin_lock.lock();
+        let full = format!("{}@{name}", self.name);
+        let current = self.table.load_full();
+        if current.by_name(name).is_some() {
+            return Err(Error::SnapshotExists(full));
+        }
+        let seq = SnapshotSeq(self.gate.current() + 1);
+        let meta = SnapshotMeta {
+            seq,
+            name: name.to_owned(),
+            created: SystemTime::now(),
+        };
+        // Publish first so writes of the new epoch reserve space for it, then close the epoch.
+        let mut next = (*current).clone();
+        next.push(meta.clone());
+        self.table.store(Arc::new(next));
+        let advanced = self.gate.advance();
+        debug_assert_eq!(advanced, seq.0);
+        // Writes acknowledged before the snapshot must be durable with it: flush them.
+        let r = self.flush().and_then(|()| {
+            self.commit(vec![Record::SnapshotCreate {
+                seq,
+                created_ms: meta
+                    .created
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                name: name.to_owned(),
+            }])
+        });
+        if let Err(e) = r {
+            let mut back = (**self.table.load()).clone();
+            back.remove(seq);
+            self.table.store(Arc::new(back));
+            return Err(e);
+        }
+        tracing::info!(snapshot = %full, seq = seq.0, "snapshot created");
+        Ok(SnapshotInfo {
+            name: meta.name,
+            seq,
+            created: meta.created,
+            exclusive_bytes: 0,
+            shared_bytes: 0,
+        })
+    }
+
+    fn snapshot_delete(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        self.check_writable()?;
+        let _a = self.admin_lock.lock();
+        let full = format!("{}@{name}", self.name);
+        let Some(seq) = self.table.load().by_name(name).map(|s| s.seq) else {
+            return Err(Error::SnapshotNotFound(full));
+        };
+        // No destage batch may be between planning and publishing while copies are freed.
+        let _d = self.destage_lock.lock();
+        let mut meta = self.meta.lock();
+        self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])
+            .inspect_err(|e| self.fail(e))?;
+        let mut next = (**self.table.load()).clone();
+        next.remove(seq);
+        let freed = self.index.remove_unreferenced(&next);
+        self.table.store(Arc::new(next));
+        for s in &freed {
+            meta.alloc.free(*s);
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
+        Ok(())
+    }
+
+    /// Per-snapshot exclusive and shared bytes: a copy read by exactly one live snapshot is
+    /// exclusive to it; a copy read by several is shared by each.
+    fn accounting(&self) -> Vec<SnapshotInfo> {
+        let table = self.table.load_full();
+        let snaps: Vec<_> = table.iter().collect();
+        let n = snaps.len();
+        let mut exclusive = vec![0u64; n];
+        // Difference array over snapshot positions for shared copies.
+        let mut shared_diff = vec![0i64; n + 1];
+        let chunk = self.geo.chunk();
+        let pos = |seq: u64| snaps.partition_point(|s| s.seq.0 < seq);
+        self.index.for_each(|_, e| {
+            let a = pos(e.lo);
+            let b = snaps.partition_point(|s| s.seq.0 <= e.hi);
+            match b.saturating_sub(a) {
+                0 => {}
+                1 => exclusive[a] += chunk,
+                _ => {
+                    shared_diff[a] += chunk as i64;
+                    shared_diff[b] -= chunk as i64;
+                }
+            }
+        });
+        let mut acc = 0i64;
+        snaps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                acc += shared_diff[i];
+                SnapshotInfo {
+                    name: s.name.clone(),
+                    seq: s.seq,
+                    created: s.created,
+                    exclusive_bytes: exclusive[i],
+                    shared_bytes: acc as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Fills `out` with blocks `first..` of a chunk's newest image from cached versions only
+/// (the blocks come from the union of their valid masks).
+fn compose_blocks(versions: &[Version], first: usize, out: &mut [u8]) {
+    let bs = BLOCK as usize;
+    for (i, dst) in out.chunks_mut(bs).enumerate() {
+        let b = first + i;
+        let v = versions
+            .iter()
+            .rev()
+            .find(|v| v.valid.get(b))
+            .expect("runs cover only valid blocks");
+        match &v.data {
+            crate::cache::VersionData::Zero => dst.fill(0),
+            crate::cache::VersionData::Bytes(d) => dst.copy_from_slice(&d[b * bs..(b + 1) * bs]),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Volume>();
+    is::<DirtyChunk>();
+}

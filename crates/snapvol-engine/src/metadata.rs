@@ -12,6 +12,7 @@
 //! copies, never with copies × the snapshots that share them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::RwLock;
@@ -112,12 +113,14 @@ type Shard = HashMap<u64, Vec<Entry>>;
 #[derive(Debug)]
 pub struct Index {
     shards: Vec<RwLock<Shard>>,
+    count: AtomicUsize,
 }
 
 impl Default for Index {
     fn default() -> Self {
         Self {
             shards: (0..INDEX_SHARDS).map(|_| RwLock::default()).collect(),
+            count: AtomicUsize::new(0),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Index {
         let v = shard.entry(c.0).or_default();
         let at = v.partition_point(|x| x.hi < e.hi);
         v.insert(at, e);
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes every copy that no live snapshot reads any more; returns their slots.
@@ -172,6 +176,7 @@ impl Index {
                 !v.is_empty()
             });
         }
+        self.count.fetch_sub(freed.len(), Ordering::Relaxed);
         freed
     }
 
@@ -196,10 +201,7 @@ impl Index {
 
     /// Number of preserved copies.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether nothing is preserved.

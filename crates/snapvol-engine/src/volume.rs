@@ -35,12 +35,16 @@ use crate::vlun::{FileVlun, Vlun};
 pub struct VolumeOptions {
     /// Bound on dirty data in the RAM cache, in bytes.
     pub cache_size: u64,
+    /// The metadata log is compacted once it holds at least this many records and four
+    /// times more than a fresh copy of the live metadata would.
+    pub compact_after_records: u64,
 }
 
 impl Default for VolumeOptions {
     fn default() -> Self {
         Self {
             cache_size: DEFAULT_CACHE_SIZE,
+            compact_after_records: 4096,
         }
     }
 }
@@ -156,8 +160,11 @@ struct MetaState {
     chain_slots: Vec<TargetSlot>,
     /// Byte offset where the next metadata block goes, if the current slot has room.
     next_block: Option<u64>,
-    /// Records in the current chain, and how many of them a checkpoint would keep.
+    /// Records in the current chain.
     chain_records: u64,
+    /// The snapshots whose creation is durable: what a checkpoint writes. (The table the data
+    /// path sees also holds a snapshot being created, so that writes reserve space for it.)
+    committed: SnapshotTable,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +182,7 @@ struct Inner {
     target_cap: Option<u64>,
     volume_id: [u8; 16],
     cache: Cache,
+    compact_after_records: u64,
     index: Index,
     table: ArcSwap<SnapshotTable>,
     gate: EpochGate,
@@ -184,6 +192,8 @@ struct Inner {
     slots_used: AtomicU64,
     /// Target slots promised to cached writes whose originals are not yet preserved.
     reserved: AtomicU64,
+    /// Slot count below which a reservation needs no look at the file system's free space.
+    capacity_hint: AtomicU64,
     /// Serializes destage batches with snapshot deletion.
     destage_lock: Mutex<()>,
     /// Serializes snapshot creation and deletion.
@@ -365,8 +375,9 @@ impl Volume {
             target_cap,
             volume_id,
             cache: Cache::new(geo, opts.cache_size),
+            compact_after_records: opts.compact_after_records,
             index: loaded.index,
-            table: ArcSwap::from_pointee(loaded.table),
+            table: ArcSwap::from_pointee(loaded.table.clone()),
             gate: EpochGate::new(epoch),
             wseq: AtomicU64::new(1),
             meta: Mutex::new(MetaState {
@@ -375,9 +386,11 @@ impl Volume {
                 chain_slots: loaded.chain_slots,
                 next_block: loaded.next_block,
                 chain_records: loaded.chain_records,
+                committed: loaded.table.clone(),
             }),
             slots_used: AtomicU64::new(slots_used),
             reserved: AtomicU64::new(0),
+            capacity_hint: AtomicU64::new(0),
             destage_lock: Mutex::new(()),
             admin_lock: Mutex::new(()),
             failed: OnceLock::new(),
@@ -564,7 +577,6 @@ pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64,
     let mut chain = Vec::new();
     let mut off = sb.meta_head;
     let mut expect_seq = sb.meta_head_seq;
-    let chunk = u64::from(sb.chunk_size);
     while off != 0 {
         if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
             return Err(Error::corrupt(
@@ -583,13 +595,10 @@ pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64,
                 format!("sequence {} where {expect_seq} was expected", blk.seq),
             ));
         }
-        let _ = chunk;
         off = blk.prev;
         expect_seq = expect_seq.wrapping_sub(1);
+        // Sequence numbers strictly decrease along the chain, so it cannot loop.
         chain.push((off, blk));
-        if chain.len() as u64 > (1 << 32) {
-            return Err(Error::corrupt("metadata chain", "loop"));
-        }
     }
     // `chain` holds (prev offset, block); rebuild (own offset, block) oldest first.
     let mut own = sb.meta_head;
@@ -652,9 +661,17 @@ fn load(target: &dyn Vlun) -> Result<Loaded> {
                             format!("preserve record for {c} x{count} lies beyond the volume"),
                         ));
                     }
-                    if sb.target_cap != 0 {
-                        let cap_slots = (sb.target_cap - sb.data_start) / chunk;
-                        if slot.0 + u64::from(*count) > cap_slots {
+                    let max_slots = match sb.target_cap {
+                        0 => (u64::MAX - sb.data_start) / chunk,
+                        cap => cap.saturating_sub(sb.data_start) / chunk,
+                    };
+                    {
+                        let cap_slots = max_slots;
+                        if slot
+                            .0
+                            .checked_add(u64::from(*count))
+                            .is_none_or(|e| e > cap_slots)
+                        {
                             return Err(Error::corrupt(
                                 format!("metadata block at {off:#x}"),
                                 format!("{slot} x{count} lies beyond the target size"),
@@ -808,16 +825,14 @@ impl Inner {
         if len == 0 {
             return Ok(());
         }
-        // Huge zeroing requests go in pieces so that each fits the cache.
-        let step =
-            (self.cache.limit() / 4).max(self.geo.chunk()) / self.geo.chunk() * self.geo.chunk();
+        // Huge zeroing requests go in chunk-aligned pieces that each fit the cache.
+        let step = (self.cache.limit() / 4 / self.geo.chunk()).max(1) * self.geo.chunk();
         if data.is_none() && len > step {
             let mut pos = offset;
             while pos < offset + len {
-                let n = (offset + len - pos).min(step - pos % step.max(1) % self.geo.chunk());
-                let n = n.max(1).min(offset + len - pos);
-                self.write(pos, n, None)?;
-                pos += n;
+                let piece_end = ((pos / step + 1) * step).min(offset + len);
+                self.write(pos, piece_end - pos, None)?;
+                pos = piece_end;
             }
             return Ok(());
         }
@@ -904,16 +919,24 @@ impl Inner {
         }
         let prev = self.reserved.fetch_add(n, Ordering::SeqCst);
         let used = self.slots_used.load(Ordering::SeqCst);
-        let meta = self.meta_headroom();
-        let want = used + prev + n + meta;
+        let want = used + prev + n + self.meta_headroom();
+        if want <= self.capacity_hint.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let cap = self.capacity_slots();
+        // A fixed capacity is exact; free space on a file system is looked at again once half
+        // of what was free has been promised.
+        let hint = match self.target_cap {
+            Some(_) => cap,
+            None => want + cap.saturating_sub(want) / 2,
+        };
+        self.capacity_hint.store(hint, Ordering::Relaxed);
         if want > cap {
             self.reserved.fetch_sub(n, Ordering::SeqCst);
             return Err(Error::NoSpace {
                 detail: format!(
-                    "{} of {} chunk slots used or promised, {n} more needed",
-                    used + prev + meta,
-                    cap
+                    "{} of {cap} chunk slots used or promised, {n} more needed",
+                    want - n
                 ),
             });
         }
@@ -1067,10 +1090,13 @@ impl Inner {
             }
             // Every affected snapshot's log and bitmap now point at the copies: commit.
             let records = destage::records(&placed);
-            self.commit(records)?;
+            let mut meta = self.meta.lock();
+            self.commit_locked(&mut meta, records)?;
             for &(c, slot, lo, hi) in &placed {
                 self.index.insert(c, Entry { lo, hi, slot });
             }
+            self.maybe_checkpoint(&mut meta)?;
+            drop(meta);
             self.stats
                 .chunks_preserved
                 .fetch_add(copies, Ordering::Relaxed);
@@ -1108,30 +1134,24 @@ impl Inner {
         Ok(batch.len())
     }
 
-    /// Appends records to the metadata log and makes them part of the volume: blocks written,
-    /// target synced, superblock pointed at the new head, target synced.
-    fn commit(&self, records: Vec<Record>) -> Result<()> {
-        let mut meta = self.meta.lock();
-        self.commit_locked(&mut meta, records)
-    }
-
+    /// Appends records to the metadata log and makes them part of the volume (see
+    /// [`Inner::commit_raw`]); the caller checkpoints once its RAM state includes them.
     fn commit_locked(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
         let n = records.len() as u64;
         self.commit_raw(meta, records)?;
         meta.chain_records += n;
-        self.maybe_checkpoint(meta)
+        Ok(())
     }
 
     /// Rewrites the metadata log as a fresh chain holding only what is live, once the chain
     /// has grown well past that, and frees the old chain's slots.
     fn maybe_checkpoint(&self, meta: &mut MetaState) -> Result<()> {
-        let live = self.index.len() as u64 + self.table.load().len() as u64;
-        if meta.chain_records < 4096 || meta.chain_records < 4 * live {
+        let live = self.index.len() as u64 + meta.committed.len() as u64;
+        if meta.chain_records < self.compact_after_records || meta.chain_records < 4 * live {
             return Ok(());
         }
-        let mut records: Vec<Record> = self
-            .table
-            .load()
+        let mut records: Vec<Record> = meta
+            .committed
             .iter()
             .map(|s| Record::SnapshotCreate {
                 seq: s.seq,
@@ -1237,14 +1257,20 @@ impl Inner {
         debug_assert_eq!(advanced, seq.0);
         // Writes acknowledged before the snapshot must be durable with it: flush them.
         let r = self.flush().and_then(|()| {
-            self.commit(vec![Record::SnapshotCreate {
-                seq,
-                created_ms: meta
-                    .created
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                name: name.to_owned(),
-            }])
+            let mut m = self.meta.lock();
+            self.commit_locked(
+                &mut m,
+                vec![Record::SnapshotCreate {
+                    seq,
+                    created_ms: meta
+                        .created
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    name: name.to_owned(),
+                }],
+            )?;
+            m.committed.push(meta.clone());
+            self.maybe_checkpoint(&mut m)
         });
         if let Err(e) = r {
             let mut back = (**self.table.load()).clone();
@@ -1279,10 +1305,13 @@ impl Inner {
         next.remove(seq);
         let freed = self.index.remove_unreferenced(&next);
         self.table.store(Arc::new(next));
+        meta.committed.remove(seq);
         for s in &freed {
             meta.alloc.free(*s);
         }
         self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        self.maybe_checkpoint(&mut meta)
+            .inspect_err(|e| self.fail(e))?;
         tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
         Ok(())
     }

@@ -72,7 +72,10 @@ impl Harness {
             Box::new(target.clone()),
             Geometry::new(size, chunk).unwrap(),
             None,
-            VolumeOptions { cache_size: cache },
+            VolumeOptions {
+                cache_size: cache,
+                compact_after_records: 4,
+            },
         )
         .unwrap();
         Self {
@@ -123,6 +126,7 @@ impl Harness {
                         Box::new(self.target.clone()),
                         VolumeOptions {
                             cache_size: self.cache,
+                            compact_after_records: 4,
                         },
                     )
                     .unwrap(),

@@ -1,1 +1,113 @@
-fn main() {}
+//! In-process benchmarks of the engine on real files.
+//!
+//! - `overwrite/N`: sequential 1 MiB overwrite of a pre-filled volume, ending with a flush,
+//!   right after N snapshots were taken back to back (each measured pass gets fresh
+//!   snapshots, so every pass preserves every chunk once). Cost must not grow with N.
+//! - `snapshot_create/SIZE`: latency of taking a snapshot of an idle volume of 1 GiB and of a
+//!   sparse 1 TiB volume. It must not depend on the size.
+//!
+//! Run: `cargo bench -p snapvol-engine --bench engine` (figures in docs/benchmarks.md).
+//! `SNAPVOL_BENCH_MIB` sets the overwrite volume size (default 256).
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use snapvol_engine::{CreateOptions, Store, Volume, VolumeOptions};
+
+const MIB: u64 = 1 << 20;
+
+fn volume_mib() -> u64 {
+    std::env::var("SNAPVOL_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
+}
+
+fn fill(vol: &Volume, seed: u8) {
+    let mut buf = vec![0u8; MIB as usize];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    for off in (0..vol.size()).step_by(MIB as usize) {
+        buf[0] = off as u8;
+        vol.write(off, &buf).expect("write");
+    }
+    vol.flush().expect("flush");
+}
+
+fn overwrite(c: &mut Criterion) {
+    let size = volume_mib() * MIB;
+    let mut group = c.benchmark_group("overwrite");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Bytes(size));
+    for n in [0usize, 1, 8, 64] {
+        let dir =
+            tempfile::tempdir_in(std::env::var("SNAPVOL_BENCH_DIR").unwrap_or("/var/tmp".into()))
+                .expect("tempdir");
+        let store = Store::new(dir.path());
+        let vol = store
+            .create("bench", &CreateOptions::new(size), VolumeOptions::default())
+            .expect("create");
+        fill(&vol, 1);
+        let mut round = 0u32;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // Untimed: replace the previous pass's snapshots with N fresh ones.
+                    for s in vol.snapshots() {
+                        vol.snapshot_delete(&s.name).expect("delete");
+                    }
+                    for i in 0..n {
+                        vol.snapshot_create(&format!("r{round}-{i}"))
+                            .expect("snapshot");
+                    }
+                    round += 1;
+                    let start = Instant::now();
+                    fill(&vol, round as u8);
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+        vol.close().expect("close");
+    }
+    group.finish();
+}
+
+fn snapshot_create(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_create");
+    group.sample_size(50);
+    for (label, size) in [("1GiB", 1u64 << 30), ("1TiB", 1u64 << 40)] {
+        let dir =
+            tempfile::tempdir_in(std::env::var("SNAPVOL_BENCH_DIR").unwrap_or("/var/tmp".into()))
+                .expect("tempdir");
+        let store = Store::new(dir.path());
+        let vol = store
+            .create("bench", &CreateOptions::new(size), VolumeOptions::default())
+            .expect("create");
+        // Some data, so the volume is not trivially empty.
+        fill_prefix(&vol, 64 * MIB);
+        let mut i = 0u64;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                i += 1;
+                vol.snapshot_create(&format!("s{i}")).expect("snapshot");
+            });
+        });
+        vol.close().expect("close");
+    }
+    group.finish();
+}
+
+fn fill_prefix(vol: &Volume, bytes: u64) {
+    let buf = vec![0x5au8; MIB as usize];
+    for off in (0..bytes).step_by(MIB as usize) {
+        vol.write(off, &buf).expect("write");
+    }
+    vol.flush().expect("flush");
+}
+
+criterion_group!(benches, overwrite, snapshot_create);
+criterion_main!(benches);

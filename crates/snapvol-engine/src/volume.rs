@@ -83,8 +83,11 @@ pub struct VolumeInfo {
     pub target_file_bytes: u64,
     /// Live snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
-    /// Chunk copies made to the target since the volume was opened.
-    pub chunks_preserved: u64,
+    /// Preserved chunk copies the target holds now (`target_used_bytes / chunk_size`).
+    pub preserved_chunks: u64,
+    /// Chunk copies made to the target since this volume was opened (each copy counts once,
+    /// however many snapshots share it).
+    pub copies_since_open: u64,
     /// Dirty bytes in the cache right now.
     pub dirty_bytes: u64,
 }
@@ -169,7 +172,7 @@ struct MetaState {
 
 #[derive(Debug, Default)]
 struct Stats {
-    chunks_preserved: AtomicU64,
+    copies_made: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -499,7 +502,8 @@ impl Volume {
             metadata_bytes,
             target_file_bytes: i.target.len().unwrap_or(0),
             snapshots: i.accounting(),
-            chunks_preserved: i.stats.chunks_preserved.load(Ordering::Relaxed),
+            preserved_chunks: i.index.len() as u64,
+            copies_since_open: i.stats.copies_made.load(Ordering::Relaxed),
             dirty_bytes: i.cache.dirty_bytes(),
         }
     }
@@ -1097,9 +1101,7 @@ impl Inner {
             }
             self.maybe_checkpoint(&mut meta)?;
             drop(meta);
-            self.stats
-                .chunks_preserved
-                .fetch_add(copies, Ordering::Relaxed);
+            self.stats.copies_made.fetch_add(copies, Ordering::Relaxed);
         }
 
         // New data to the source (claims 21, 23).

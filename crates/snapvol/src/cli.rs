@@ -1,0 +1,278 @@
+//! The command line: every command, argument and help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::size::{parse_size, SizeError};
+
+const ABOUT: &str =
+    "Snapshot engine for block volumes: instant snapshots that share one preserved copy.";
+
+const LONG_ABOUT: &str = "\
+Snapshot engine for block volumes: instant snapshots that share one preserved copy.
+
+A volume's live data (the source VLUN) is a plain raw image, usable without snapvol. When a \
+chunk is first overwritten after one or more snapshots were taken, its original data is copied \
+once into the snapshot store (the target VLUN) and every snapshot that needs it points at that \
+same copy, so writes cost the same however many snapshots exist. Volumes live in a store \
+directory (--store, $SNAPVOL_STORE, or ./snapvol-store); a volume is named VOL and a snapshot \
+VOL@SNAP.";
+
+const EXAMPLES: &str = "\
+Examples:
+  snapvol create vm1 --size 10G                 a 10 GiB volume with 64 KiB chunks
+  snapvol import vm1 disk.img                   copy a raw image into the live volume
+  snapvol snapshot create vm1@monday            take a snapshot (instant)
+  snapvol snapshot list vm1                     snapshots with the space each one holds
+  snapvol export vm1@monday monday.img          read the snapshot back as a full image
+  snapvol info vm1 --json                       machine-readable details
+  snapvol --store /srv/volumes list             use another store (or set SNAPVOL_STORE)
+
+Sizes take K, M, G, T suffixes (powers of 1024): 512, 64K, 10G, 1TiB.
+Exit codes: 0 success, 1 failure, 2 usage error. Set RUST_LOG=debug for engine logs.";
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  snapvol create vm1 --size 10G
+  snapvol create db --size 100G --chunk-size 256K --target-size 20G
+  snapvol create vm2 --size 20G --source /dev/vg0/vm2 --target /srv/snap/vm2.svt
+
+The size must be a multiple of the chunk size. Without --target-size the snapshot store grows \
+as needed; with it, a write that needs more room fails with ENOSPC and changes nothing.";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  snapvol import vm1 debian.raw
+  qemu-img convert -O raw disk.qcow2 disk.raw && snapvol import vm1 disk.raw
+
+FILE is written from offset 0 of the live volume and may be smaller than the volume (the rest is \
+left as it was) but not larger: that is refused before anything is written. Snapshots keep \
+what they held: the overwritten data is preserved once for all of them.";
+
+const EXPORT_EXAMPLES: &str = "\
+Examples:
+  snapvol export vm1 live.img                   the live volume
+  snapvol export vm1@monday monday.img          a snapshot
+  snapvol export vm1@monday - | gzip > monday.img.gz
+
+The output is always exactly the volume's size. A regular output file is written sparse: \
+all-zero regions are left as holes.";
+
+const SNAPSHOT_EXAMPLES: &str = "\
+Examples:
+  snapvol snapshot create vm1@monday
+  snapvol snapshot list vm1
+  snapvol snapshot list vm1 --json
+  snapvol snapshot delete vm1@monday
+
+A snapshot is instant and holds every write acknowledged before it was taken. Deleting one frees \
+the preserved data only it was using (its EXCLUSIVE bytes); data shared with other snapshots \
+stays.";
+
+/// Parses a size argument for clap.
+fn size_arg(s: &str) -> Result<u64, SizeError> {
+    parse_size(s)
+}
+
+/// snapvol's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "snapvol",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Directory holding the volumes.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPVOL_STORE",
+        value_name = "DIR",
+        default_value = "./snapvol-store"
+    )]
+    pub store: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a volume.
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(CreateArgs),
+    /// List the volumes in the store.
+    List(ListArgs),
+    /// Show a volume's geometry, space use and snapshots.
+    Info(InfoArgs),
+    /// Create, list and delete snapshots.
+    #[command(subcommand, after_help = SNAPSHOT_EXAMPLES)]
+    Snapshot(SnapshotCommand),
+    /// Write a raw image into the live volume, from offset 0.
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Import(ImportArgs),
+    /// Read the live volume or a snapshot out as a full raw image.
+    #[command(after_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+}
+
+/// `snapvol create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the new volume: letters, digits, '.', '_' and '-'.
+    #[arg(value_name = "VOL")]
+    pub volume: String,
+
+    /// Volume size, a multiple of the chunk size (e.g. 10G).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub size: u64,
+
+    /// Copy-on-write unit: a power of two from 4K to 1M.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "64K")]
+    pub chunk_size: u64,
+
+    /// Keep the live data (source VLUN) in this file or block device instead of the store.
+    #[arg(long, value_name = "PATH")]
+    pub source: Option<PathBuf>,
+
+    /// Keep the snapshot store (target VLUN) in this file or block device instead of the store.
+    #[arg(long, value_name = "PATH")]
+    pub target: Option<PathBuf>,
+
+    /// Cap the snapshot store at this size (default: a target file grows as needed).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub target_size: Option<u64>,
+}
+
+/// `snapvol list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON: an array of {name, size, chunk_size, snapshots, in_use, holder, error}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `snapvol info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The volume.
+    #[arg(value_name = "VOL")]
+    pub volume: String,
+
+    /// Print JSON (sizes in bytes, times in RFC 3339 UTC).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `snapvol snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of the live volume (instant).
+    Create {
+        /// VOL@SNAP: the volume and the new snapshot's name.
+        #[arg(value_name = "VOL@SNAP")]
+        snapshot: String,
+    },
+    /// List a volume's snapshots, oldest first.
+    List {
+        /// The volume.
+        #[arg(value_name = "VOL")]
+        volume: String,
+        /// Print JSON: an array of {name, created, exclusive_bytes, shared_bytes}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot, freeing the preserved data only it used.
+    Delete {
+        /// VOL@SNAP: the snapshot to delete.
+        #[arg(value_name = "VOL@SNAP")]
+        snapshot: String,
+    },
+}
+
+/// `snapvol import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The volume to write into.
+    #[arg(value_name = "VOL")]
+    pub volume: String,
+
+    /// Raw image (file or block device), at most the volume's size.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Size of the engine's write-back cache in RAM.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, help_heading = "Advanced")]
+    pub cache_size: Option<u64>,
+}
+
+/// `snapvol export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// VOL for the live volume or VOL@SNAP for a snapshot.
+    #[arg(value_name = "VOL[@SNAP]")]
+    pub source: String,
+
+    /// Output file or block device; '-' writes to standard output.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_are_parsed_into_bytes() {
+        let cli = Cli::try_parse_from([
+            "snapvol",
+            "create",
+            "v",
+            "--size",
+            "4M",
+            "--chunk-size",
+            "4KiB",
+            "--target-size",
+            "1g",
+        ])
+        .expect("valid command line");
+        match cli.command {
+            Command::Create(a) => {
+                assert_eq!(a.size, 4 << 20);
+                assert_eq!(a.chunk_size, 4 << 10);
+                assert_eq!(a.target_size, Some(1 << 30));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_chunk_size_defaults_to_64k() {
+        let cli = Cli::try_parse_from(["snapvol", "create", "v", "--size", "1G"])
+            .expect("valid command line");
+        match cli.command {
+            Command::Create(a) => assert_eq!(a.chunk_size, 64 << 10),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_junk_size_is_a_usage_error() {
+        let err = Cli::try_parse_from(["snapvol", "create", "v", "--size", "ten"])
+            .expect_err("junk size");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+}

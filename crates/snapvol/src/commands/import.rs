@@ -1,0 +1,66 @@
+//! `snapvol import VOL FILE`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use anyhow::{bail, Context, Result};
+use snapvol_engine::Store;
+
+use super::{open_volume, parse_volume, volume_options, with_volume};
+use crate::cli::ImportArgs;
+use crate::output::progress;
+use crate::size::format_size;
+use crate::transfer::{is_all_zero, pieces, PIECE};
+
+pub fn run(store: &Store, args: ImportArgs) -> Result<()> {
+    let name = parse_volume(&args.volume)?;
+    let path = args.file.display().to_string();
+    let mut file = File::open(&args.file).with_context(|| format!("cannot open {path}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {path}"))?;
+    if meta.is_dir() {
+        bail!("{path} is a directory, not a raw image");
+    }
+    // Seeking to the end measures regular files and block devices alike.
+    let len = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("cannot measure {path} (import reads a file or block device)"))?;
+    file.rewind()
+        .with_context(|| format!("cannot rewind {path}"))?;
+
+    let vol = open_volume(store, name, volume_options(args.cache_size))?;
+    with_volume(vol, |vol| {
+        let size = vol.size();
+        if len > size {
+            bail!(
+                "{path} is {} ({len} bytes), larger than volume '{name}' ({}, {size} bytes); nothing was written",
+                format_size(len),
+                format_size(size)
+            );
+        }
+        let bar = progress(len, &format!("import {name}"));
+        let mut buf = vec![0u8; PIECE];
+        for (offset, n) in pieces(len, PIECE) {
+            let piece = &mut buf[..n];
+            file.read_exact(piece).with_context(|| {
+                format!("reading {path} at offset {offset} (did it shrink during the import?)")
+            })?;
+            if is_all_zero(piece) {
+                vol.write_zeroes(offset, n as u64)?;
+            } else {
+                vol.write(offset, piece)?;
+            }
+            bar.inc(n as u64);
+        }
+        vol.flush()?;
+        bar.finish_and_clear();
+        Ok(())
+    })?;
+    writeln!(
+        std::io::stdout().lock(),
+        "imported {} from {path} into {name}",
+        format_size(len)
+    )?;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `snapvol info`.
+
+use std::io::Write;
+
+use anyhow::Result;
+use snapvol_engine::{SnapshotInfo, Store, VolumeInfo, VolumeOptions};
+
+use super::{open_volume, parse_volume, with_volume};
+use crate::output::{key_values, print_json, rfc3339, Align, InfoJson, Table};
+use crate::size::format_size;
+
+pub fn run(store: &Store, volume: &str, json: bool) -> Result<()> {
+    let name = parse_volume(volume)?;
+    let vol = open_volume(store, name, VolumeOptions::default())?;
+    let info = with_volume(vol, |vol| Ok(vol.info()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        print_json(&mut out, &InfoJson::from(&info))?;
+    } else {
+        write!(out, "{}", render(&info))?;
+    }
+    Ok(())
+}
+
+/// Human `info`: key/value lines, then the snapshot table.
+pub fn render(info: &VolumeInfo) -> String {
+    let target_size = match info.target_size {
+        Some(cap) => format_size(cap),
+        None => "unlimited (grows as needed)".to_owned(),
+    };
+    let mut text = key_values(&[
+        ("volume", info.name.clone()),
+        (
+            "size",
+            format!("{} ({} bytes)", format_size(info.size), info.size),
+        ),
+        ("chunk size", format_size(u64::from(info.chunk_size))),
+        ("snapshots", info.snapshots.len().to_string()),
+        ("target size", target_size),
+        (
+            "target used",
+            format!(
+                "{} in {} preserved chunk{}",
+                format_size(info.target_used_bytes),
+                info.preserved_chunks,
+                if info.preserved_chunks == 1 { "" } else { "s" }
+            ),
+        ),
+        ("metadata", format_size(info.metadata_bytes)),
+        ("target file", format_size(info.target_file_bytes)),
+    ]);
+    if !info.snapshots.is_empty() {
+        text.push('\n');
+        text.push_str(&snapshot_table(&info.snapshots));
+    }
+    text
+}
+
+/// The snapshot table shared by `info` and `snapshot list`.
+pub fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
+    let mut table = Table::new(&[
+        ("SNAPSHOT", Align::Left),
+        ("CREATED", Align::Left),
+        ("EXCLUSIVE", Align::Right),
+        ("SHARED", Align::Right),
+    ]);
+    for s in snapshots {
+        table.row(vec![
+            s.name.clone(),
+            rfc3339(s.created),
+            format_size(s.exclusive_bytes),
+            format_size(s.shared_bytes),
+        ]);
+    }
+    table.render()
+}

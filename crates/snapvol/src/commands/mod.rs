@@ -1,0 +1,120 @@
+//! One module per command; [`run`] dispatches.
+
+mod create;
+mod export;
+mod import;
+mod info;
+mod list;
+mod snapshot;
+
+use anyhow::{anyhow, bail, Context, Result};
+use snapvol_engine::{validate_name, Error, Store, Volume, VolumeOptions};
+
+use crate::cli::{Cli, Command, SnapshotCommand};
+
+/// Runs the command the user asked for.
+pub fn run(cli: Cli) -> Result<()> {
+    if cli.store.exists() && !cli.store.is_dir() {
+        bail!(
+            "the store {} is not a directory (set --store or SNAPVOL_STORE to a directory)",
+            cli.store.display()
+        );
+    }
+    let store = Store::new(cli.store);
+    match cli.command {
+        Command::Create(args) => create::run(&store, args),
+        Command::List(args) => list::run(&store, args.json),
+        Command::Info(args) => info::run(&store, &args.volume, args.json),
+        Command::Snapshot(SnapshotCommand::Create { snapshot }) => {
+            snapshot::create(&store, &snapshot)
+        }
+        Command::Snapshot(SnapshotCommand::List { volume, json }) => {
+            snapshot::list(&store, &volume, json)
+        }
+        Command::Snapshot(SnapshotCommand::Delete { snapshot }) => {
+            snapshot::delete(&store, &snapshot)
+        }
+        Command::Import(args) => import::run(&store, args),
+        Command::Export(args) => export::run(&store, args),
+    }
+}
+
+/// Checks that `spec` names a volume (not a snapshot).
+fn parse_volume(spec: &str) -> Result<&str> {
+    if spec.contains('@') {
+        bail!("'{spec}' names a snapshot; this command takes a volume name (VOL)");
+    }
+    validate_name(spec)?;
+    Ok(spec)
+}
+
+/// Engine options with the cache size overridden when one was given.
+fn volume_options(cache_size: Option<u64>) -> VolumeOptions {
+    let mut opts = VolumeOptions::default();
+    if let Some(bytes) = cache_size {
+        opts.cache_size = bytes;
+    }
+    opts
+}
+
+/// Opens a volume, saying which store it was looked for in when it is not there.
+fn open_volume(store: &Store, name: &str, opts: VolumeOptions) -> Result<Volume> {
+    store.open(name, opts).map_err(|e| match e {
+        Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.root().display()),
+        e => e.into(),
+    })
+}
+
+/// Names snapshots in engine errors as `VOL@SNAP`, the way the user wrote them.
+fn qualify(volume: &str, err: Error) -> anyhow::Error {
+    let full = |snap: &str| {
+        if snap.contains('@') {
+            snap.to_owned()
+        } else {
+            format!("{volume}@{snap}")
+        }
+    };
+    match err {
+        Error::SnapshotNotFound(snap) => anyhow!(
+            "snapshot '{}' not found (see: snapvol snapshot list {volume})",
+            full(&snap)
+        ),
+        Error::SnapshotExists(snap) => anyhow!("snapshot '{}' already exists", full(&snap)),
+        e => e.into(),
+    }
+}
+
+/// Runs `f` on an open volume and always closes it; the first error wins.
+fn with_volume<T>(vol: Volume, f: impl FnOnce(&Volume) -> Result<T>) -> Result<T> {
+    let result = f(&vol);
+    let name = vol.name().to_owned();
+    let closed = vol.close();
+    let value = result?;
+    closed.with_context(|| format!("closing volume '{name}'"))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_errors_name_the_snapshot_as_vol_at_snap_exactly_once() {
+        let bare = qualify("v", Error::SnapshotNotFound("s".into())).to_string();
+        let full = qualify("v", Error::SnapshotNotFound("v@s".into())).to_string();
+        assert!(bare.starts_with("snapshot 'v@s' not found"), "{bare}");
+        assert_eq!(bare, full);
+        let exists = qualify("v", Error::SnapshotExists("s".into())).to_string();
+        assert_eq!(exists, "snapshot 'v@s' already exists");
+    }
+
+    #[test]
+    fn a_volume_argument_may_not_name_a_snapshot() {
+        assert!(parse_volume("v").is_ok());
+        assert!(parse_volume("v@s")
+            .expect_err("refused")
+            .to_string()
+            .contains("names a snapshot"));
+        assert!(parse_volume("a/b").is_err());
+    }
+}

@@ -64,17 +64,23 @@ pub enum VersionData {
 /// Dirty data of one chunk written in one epoch.
 #[derive(Debug, Clone)]
 pub struct Version {
+    /// Identity, unique in the cache's life (journal acknowledgements find versions by it).
+    pub id: u64,
     /// Epoch of the writes it holds.
     pub epoch: Epoch,
     /// The data.
     pub data: VersionData,
     /// Valid blocks.
     pub valid: BlockMask,
-    /// Write sequence number of its latest modification.
-    pub gen: u64,
-    /// Every write with a sequence number below this one that touched this version is already
-    /// on the source (flush uses it to know when it is done).
-    pub dirty_since: u64,
+    /// Taken by a destage batch: no write modifies it any more (a write of the same epoch
+    /// starts a new version after it).
+    pub frozen: bool,
+    /// Writes into it whose journal record is not yet durable. A version reaches the source
+    /// only when this is 0: nothing gets to the source before it is in the journal.
+    pub journal_pending: u32,
+    /// Oldest journal append holding writes of this version (`u64::MAX`: none yet). The
+    /// journal's head may not pass that append until the version is destaged.
+    pub journal_gen: u64,
     /// Whether creating it reserved a target slot for preserving the image before it.
     pub reserved: bool,
 }
@@ -110,6 +116,7 @@ pub struct Cache {
     shards: Vec<Mutex<Shard>>,
     dirty_bytes: AtomicU64,
     dirty_chunks: AtomicUsize,
+    next_id: AtomicU64,
     limit: u64,
     space_lock: Mutex<()>,
     space: Condvar,
@@ -140,6 +147,7 @@ impl Cache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             dirty_bytes: AtomicU64::new(0),
             dirty_chunks: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
             limit: limit.max(4 * geo.chunk()),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
@@ -148,6 +156,23 @@ impl Cache {
 
     fn shard(&self, c: ChunkIndex) -> &Mutex<Shard> {
         &self.shards[(c.0 as usize) % SHARDS]
+    }
+
+    /// Accounts bytes held outside the versions (request copies waiting for the journal), so
+    /// that they count against the same bound.
+    pub fn hold(&self, bytes: u64) {
+        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Releases bytes accounted with [`Cache::hold`].
+    pub fn release(&self, bytes: u64) {
+        self.dirty_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.notify_space();
+    }
+
+    fn notify_space(&self) {
+        let _g = self.space_lock.lock();
+        self.space.notify_all();
     }
 
     /// Bytes of dirty data.
@@ -186,7 +211,7 @@ impl Cache {
     pub fn new_version_boundary(&self, c: ChunkIndex, epoch: Epoch) -> Option<Option<Epoch>> {
         let shard = self.shard(c).lock();
         match shard.get(&c.0).and_then(|v| v.last()) {
-            Some(v) if v.epoch == epoch => None,
+            Some(v) if v.epoch == epoch && !v.frozen => None,
             Some(v) => Some(Some(v.epoch)),
             None => Some(None),
         }
@@ -198,7 +223,8 @@ impl Cache {
     /// for the image it supersedes, where `boundary` is that image's epoch (for the source
     /// image: the chunk's watermark, which `watermark()` gives). `read_source` fills a buffer
     /// from the source at an offset within the chunk (for the rare sub-block write).
-    /// Returns whether a reservation was taken.
+    /// `journaled` says the write is already durable in the journal (recovery replays it).
+    /// Returns whether a reservation was taken, and the version written into.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
@@ -207,11 +233,11 @@ impl Cache {
         data: Option<&[u8]>,
         len: usize,
         epoch: Epoch,
-        wseq: u64,
+        journaled: bool,
         watermark: impl FnOnce() -> Epoch,
         needs_preservation: impl FnOnce(Epoch) -> bool,
         read_source: impl Fn(&mut [u8], usize) -> std::io::Result<()>,
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<(bool, u64)> {
         let chunk = self.geo.chunk_size as usize;
         let nblocks = self.geo.blocks_per_chunk();
         let bs = BLOCK as usize;
@@ -221,7 +247,9 @@ impl Cache {
         let mut reserved = false;
         let whole_zero = data.is_none() && within == 0 && len == chunk;
 
-        let start_new = versions.last().is_none_or(|v| v.epoch != epoch);
+        let start_new = versions
+            .last()
+            .is_none_or(|v| v.epoch != epoch || v.frozen);
         if start_new {
             let boundary = match versions.last() {
                 Some(v) => v.epoch,
@@ -229,11 +257,13 @@ impl Cache {
             };
             reserved = needs_preservation(boundary);
             versions.push(Version {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 epoch,
                 data: VersionData::Zero,
                 valid: BlockMask::default(),
-                gen: wseq,
-                dirty_since: wseq,
+                frozen: false,
+                journal_pending: 0,
+                journal_gen: if journaled { 0 } else { u64::MAX },
                 reserved,
             });
             self.dirty_bytes.fetch_add(ZERO_COST, Ordering::Relaxed);
@@ -241,10 +271,10 @@ impl Cache {
         let n = versions.len();
         let (older, newest) = versions.split_at_mut(n - 1);
         let newest = &mut newest[0];
-        newest.gen = wseq;
-        if newest.dirty_since > wseq {
-            newest.dirty_since = wseq;
+        if !journaled {
+            newest.journal_pending += 1;
         }
+        let id = newest.id;
 
         if whole_zero {
             if let VersionData::Bytes(_) = newest.data {
@@ -264,6 +294,7 @@ impl Cache {
             let VersionData::Bytes(arc) = &mut newest.data else {
                 unreachable!("materialised above")
             };
+            // Unfrozen versions are never shared with a destage batch, so this does not copy.
             let buf = Arc::make_mut(arc);
             let first = within / bs;
             let last = (within + len).div_ceil(bs);
@@ -294,7 +325,35 @@ impl Cache {
         if was_clean {
             self.dirty_chunks.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(reserved)
+        Ok((reserved, id))
+    }
+
+    /// Records that a write into version `id` of chunk `c` is durable in journal append
+    /// `generation`.
+    pub fn mark_journaled(&self, c: ChunkIndex, id: u64, generation: u64) {
+        let mut shard = self.shard(c).lock();
+        if let Some(v) = shard
+            .get_mut(&c.0)
+            .and_then(|vs| vs.iter_mut().find(|v| v.id == id))
+        {
+            v.journal_pending -= 1;
+            v.journal_gen = v.journal_gen.min(generation);
+        }
+    }
+
+    /// The oldest journal append whose data some version still holds undestaged.
+    pub fn oldest_journal_gen(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .values()
+                    .flat_map(|vs| vs.iter().map(|v| v.journal_gen))
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Serves what the cache holds of `[within, within + out.len())` of chunk `c`, as seen by
@@ -325,16 +384,17 @@ impl Cache {
         holes
     }
 
-    /// Takes up to `max_bytes` of dirty chunks, lowest chunk first, among those with a version
-    /// that `pick` selects; their versions are shared, not copied.
-    pub fn collect(&self, max_bytes: u64, pick: impl Fn(&Version) -> bool) -> Vec<DirtyChunk> {
+    /// Takes up to `max_bytes` of dirty chunks for destage, lowest chunk first: of each chunk,
+    /// the oldest versions whose writes are all in the journal. They are frozen (later writes
+    /// start new versions) and shared with the batch, not copied.
+    pub fn collect(&self, max_bytes: u64) -> Vec<DirtyChunk> {
         let mut keys = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock();
             keys.extend(
                 shard
                     .iter()
-                    .filter(|(_, v)| v.iter().any(&pick))
+                    .filter(|(_, v)| v.first().is_some_and(|v| v.journal_pending == 0))
                     .map(|(k, _)| *k),
             );
         }
@@ -345,51 +405,40 @@ impl Cache {
             if bytes >= max_bytes {
                 break;
             }
-            let shard = self.shard(ChunkIndex(k)).lock();
-            if let Some(v) = shard.get(&k) {
-                bytes += v.iter().map(|v| v.cost(self.geo.chunk())).sum::<u64>();
-                out.push(DirtyChunk {
-                    chunk: ChunkIndex(k),
-                    versions: v.clone(),
-                });
+            let mut shard = self.shard(ChunkIndex(k)).lock();
+            let Some(vs) = shard.get_mut(&k) else {
+                continue;
+            };
+            let n = vs.iter().take_while(|v| v.journal_pending == 0).count();
+            if n == 0 {
+                continue;
             }
+            for v in &mut vs[..n] {
+                v.frozen = true;
+                bytes += v.cost(self.geo.chunk());
+            }
+            out.push(DirtyChunk {
+                chunk: ChunkIndex(k),
+                versions: vs[..n].to_vec(),
+            });
         }
         out
     }
 
-    /// Clears the dirty designation of what a destage wrote out: every version older than the
-    /// newest taken, and the newest taken unless a write modified it since. Returns how many
-    /// target reservations this releases.
-    pub fn retire(&self, taken: &DirtyChunk) -> u64 {
-        let Some(newest_taken) = taken.versions.last() else {
-            return 0;
-        };
-        let mut released = 0;
+    /// Clears the dirty designation of what a destage wrote out: the versions it took.
+    pub fn retire(&self, taken: &DirtyChunk) {
         let mut freed = 0;
         let mut shard = self.shard(taken.chunk).lock();
         let Some(versions) = shard.get_mut(&taken.chunk.0) else {
-            return 0;
+            return;
         };
-        let n_older = taken.versions.len() - 1;
-        for v in versions.drain(..n_older) {
-            released += u64::from(v.reserved);
+        let n = taken.versions.len();
+        debug_assert!(versions[..n]
+            .iter()
+            .zip(&taken.versions)
+            .all(|(a, b)| a.id == b.id));
+        for v in versions.drain(..n) {
             freed += v.cost(self.geo.chunk());
-        }
-        let still_same = versions
-            .first()
-            .is_some_and(|v| v.epoch == newest_taken.epoch && v.gen == newest_taken.gen);
-        if still_same {
-            let v = versions.remove(0);
-            released += u64::from(v.reserved);
-            freed += v.cost(self.geo.chunk());
-        } else if let Some(v) = versions.first_mut() {
-            if v.epoch == newest_taken.epoch {
-                // Modified while being written out: what was taken is on the source, what came
-                // after is still dirty; its preservation is done.
-                released += u64::from(v.reserved);
-                v.reserved = false;
-                v.dirty_since = newest_taken.gen + 1;
-            }
         }
         if versions.is_empty() {
             shard.remove(&taken.chunk.0);
@@ -397,15 +446,6 @@ impl Cache {
         }
         drop(shard);
         self.dirty_bytes.fetch_sub(freed, Ordering::Relaxed);
-        let _g = self.space_lock.lock();
-        self.space.notify_all();
-        released
-    }
-
-    /// Whether any version matches `pick`.
-    pub fn any(&self, pick: impl Fn(&Version) -> bool) -> bool {
-        self.shards
-            .iter()
-            .any(|s| s.lock().values().any(|v| v.iter().any(&pick)))
+        self.notify_space();
     }
 }

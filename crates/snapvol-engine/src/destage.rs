@@ -193,8 +193,10 @@ mod tests {
             epoch,
             data: VersionData::Bytes(Arc::new(vec![fill; 16384])),
             valid,
-            gen: 1,
-            dirty_since: 1,
+            id: 1,
+            frozen: false,
+            journal_pending: 0,
+            journal_gen: 0,
             reserved: false,
         }
     }

@@ -13,6 +13,8 @@ pub enum Device {
     Source,
     /// The snapshot store.
     Target,
+    /// The persistent cache journal.
+    Journal,
     /// Anything else (lock file, configuration).
     Other,
 }
@@ -22,6 +24,7 @@ impl std::fmt::Display for Device {
         f.write_str(match self {
             Device::Source => "source VLUN",
             Device::Target => "target VLUN",
+            Device::Journal => "cache journal",
             Device::Other => "file",
         })
     }

@@ -80,8 +80,8 @@ fn crc_ok(block: &[u8; BLOCK_SIZE]) -> bool {
 ///  72    8  last_snapshot_seq: highest snapshot sequence number ever committed
 ///  80   16  volume id
 ///  96    8  creation time, seconds since the Unix epoch
-/// 104    8  journal offset (reserved for the cache journal, 0)
-/// 112    8  journal length (reserved, 0)
+/// 104    8  journal head: ring position of the first live journal record
+/// 112    8  journal head seq: that record's sequence number
 /// 120 3972  zero
 /// 4092   4  CRC-32C of bytes 0..4092
 /// ```
@@ -107,6 +107,10 @@ pub struct Superblock {
     pub volume_id: [u8; 16],
     /// Creation time (Unix seconds).
     pub created: u64,
+    /// Ring position of the first live cache-journal record.
+    pub journal_head: u64,
+    /// Sequence number the record there must carry.
+    pub journal_head_seq: u64,
 }
 
 impl Superblock {
@@ -125,6 +129,8 @@ impl Superblock {
         put_u64(&mut b, 72, self.last_snapshot_seq);
         b[80..96].copy_from_slice(&self.volume_id);
         put_u64(&mut b, 96, self.created);
+        put_u64(&mut b, 104, self.journal_head);
+        put_u64(&mut b, 112, self.journal_head_seq);
         seal(&mut b);
         b
     }
@@ -161,6 +167,8 @@ impl Superblock {
             last_snapshot_seq: get_u64(b, 72),
             volume_id: b[80..96].try_into().expect("16 bytes"),
             created: get_u64(b, 96),
+            journal_head: get_u64(b, 104),
+            journal_head_seq: get_u64(b, 112),
         };
         if superblock_offset(sb.generation) != offset {
             return Err(Error::corrupt(
@@ -472,6 +480,8 @@ mod tests {
             last_snapshot_seq: 9,
             volume_id: [5; 16],
             created: 1_700_000_000,
+            journal_head: 0x2000,
+            journal_head_seq: 17,
         }
     }
 

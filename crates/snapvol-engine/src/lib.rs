@@ -11,6 +11,7 @@ pub mod cache;
 pub mod destage;
 pub mod error;
 pub mod format;
+pub mod journal;
 pub mod metadata;
 pub mod store;
 pub mod units;
@@ -22,4 +23,4 @@ pub use store::{
     parse_snapshot_name, parse_volume_or_snapshot, validate_name, CreateOptions, Store,
     DEFAULT_CACHE_SIZE,
 };
-pub use volume::{SnapshotInfo, Volume, VolumeInfo, VolumeOptions};
+pub use volume::{Layout, SnapshotInfo, Volume, VolumeInfo, VolumeOptions, VolumePaths, Vluns};

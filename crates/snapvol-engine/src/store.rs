@@ -6,6 +6,7 @@
 //!     volume.json   where the source and target VLUNs live (paths relative to VOL/ or absolute)
 //!     source.raw    the source VLUN (default location): byte for byte the live volume
 //!     target.svt    the target VLUN (default location): superblocks, metadata, preserved chunks
+//!     journal.svj   the persistent cache journal (default location)
 //!     lock          held with flock(2) by the process that has the volume open
 //! ```
 //!
@@ -19,8 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::journal::DEFAULT_JOURNAL_SIZE;
 use crate::units::{Geometry, DEFAULT_CHUNK};
-use crate::volume::{Volume, VolumeOptions};
+use crate::volume::{Layout, Volume, VolumeOptions, VolumePaths};
 
 /// Default size of the write-back cache in RAM.
 pub const DEFAULT_CACHE_SIZE: u64 = 128 << 20;
@@ -29,12 +31,24 @@ const CONFIG_FILE: &str = "volume.json";
 const LOCK_FILE: &str = "lock";
 const DEFAULT_SOURCE: &str = "source.raw";
 const DEFAULT_TARGET: &str = "target.svt";
+const DEFAULT_JOURNAL: &str = "journal.svj";
 
 /// Where a volume's VLUNs live, as recorded in `volume.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VolumeConfig {
     source: PathBuf,
     target: PathBuf,
+    journal: PathBuf,
+}
+
+impl VolumeConfig {
+    fn paths(&self, dir: &Path) -> VolumePaths {
+        VolumePaths {
+            source: dir.join(&self.source),
+            target: dir.join(&self.target),
+            journal: dir.join(&self.journal),
+        }
+    }
 }
 
 /// What `create` needs to know.
@@ -50,6 +64,10 @@ pub struct CreateOptions {
     pub target: Option<PathBuf>,
     /// Cap on the target VLUN's size; `None` lets a target file grow as needed.
     pub target_size: Option<u64>,
+    /// Put the cache journal here (a faster device) instead of inside the store.
+    pub cache: Option<PathBuf>,
+    /// Size of the cache journal's ring.
+    pub journal_size: u64,
 }
 
 impl CreateOptions {
@@ -61,6 +79,8 @@ impl CreateOptions {
             source: None,
             target: None,
             target_size: None,
+            cache: None,
+            journal_size: DEFAULT_JOURNAL_SIZE,
         }
     }
 }
@@ -187,18 +207,17 @@ impl Store {
                     .target
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_TARGET)),
+                journal: opts
+                    .cache
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL)),
             };
-            let source = dir.join(&config.source);
-            let target = dir.join(&config.target);
-            let volume = Volume::create(
-                name,
-                &source,
-                &target,
+            let layout = Layout {
                 geometry,
-                opts.target_size,
-                vopts,
-                lock,
-            )?;
+                target_cap: opts.target_size,
+                journal_size: opts.journal_size,
+            };
+            let volume = Volume::create(name, &config.paths(&dir), layout, vopts, lock)?;
             // The configuration file is written last: a volume directory without it is a
             // creation that did not finish, and `exists` does not count it.
             write_atomically(
@@ -226,13 +245,7 @@ impl Store {
         let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
         let config: VolumeConfig = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
-        Volume::open(
-            name,
-            &dir.join(&config.source),
-            &dir.join(&config.target),
-            vopts,
-            lock,
-        )
+        Volume::open(name, &config.paths(&dir), vopts, lock)
     }
 
     /// Removes a volume whose files live in the store (not used by the CLI yet; tests use it).

@@ -22,9 +22,10 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::{Cache, DirtyChunk, Version};
+use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
-use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
+use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD};
 use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
 use crate::store::{validate_name, VolumeLock, DEFAULT_CACHE_SIZE};
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot, BLOCK};
@@ -190,6 +191,12 @@ struct Inner {
     table: ArcSwap<SnapshotTable>,
     gate: EpochGate,
     wseq: AtomicU64,
+    /// Write requests waiting for the journal, sharded by sequence number.
+    staged: Vec<Mutex<Vec<Staged>>>,
+    /// The persistent cache journal; held only by whoever appends or moves its head.
+    journal: Mutex<Journal>,
+    /// Largest request journaled as one record; longer ones go in pieces.
+    max_record: u64,
     meta: Mutex<MetaState>,
     /// Slots in use, mirrored out of `meta` for the write path's capacity check.
     slots_used: AtomicU64,
@@ -217,6 +224,19 @@ pub struct Volume {
     _lock: Option<VolumeLock>,
 }
 
+/// A write request waiting for the journal: its bytes, and the cache versions it landed in.
+#[derive(Debug)]
+struct Staged {
+    wseq: u64,
+    epoch: Epoch,
+    offset: u64,
+    len: u64,
+    data: Option<Arc<[u8]>>,
+    landed: Vec<(ChunkIndex, u64)>,
+}
+
+const STAGING_SHARDS: usize = 16;
+
 /// Largest batch the destager takes at once.
 const MAX_BATCH: u64 = 32 << 20;
 /// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
@@ -239,61 +259,121 @@ fn random_id() -> [u8; 16] {
     id
 }
 
-impl Volume {
-    /// Creates a volume on files at `source` and `target` (a regular file is created; an
-    /// existing block device is used as it is).
-    pub fn create(
-        name: &str,
-        source: &Path,
-        target: &Path,
-        geo: Geometry,
-        target_cap: Option<u64>,
-        opts: VolumeOptions,
-        lock: VolumeLock,
-    ) -> Result<Self> {
-        let src = FileVlun::create(source, geo.size).map_err(|e| Error::file(source, e))?;
-        let len = src.len().map_err(|e| Error::file(source, e))?;
+/// The devices a volume lives on.
+#[derive(Debug)]
+pub struct Vluns {
+    /// The live volume's data.
+    pub source: Box<dyn Vlun>,
+    /// The snapshot store.
+    pub target: Box<dyn Vlun>,
+    /// The persistent cache journal.
+    pub journal: Box<dyn Vlun>,
+}
+
+/// Where a volume's devices are, as files or block devices.
+#[derive(Debug, Clone)]
+pub struct VolumePaths {
+    /// Source VLUN.
+    pub source: std::path::PathBuf,
+    /// Target VLUN.
+    pub target: std::path::PathBuf,
+    /// Cache journal.
+    pub journal: std::path::PathBuf,
+}
+
+impl VolumePaths {
+    fn create(&self, geo: Geometry) -> Result<Vluns> {
+        let src = FileVlun::create(&self.source, geo.size).map_err(|e| Error::file(&self.source, e))?;
+        let len = src.len().map_err(|e| Error::file(&self.source, e))?;
         if len < geo.size {
             return Err(Error::InvalidArgument(format!(
                 "source {} holds {len} bytes, less than the volume size {}",
-                source.display(),
+                self.source.display(),
                 geo.size
             )));
         }
-        let tgt = FileVlun::create(target, 0).map_err(|e| Error::file(target, e))?;
-        let mut v = Self::create_on(name, Box::new(src), Box::new(tgt), geo, target_cap, opts)?;
-        v._lock = Some(lock);
-        Ok(v)
+        let tgt = FileVlun::create(&self.target, 0).map_err(|e| Error::file(&self.target, e))?;
+        let jnl = FileVlun::create(&self.journal, 0).map_err(|e| Error::file(&self.journal, e))?;
+        Ok(Vluns {
+            source: Box::new(src),
+            target: Box::new(tgt),
+            journal: Box::new(jnl),
+        })
     }
 
-    /// Opens a volume on files at `source` and `target`.
-    pub fn open(
+    fn open(&self) -> Result<Vluns> {
+        let open = |p: &Path| FileVlun::open(p).map_err(|e| Error::file(p, e));
+        Ok(Vluns {
+            source: Box::new(open(&self.source)?),
+            target: Box::new(open(&self.target)?),
+            journal: Box::new(open(&self.journal)?),
+        })
+    }
+}
+
+/// The shape of a new volume.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Size and chunk size.
+    pub geometry: Geometry,
+    /// Cap on the target VLUN; `None` lets a file grow (a block device holds what it holds).
+    pub target_cap: Option<u64>,
+    /// Size of the cache journal's ring.
+    pub journal_size: u64,
+}
+
+impl Layout {
+    /// A layout with an unlimited target and the default journal.
+    pub fn new(geometry: Geometry) -> Self {
+        Self {
+            geometry,
+            target_cap: None,
+            journal_size: DEFAULT_JOURNAL_SIZE,
+        }
+    }
+}
+
+impl Volume {
+    /// Creates a volume on files at `paths` (regular files are created; existing block devices
+    /// are used as they are).
+    pub fn create(
         name: &str,
-        source: &Path,
-        target: &Path,
+        paths: &VolumePaths,
+        layout: Layout,
         opts: VolumeOptions,
         lock: VolumeLock,
     ) -> Result<Self> {
-        let src = FileVlun::open(source).map_err(|e| Error::file(source, e))?;
-        let tgt = FileVlun::open(target).map_err(|e| Error::file(target, e))?;
-        let mut v = Self::open_on(name, Box::new(src), Box::new(tgt), opts)?;
+        let vluns = paths.create(layout.geometry)?;
+        let mut v = Self::create_on(name, vluns, layout, opts)?;
         v._lock = Some(lock);
         Ok(v)
     }
 
-    /// Creates a volume on any pair of VLUNs: writes both superblock copies to the target.
-    pub fn create_on(
+    /// Opens a volume on files at `paths`, recovering from the journal if it was not closed.
+    pub fn open(
         name: &str,
-        source: Box<dyn Vlun>,
-        target: Box<dyn Vlun>,
-        geo: Geometry,
-        target_cap: Option<u64>,
+        paths: &VolumePaths,
         opts: VolumeOptions,
+        lock: VolumeLock,
     ) -> Result<Self> {
+        let mut v = Self::open_on(name, paths.open()?, opts)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Creates a volume on any set of VLUNs: writes both superblock copies to the target and
+    /// formats the journal.
+    pub fn create_on(name: &str, vluns: Vluns, layout: Layout, opts: VolumeOptions) -> Result<Self> {
         validate_name(name)?;
+        let geo = layout.geometry;
+        let Vluns {
+            source,
+            target,
+            journal,
+        } = &vluns;
         let data_start = format::data_start(geo.chunk_size);
-        let min_target = data_start + (META_HEADROOM + 2) * geo.chunk();
-        let cap = match target_cap {
+        let min_target = data_start + 16 * geo.chunk();
+        let cap = match layout.target_cap {
             Some(c) => Some(c),
             None if !target.growable() => Some(
                 target
@@ -313,17 +393,21 @@ impl Volume {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let volume_id = random_id();
+        Journal::format(&**journal, volume_id, layout.journal_size)?;
         let mut sb = Superblock {
             generation: 0,
             volume_size: geo.size,
             chunk_size: geo.chunk_size,
-            target_cap: target_cap.unwrap_or(0),
+            target_cap: layout.target_cap.unwrap_or(0),
             data_start,
             meta_head: 0,
             meta_head_seq: 0,
             last_snapshot_seq: 0,
-            volume_id: random_id(),
+            volume_id,
             created,
+            journal_head: 0,
+            journal_head_seq: 1,
         };
         // Both copies valid from the start; generation 1 is the current one.
         for g in 0..2 {
@@ -338,16 +422,17 @@ impl Volume {
         source
             .sync()
             .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
-        Self::open_on(name, source, target, opts)
+        Self::open_on(name, vluns, opts)
     }
 
-    /// Opens a volume on any pair of VLUNs: reads the superblock and replays the metadata log.
-    pub fn open_on(
-        name: &str,
-        source: Box<dyn Vlun>,
-        target: Box<dyn Vlun>,
-        opts: VolumeOptions,
-    ) -> Result<Self> {
+    /// Opens a volume on any set of VLUNs: reads the superblock, replays the metadata log, and
+    /// recovers what the cache journal holds (claim 25).
+    pub fn open_on(name: &str, vluns: Vluns, opts: VolumeOptions) -> Result<Self> {
+        let Vluns {
+            source,
+            target,
+            journal,
+        } = vluns;
         let loaded = load(&*target)?;
         let geo = Geometry::new(loaded.sb.volume_size, loaded.sb.chunk_size)?;
         let src_len = source
@@ -368,8 +453,17 @@ impl Volume {
             0 => None,
             c => Some(c),
         };
+        let head = JournalHead {
+            pos: loaded.sb.journal_head,
+            seq: loaded.sb.journal_head_seq,
+        };
+        let (journal, records) = Journal::open(journal, loaded.sb.volume_id, head)?;
+        let ring = journal.ring_len();
         let slots_used = loaded.alloc.used();
-        let epoch = loaded.last_seq;
+        let epoch = records
+            .iter()
+            .map(|r| r.epoch)
+            .fold(loaded.last_seq, u64::max);
         let volume_id = loaded.sb.volume_id;
         let inner = Arc::new(Inner {
             name: name.to_owned(),
@@ -377,12 +471,16 @@ impl Volume {
             data_start: loaded.sb.data_start,
             target_cap,
             volume_id,
-            cache: Cache::new(geo, opts.cache_size),
+            // Everything the cache holds must fit the journal twice over (see journal_flush).
+            cache: Cache::new(geo, opts.cache_size.min(ring / 2)),
             compact_after_records: opts.compact_after_records,
             index: loaded.index,
             table: ArcSwap::from_pointee(loaded.table.clone()),
             gate: EpochGate::new(epoch),
             wseq: AtomicU64::new(1),
+            staged: (0..STAGING_SHARDS).map(|_| Mutex::default()).collect(),
+            max_record: (ring / 4).max(geo.chunk()),
+            journal: Mutex::new(journal),
             meta: Mutex::new(MetaState {
                 sb: loaded.sb,
                 alloc: loaded.alloc,
@@ -404,6 +502,7 @@ impl Volume {
             source,
             target,
         });
+        inner.recover(records)?;
         let bg = Arc::clone(&inner);
         let destager = std::thread::Builder::new()
             .name(format!("destage-{name}"))
@@ -458,9 +557,16 @@ impl Volume {
         self.inner.write(offset, len, None)
     }
 
-    /// Makes every write acknowledged so far durable.
+    /// Makes every write acknowledged so far durable (in the cache journal; the destager
+    /// moves it on in its own time).
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+
+    /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).
+    pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write(offset, data)?;
+        self.flush()
     }
 
     /// Takes a snapshot. It holds every write acknowledged before this call and none issued
@@ -517,11 +623,11 @@ impl Volume {
         let Some(handle) = self.destager.take() else {
             return Ok(());
         };
-        let result = self.inner.flush();
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.poke();
         let _ = handle.join();
-        result
+        self.inner.check_writable()?;
+        self.inner.drain().inspect_err(|e| self.inner.fail(e))
     }
 }
 
@@ -829,22 +935,27 @@ impl Inner {
         if len == 0 {
             return Ok(());
         }
-        // Huge zeroing requests go in chunk-aligned pieces that each fit the cache.
-        let step = (self.cache.limit() / 4 / self.geo.chunk()).max(1) * self.geo.chunk();
-        if data.is_none() && len > step {
+        // Zeroing is cheap per byte but not per chunk; huge requests of either kind go in
+        // chunk-aligned pieces that each fit the cache and the journal.
+        let step = if data.is_some() {
+            self.max_record
+        } else {
+            (self.cache.limit() / 4 / self.geo.chunk()).max(1) * self.geo.chunk()
+        };
+        if len > step {
             let mut pos = offset;
             while pos < offset + len {
-                let piece_end = ((pos / step + 1) * step).min(offset + len);
-                self.write(pos, piece_end - pos, None)?;
-                pos = piece_end;
+                let end = ((pos / step + 1) * step).min(offset + len);
+                let piece = data.map(|d| &d[(pos - offset) as usize..(end - offset) as usize]);
+                self.write(pos, end - pos, piece)?;
+                pos = end;
             }
             return Ok(());
         }
         let chunks = self.geo.split(offset, len).count() as u64;
-        let cost = if data.is_some() {
-            chunks * self.geo.chunk()
-        } else {
-            chunks * 512
+        let cost = match data {
+            Some(_) => chunks * self.geo.chunk() + len,
+            None => chunks * 512,
         };
         self.cache
             .wait_for_space(cost, || self.poke(), || self.failed.get().is_some());
@@ -865,9 +976,10 @@ impl Inner {
             }
         }
         self.reserve(need)?;
-        // Phase 2: land the data in the cache.
+        // Phase 2: land the data in the cache, and keep a copy of the request for the journal.
         let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
         let mut took = 0;
+        let mut landed = Vec::with_capacity(chunks as usize);
         let mut result = Ok(());
         for p in self.geo.split(offset, len) {
             let base = self.source_offset(p.chunk);
@@ -877,19 +989,35 @@ impl Inner {
                 data.map(|d| &d[p.req_off..p.req_off + p.len]),
                 p.len,
                 epoch,
-                wseq,
+                false,
                 || self.index.watermark(p.chunk),
                 |boundary| table.any_alive(boundary, epoch),
                 |buf, at| self.source.read_at(buf, base + at as u64),
             );
             match r {
-                Ok(true) => took += 1,
-                Ok(false) => {}
+                Ok((reserved, id)) => {
+                    took += u64::from(reserved);
+                    landed.push((p.chunk, id));
+                }
                 Err(e) => {
                     result = Err(Error::io("read", Device::Source, base, e));
                     break;
                 }
             }
+        }
+        if !landed.is_empty() {
+            let data: Option<Arc<[u8]>> = data.map(Arc::from);
+            self.cache.hold(data.as_ref().map_or(0, |d| d.len() as u64));
+            self.staged[(wseq as usize) % STAGING_SHARDS]
+                .lock()
+                .push(Staged {
+                    wseq,
+                    epoch,
+                    offset,
+                    len,
+                    data,
+                    landed,
+                });
         }
         drop(guard);
         if took < need {
@@ -900,6 +1028,12 @@ impl Inner {
         }
         if self.cache.dirty_bytes() > self.cache.limit() / 4 {
             self.poke();
+        }
+        if result.is_err() {
+            // Part of the request may be in the cache: refuse to go on rather than guess.
+            if let Err(e) = &result {
+                self.fail(e);
+            }
         }
         result
     }
@@ -947,10 +1081,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Slots data reservations leave free for metadata: the chain's growth until the next
+    /// compaction, the compacted copy, and a couple for deleting snapshots on a full target.
+    fn check_room(&self, extra: u64) -> Result<()> {
+        let used = self.slots_used.load(Ordering::SeqCst) + self.reserved.load(Ordering::SeqCst);
+        let want = used + self.meta_headroom() + extra;
+        let cap = self.capacity_slots();
+        if want > cap {
+            return Err(Error::NoSpace {
+                detail: format!("{used} of {cap} chunk slots used or promised"),
+            });
+        }
+        Ok(())
+    }
+
     fn meta_headroom(&self) -> u64 {
-        // Enough to append records and to rewrite the live metadata as a checkpoint.
-        let live = self.index.len() as u64 * 40 + 64 * 1024;
-        META_HEADROOM + live.div_ceil(self.geo.chunk())
+        let live = self.live_meta_slots(self.table.load().len());
+        META_HEADROOM + (4 + 2 * live) + live + 1
     }
 
     fn destager_loop(self: Arc<Self>) {
@@ -968,60 +1115,181 @@ impl Inner {
             if self.failed.get().is_some() || self.cache.dirty_chunks() == 0 {
                 continue;
             }
-            // Destage in batches while there is dirty data; idle data goes out within ~100 ms.
-            loop {
-                match self.destage_batch(|_| true) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.fail(&e);
-                        break;
-                    }
-                }
-                if self.cache.dirty_bytes() < self.cache.limit() / 8
-                    || self.shutdown.load(Ordering::SeqCst)
-                {
-                    break;
-                }
+            if let Err(e) = self.destage_round() {
+                self.fail(&e);
             }
         }
     }
 
-    fn flush(&self) -> Result<()> {
-        self.check_writable()?;
-        let upto = self.wseq.load(Ordering::SeqCst);
+    /// Journals what is staged, destages in batches while the cache is more than lightly
+    /// used (everything, when `all`), then frees the journal space whose data is now on the
+    /// source.
+    fn destage_round(&self) -> Result<()> {
+        self.journal_flush()?;
         loop {
-            match self.destage_batch(|v| v.dirty_since < upto) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail(&e);
-                    return Err(e);
-                }
+            let n = self.destage_batch()?;
+            if n == 0 || self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.cache.dirty_bytes() < self.cache.limit() / 8 {
+                break;
             }
         }
-        let synced = self
-            .source
-            .sync()
-            .map_err(|e| Error::io("sync", Device::Source, 0, e))
-            .and_then(|()| {
-                self.target
-                    .sync()
-                    .map_err(|e| Error::io("sync", Device::Target, 0, e))
-            });
-        if let Err(e) = &synced {
-            self.fail(e);
+        self.reclaim_journal(false)
+    }
+
+    /// FLUSH: every write acknowledged so far becomes durable by reaching the journal — no
+    /// destage is forced.
+    fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        self.journal_flush().inspect_err(|e| self.fail(e))
+    }
+
+    /// Appends every staged request to the journal (one record each), syncs it, and marks the
+    /// cache versions they landed in as journaled.
+    fn journal_flush(&self) -> Result<()> {
+        let mut journal = self.journal.lock();
+        let mut staged = Vec::new();
+        for shard in &self.staged {
+            staged.append(&mut shard.lock());
         }
-        synced
+        if staged.is_empty() {
+            return Ok(());
+        }
+        staged.sort_unstable_by_key(|s| s.wseq);
+        let needed = Journal::space_needed(
+            staged
+                .iter()
+                .map(|s| s.data.as_ref().map_or(0, |d| d.len() as u64)),
+        );
+        if needed > journal.free() {
+            // Make room: destage everything already journaled and move the head past it.
+            drop(journal);
+            while self.destage_batch()? > 0 {}
+            self.reclaim_journal(true)?;
+            journal = self.journal.lock();
+            if needed > journal.free() {
+                return Err(Error::Failed(format!(
+                    "the cache journal cannot hold {needed} bytes of pending writes"
+                )));
+            }
+        }
+        let requests: Vec<_> = staged
+            .iter()
+            .map(|s| (s.epoch, s.offset, s.len, s.data.clone()))
+            .collect();
+        let generation = journal.append(&requests)?;
+        let mut bytes = 0;
+        for s in &staged {
+            for &(c, id) in &s.landed {
+                self.cache.mark_journaled(c, id, generation);
+            }
+            bytes += s.data.as_ref().map_or(0, |d| d.len() as u64);
+        }
+        drop(journal);
+        self.cache.release(bytes);
+        Ok(())
+    }
+
+    /// Moves the journal's head past every append whose data is all on the source: syncs the
+    /// source, then persists the new head in the superblock. Without `force`, only once a
+    /// quarter of the ring is in use (each move costs two syncs).
+    fn reclaim_journal(&self, force: bool) -> Result<()> {
+        let mut journal = self.journal.lock();
+        if !force && journal.used() < journal.ring_len() / 4 {
+            return Ok(());
+        }
+        let oldest = self.cache.oldest_journal_gen();
+        let upto = journal.generation().min(oldest.saturating_sub(1));
+        let Some(head) = journal.head_after(upto) else {
+            return Ok(());
+        };
+        self.source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        let mut meta = self.meta.lock();
+        meta.sb.journal_head = head.pos;
+        meta.sb.journal_head_seq = head.seq;
+        self.write_superblock(&mut meta)?;
+        drop(meta);
+        journal.advance_head(head);
+        Ok(())
+    }
+
+    /// Claim 25: every write the journal holds is examined again. It enters the cache as the
+    /// dirty data it was, with its epoch; destaging it preserves the original first where a
+    /// live snapshot's bit is 0 (its original is still on the source: I1) and not where the
+    /// bit is 1, writes it to the source, and clears the dirty designation — until none is
+    /// left. Then the head moves past it all.
+    fn recover(&self, records: Vec<crate::journal::JournalRecord>) -> Result<()> {
+        let (n, bytes) = (records.len(), records.iter().map(|r| r.len).sum::<u64>());
+        if n > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, "recovering writes from the cache journal");
+        }
+        for r in records {
+            if self.geo.check_range(r.offset, r.len).is_err() {
+                return Err(Error::corrupt(
+                    format!("cache journal record {}", r.seq),
+                    "write lies beyond the end of the volume",
+                ));
+            }
+            for p in self.geo.split(r.offset, r.len) {
+                let base = self.source_offset(p.chunk);
+                self.cache
+                    .write(
+                        p.chunk,
+                        p.within,
+                        r.data.as_ref().map(|d| &d[p.req_off..p.req_off + p.len]),
+                        p.len,
+                        r.epoch,
+                        true,
+                        || self.index.watermark(p.chunk),
+                        |_| false,
+                        |buf, at| self.source.read_at(buf, base + at as u64),
+                    )
+                    .map_err(|e| Error::io("read", Device::Source, base, e))?;
+            }
+            if self.cache.dirty_bytes() > self.cache.limit() / 2 {
+                while self.destage_batch()? > 0 {}
+            }
+        }
+        while self.destage_batch()? > 0 {}
+        // Persist a head past everything replayed, with the journal's new sequence numbers.
+        let mut journal = self.journal.lock();
+        let head = journal.tail_head();
+        self.source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        let mut meta = self.meta.lock();
+        meta.sb.journal_head = head.pos;
+        meta.sb.journal_head_seq = head.seq;
+        self.write_superblock(&mut meta)?;
+        drop(meta);
+        journal.reset_to(head);
+        if n > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, "recovery complete");
+        }
+        Ok(())
+    }
+
+    /// Destages everything and empties the journal: what a clean close leaves is a source VLUN
+    /// that is the volume, usable without snapvol.
+    fn drain(&self) -> Result<()> {
+        self.journal_flush()?;
+        while self.destage_batch()? > 0 {}
+        self.reclaim_journal(true)?;
+        self.target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, 0, e))
     }
 
     /// One destage batch (claims 14–16): preserve originals once each for every snapshot that
     /// needs them, commit the pointers, then write the new data to the source and clear the
     /// dirty designations. Returns the number of chunks destaged.
-    fn destage_batch(&self, pick: impl Fn(&Version) -> bool) -> Result<usize> {
+    fn destage_batch(&self) -> Result<usize> {
         let _d = self.destage_lock.lock();
         self.check_writable()?;
-        let batch = self.cache.collect(MAX_BATCH, pick);
+        let batch = self.cache.collect(MAX_BATCH);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -1047,10 +1315,18 @@ impl Inner {
         let mut placed = Vec::with_capacity(copies as usize);
         if copies > 0 {
             // Destage the originals to the next free target locations, sequentially.
+            // The reservations the batch's writes took become these allocations now, so no
+            // slot is ever counted twice.
+            let held: u64 = batch
+                .iter()
+                .flat_map(|d| &d.versions)
+                .map(|v| u64::from(v.reserved))
+                .sum();
             let runs = {
                 let mut meta = self.meta.lock();
                 let runs = meta.alloc.allocate(copies);
                 self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+                self.reserved.fetch_sub(held, Ordering::SeqCst);
                 runs
             };
             let mut slots = runs
@@ -1127,12 +1403,18 @@ impl Inner {
             }
         }
 
-        // Clear the dirty designations.
-        let mut released = 0;
-        for d in &batch {
-            released += self.cache.retire(d);
+        // Clear the dirty designations; reservations nothing needed are returned.
+        if copies == 0 {
+            let held: u64 = batch
+                .iter()
+                .flat_map(|d| &d.versions)
+                .map(|v| u64::from(v.reserved))
+                .sum();
+            self.reserved.fetch_sub(held, Ordering::SeqCst);
         }
-        self.reserved.fetch_sub(released, Ordering::SeqCst);
+        for d in &batch {
+            self.cache.retire(d);
+        }
         Ok(batch.len())
     }
 
@@ -1149,7 +1431,15 @@ impl Inner {
     /// has grown well past that, and frees the old chain's slots.
     fn maybe_checkpoint(&self, meta: &mut MetaState) -> Result<()> {
         let live = self.index.len() as u64 + meta.committed.len() as u64;
-        if meta.chain_records < self.compact_after_records || meta.chain_records < 4 * live {
+        let live_slots = self.live_meta_slots(meta.committed.len());
+        let by_records =
+            meta.chain_records >= self.compact_after_records && meta.chain_records >= 4 * live;
+        let by_slots = meta.chain_slots.len() as u64 >= 4 + 2 * live_slots;
+        if !(by_records || by_slots) {
+            return Ok(());
+        }
+        if meta.alloc.used() + live_slots + 1 > self.capacity_slots() {
+            // No room for the new chain yet; the old one stays valid.
             return Ok(());
         }
         let mut records: Vec<Record> = meta
@@ -1193,37 +1483,59 @@ impl Inner {
     }
 
     /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
-    /// (the copy its new generation selects) at the new head and syncs again.
+    /// (the copy its new generation selects) at the new head and syncs again. Fails with
+    /// ENOSPC, changing nothing, if the target cannot hold the blocks.
     fn commit_raw(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
         let blocks = MetaBlock::pack(&records, meta.sb.meta_head_seq + 1);
-        let mut head = meta.sb.meta_head;
-        let mut head_seq = meta.sb.meta_head_seq;
-        for mut blk in blocks {
-            let off = match meta.next_block {
-                Some(off) => off,
-                None => {
-                    let slot = meta.alloc.allocate(1)[0].0;
-                    meta.chain_slots.push(slot);
-                    self.slot_offset(slot)
-                }
-            };
-            blk.prev = head;
-            self.target
-                .write_at(&blk.encode(&self.volume_id), off)
-                .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
-            head = off;
-            head_seq = blk.seq;
-            let next = off + BLOCK_SIZE as u64;
-            meta.next_block = ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
+        let per_slot = self.geo.chunk() / BLOCK_SIZE as u64;
+        let room_in_slot = meta.next_block.map_or(0, |off| {
+            (self.geo.chunk() - (off - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
+        });
+        let new_slots = (blocks.len() as u64).saturating_sub(room_in_slot).div_ceil(per_slot);
+        let cap = self.capacity_slots();
+        if meta.alloc.used() + new_slots > cap {
+            return Err(Error::NoSpace {
+                detail: format!(
+                    "the metadata log needs {new_slots} more slots; {} of {cap} are in use",
+                    meta.alloc.used()
+                ),
+            });
         }
-        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-        self.target
-            .sync()
-            .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+        let r = (|| {
+            for mut blk in blocks {
+                let off = match meta.next_block {
+                    Some(off) => off,
+                    None => {
+                        let slot = meta.alloc.allocate(1)[0].0;
+                        meta.chain_slots.push(slot);
+                        self.slot_offset(slot)
+                    }
+                };
+                blk.prev = meta.sb.meta_head;
+                self.target
+                    .write_at(&blk.encode(&self.volume_id), off)
+                    .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
+                meta.sb.meta_head = off;
+                meta.sb.meta_head_seq = blk.seq;
+                let next = off + BLOCK_SIZE as u64;
+                meta.next_block =
+                    ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
+            }
+            self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+            self.target
+                .sync()
+                .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+            self.write_superblock(meta)
+        })();
+        // Past the room check, a failure leaves RAM and disk out of step: stop writing.
+        r.inspect_err(|e| self.fail(e))
+    }
+
+    /// Writes `meta.sb` with the next generation into the copy that generation selects (never
+    /// the copy holding the current one), and syncs.
+    fn write_superblock(&self, meta: &mut MetaState) -> Result<()> {
         let mut sb = meta.sb.clone();
         sb.generation += 1;
-        sb.meta_head = head;
-        sb.meta_head_seq = head_seq;
         sb.last_snapshot_seq = sb.last_snapshot_seq.max(self.gate.current());
         let off = format::superblock_offset(sb.generation);
         self.target
@@ -1236,6 +1548,13 @@ impl Inner {
         Ok(())
     }
 
+    /// Slots a fresh copy of the live metadata (a checkpoint) would take.
+    fn live_meta_slots(&self, snapshots: usize) -> u64 {
+        let bytes = self.index.len() as u64 * 37 + snapshots as u64 * MAX_RECORD_LEN as u64;
+        let per_slot = self.geo.chunk() / BLOCK_SIZE as u64 * META_PAYLOAD as u64;
+        bytes.div_ceil(per_slot).max(1)
+    }
+
     fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
         validate_name(name)?;
         self.check_writable()?;
@@ -1245,6 +1564,9 @@ impl Inner {
         if current.by_name(name).is_some() {
             return Err(Error::SnapshotExists(full));
         }
+        // A snapshot needs a record in the metadata log; on a full target it fails here rather
+        // than eat the room kept for deleting snapshots.
+        self.check_room(1)?;
         let seq = SnapshotSeq(self.gate.current() + 1);
         let meta = SnapshotMeta {
             seq,

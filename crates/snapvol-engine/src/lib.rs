@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod destage;
 pub mod error;
+pub mod fault;
 pub mod format;
 pub mod journal;
 pub mod metadata;

@@ -247,9 +247,7 @@ impl Cache {
         let mut reserved = false;
         let whole_zero = data.is_none() && within == 0 && len == chunk;
 
-        let start_new = versions
-            .last()
-            .is_none_or(|v| v.epoch != epoch || v.frozen);
+        let start_new = versions.last().is_none_or(|v| v.epoch != epoch || v.frozen);
         if start_new {
             let boundary = match versions.last() {
                 Some(v) => v.epoch,

@@ -171,8 +171,15 @@ impl JournalHeader {
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
         let ring_off = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes"));
         let ring_len = u64::from_le_bytes(b[40..48].try_into().expect("8 bytes"));
-        if version != VERSION || ring_off != RING_OFFSET || ring_len < MIN_JOURNAL_SIZE || ring_len % SECTOR != 0 {
-            return Err(Error::corrupt(loc, "unsupported version or impossible ring"));
+        if version != VERSION
+            || ring_off != RING_OFFSET
+            || ring_len < MIN_JOURNAL_SIZE
+            || ring_len % SECTOR != 0
+        {
+            return Err(Error::corrupt(
+                loc,
+                "unsupported version or impossible ring",
+            ));
         }
         Ok(Self {
             volume_id: b[16..32].try_into().expect("16 bytes"),
@@ -236,8 +243,13 @@ impl Journal {
                 )));
             }
         }
-        let header = JournalHeader { volume_id, ring_len }.encode();
-        dev.write_at(&header, 0).map_err(|e| jerr("write journal header", 0, e))?;
+        let header = JournalHeader {
+            volume_id,
+            ring_len,
+        }
+        .encode();
+        dev.write_at(&header, 0)
+            .map_err(|e| jerr("write journal header", 0, e))?;
         // A stale record at the ring's start could otherwise look live to the first replay.
         dev.write_at(&[0u8; RECORD_HEADER], RING_OFFSET)
             .map_err(|e| jerr("write", RING_OFFSET, e))?;
@@ -357,10 +369,7 @@ impl Journal {
 
     /// Appends `requests` (epoch, offset, len, data) as records and syncs. Returns the append's
     /// generation (for [`Journal::head_after`]). The caller made sure they fit (`free`).
-    pub fn append(
-        &mut self,
-        requests: &[Request],
-    ) -> Result<u64> {
+    pub fn append(&mut self, requests: &[Request]) -> Result<u64> {
         let start_used = self.used;
         let mut segment_start = self.tail;
         self.buf.clear();
@@ -392,7 +401,11 @@ impl Journal {
                 data: None,
             };
             let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
-            let kind = if data.is_some() { KIND_WRITE } else { KIND_ZERO };
+            let kind = if data.is_some() {
+                KIND_WRITE
+            } else {
+                KIND_ZERO
+            };
             let h = encode_header(kind, &rec, bytes, &self.volume_id);
             self.buf.extend_from_slice(&h);
             self.buf.extend_from_slice(bytes);
@@ -507,28 +520,37 @@ mod tests {
         Journal::open(Box::new(dev.clone()), [7; 16], head).expect("open")
     }
 
-    #[test]
-    fn appended_records_replay_in_order_from_the_head() {
+    /// A formatted journal, opened the way the volume opens it: the head it would persist.
+    fn fresh() -> (Arc<MemVlun>, Journal, JournalHead) {
         let dev = Arc::new(MemVlun::new(0));
         Journal::format(&*dev, [7; 16], MIN_JOURNAL_SIZE).unwrap();
         let (mut j, recs) = open(&dev, JournalHead::default());
         assert!(recs.is_empty());
-        j.append(&[req(1, 0, b"hello"), (2, 4096, 8192, None)]).unwrap();
+        let head = j.tail_head();
+        j.reset_to(head);
+        (dev, j, head)
+    }
+
+    #[test]
+    fn appended_records_replay_in_order_from_the_head() {
+        let (dev, mut j, head) = fresh();
+        j.append(&[req(1, 0, b"hello"), (2, 4096, 8192, None)])
+            .unwrap();
         j.append(&[req(3, 10, &[9u8; 5000])]).unwrap();
-        let (_, recs) = open(&dev, JournalHead::default());
+        let (_, recs) = open(&dev, head);
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[0].data.as_deref(), Some(&b"hello"[..]));
-        assert_eq!((recs[1].epoch, recs[1].len, recs[1].data.is_none()), (2, 8192, true));
+        assert_eq!(
+            (recs[1].epoch, recs[1].len, recs[1].data.is_none()),
+            (2, 8192, true)
+        );
         assert_eq!(recs[2].data.as_ref().map(|d| d.len()), Some(5000));
     }
 
     #[test]
     fn the_ring_wraps_and_a_moved_head_forgets_what_was_destaged() {
-        let dev = Arc::new(MemVlun::new(0));
-        Journal::format(&*dev, [7; 16], MIN_JOURNAL_SIZE).unwrap();
-        let (mut j, _) = open(&dev, JournalHead::default());
+        let (dev, mut j, mut last) = fresh();
         let big = vec![3u8; 1 << 20];
-        let mut last = JournalHead::default();
         for i in 0..12u64 {
             if j.free() < Journal::space_needed([big.len() as u64].into_iter()) {
                 let h = j.head_after(j.generation()).unwrap();
@@ -540,39 +562,46 @@ mod tests {
         let (_, recs) = open(&dev, last);
         assert!(!recs.is_empty());
         assert_eq!(recs.last().unwrap().epoch, 11);
-        assert!(recs.windows(2).all(|w| w[1].seq == w[0].seq + 1 || w[1].seq == w[0].seq + 2));
+        assert!(recs
+            .windows(2)
+            .all(|w| w[1].seq == w[0].seq + 1 || w[1].seq == w[0].seq + 2));
     }
 
     #[test]
     fn a_corrupt_record_ends_the_replay_there() {
-        let dev = Arc::new(MemVlun::new(0));
-        Journal::format(&*dev, [7; 16], MIN_JOURNAL_SIZE).unwrap();
-        let (mut j, _) = open(&dev, JournalHead::default());
-        j.append(&[req(1, 0, b"a"), req(1, 1, b"b"), req(1, 2, b"c")]).unwrap();
+        let (dev, mut j, head) = fresh();
+        j.append(&[req(1, 0, b"a"), req(1, 1, b"b"), req(1, 2, b"c")])
+            .unwrap();
         // Flip a data byte of the second record (at ring offset 512 + 64).
+        let at = RING_OFFSET + head.pos + 512 + 64;
         let mut byte = [0u8];
-        dev.read_at(&mut byte, RING_OFFSET + 512 + 64).unwrap();
-        dev.write_at(&[byte[0] ^ 1], RING_OFFSET + 512 + 64).unwrap();
-        let (_, recs) = open(&dev, JournalHead::default());
+        dev.read_at(&mut byte, at).unwrap();
+        dev.write_at(&[byte[0] ^ 1], at).unwrap();
+        let (_, recs) = open(&dev, head);
         assert_eq!(recs.len(), 1);
     }
 
     #[test]
     fn stale_records_of_an_earlier_life_are_never_replayed() {
-        let dev = Arc::new(MemVlun::new(0));
-        Journal::format(&*dev, [7; 16], MIN_JOURNAL_SIZE).unwrap();
-        let (mut j, _) = open(&dev, JournalHead::default());
+        let (dev, mut j, head) = fresh();
         j.append(&[req(1, 0, b"a"), req(1, 1, b"b")]).unwrap();
         // Lose the first record (as a torn append would); the second stays on disk.
-        dev.write_at(&[0u8; 64], RING_OFFSET).unwrap();
-        let (mut j, recs) = open(&dev, JournalHead::default());
-        assert!(recs.is_empty(), "nothing after a missing record is replayed");
+        dev.write_at(&[0u8; 64], RING_OFFSET + head.pos).unwrap();
+        let (mut j, recs) = open(&dev, head);
+        assert!(
+            recs.is_empty(),
+            "nothing after a missing record is replayed"
+        );
         // Recovery persists this head, then the volume appends anew at the same place.
         let head = j.tail_head();
         j.reset_to(head);
         j.append(&[req(2, 0, b"new")]).unwrap();
         let (_, recs) = open(&dev, head);
-        assert_eq!(recs.len(), 1, "the stale record must not come back after the new one");
+        assert_eq!(
+            recs.len(),
+            1,
+            "the stale record must not come back after the new one"
+        );
         assert_eq!(recs[0].data.as_deref(), Some(&b"new"[..]));
     }
 

@@ -24,4 +24,4 @@ pub use store::{
     parse_snapshot_name, parse_volume_or_snapshot, validate_name, CreateOptions, Store,
     DEFAULT_CACHE_SIZE,
 };
-pub use volume::{Layout, SnapshotInfo, Volume, VolumeInfo, VolumeOptions, VolumePaths, Vluns};
+pub use volume::{Layout, SnapshotInfo, Vluns, Volume, VolumeInfo, VolumeOptions, VolumePaths};

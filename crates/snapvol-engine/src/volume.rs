@@ -22,10 +22,12 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::{Cache, DirtyChunk, Version};
-use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
-use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD};
+use crate::format::{
+    self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD,
+};
+use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
 use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
 use crate::store::{validate_name, VolumeLock, DEFAULT_CACHE_SIZE};
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot, BLOCK};
@@ -283,7 +285,8 @@ pub struct VolumePaths {
 
 impl VolumePaths {
     fn create(&self, geo: Geometry) -> Result<Vluns> {
-        let src = FileVlun::create(&self.source, geo.size).map_err(|e| Error::file(&self.source, e))?;
+        let src =
+            FileVlun::create(&self.source, geo.size).map_err(|e| Error::file(&self.source, e))?;
         let len = src.len().map_err(|e| Error::file(&self.source, e))?;
         if len < geo.size {
             return Err(Error::InvalidArgument(format!(
@@ -363,7 +366,12 @@ impl Volume {
 
     /// Creates a volume on any set of VLUNs: writes both superblock copies to the target and
     /// formats the journal.
-    pub fn create_on(name: &str, vluns: Vluns, layout: Layout, opts: VolumeOptions) -> Result<Self> {
+    pub fn create_on(
+        name: &str,
+        vluns: Vluns,
+        layout: Layout,
+        opts: VolumeOptions,
+    ) -> Result<Self> {
         validate_name(name)?;
         let geo = layout.geometry;
         let Vluns {
@@ -563,6 +571,13 @@ impl Volume {
         self.inner.flush()
     }
 
+    /// Writes everything in the cache through to the VLUNs and empties the journal: the source
+    /// VLUN is then the volume, and space accounting is settled.
+    pub fn destage_all(&self) -> Result<()> {
+        self.inner.check_writable()?;
+        self.inner.drain().inspect_err(|e| self.inner.fail(e))
+    }
+
     /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write(offset, data)?;
@@ -614,9 +629,21 @@ impl Volume {
         }
     }
 
-    /// Flushes, stops the destager and releases the volume.
+    /// Destages everything, empties the journal and releases the volume.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
+    }
+
+    /// Stops at once, as if the process were killed: nothing more is written, nothing is
+    /// flushed. For crash tests; what is durable is what a reopen recovers.
+    #[doc(hidden)]
+    pub fn kill(mut self) {
+        if let Some(handle) = self.destager.take() {
+            let _ = self.inner.failed.set("killed".into());
+            self.inner.shutdown.store(true, Ordering::SeqCst);
+            self.inner.poke();
+            let _ = handle.join();
+        }
     }
 
     fn shutdown(&mut self) -> Result<()> {
@@ -1081,8 +1108,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Slots data reservations leave free for metadata: the chain's growth until the next
-    /// compaction, the compacted copy, and a couple for deleting snapshots on a full target.
+    /// Slots data reservations leave free for metadata: room to compact the log (which then
+    /// frees the old chain) and to append after that, and the slots held back so that a
+    /// snapshot can always be deleted on a full target.
     fn check_room(&self, extra: u64) -> Result<()> {
         let used = self.slots_used.load(Ordering::SeqCst) + self.reserved.load(Ordering::SeqCst);
         let want = used + self.meta_headroom() + extra;
@@ -1097,7 +1125,7 @@ impl Inner {
 
     fn meta_headroom(&self) -> u64 {
         let live = self.live_meta_slots(self.table.load().len());
-        META_HEADROOM + (4 + 2 * live) + live + 1
+        META_HEADROOM + live + 2
     }
 
     fn destager_loop(self: Arc<Self>) {
@@ -1421,8 +1449,9 @@ impl Inner {
     /// Appends records to the metadata log and makes them part of the volume (see
     /// [`Inner::commit_raw`]); the caller checkpoints once its RAM state includes them.
     fn commit_locked(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        let may_use_reserve = matches!(records.as_slice(), [Record::SnapshotDelete { .. }]);
         let n = records.len() as u64;
-        self.commit_raw(meta, records)?;
+        self.commit_raw(meta, records, may_use_reserve)?;
         meta.chain_records += n;
         Ok(())
     }
@@ -1435,12 +1464,18 @@ impl Inner {
         let by_records =
             meta.chain_records >= self.compact_after_records && meta.chain_records >= 4 * live;
         let by_slots = meta.chain_slots.len() as u64 >= 4 + 2 * live_slots;
-        if !(by_records || by_slots) {
-            return Ok(());
+        if by_records || by_slots {
+            self.compact(meta)?;
         }
-        if meta.alloc.used() + live_slots + 1 > self.capacity_slots() {
-            // No room for the new chain yet; the old one stays valid.
-            return Ok(());
+        Ok(())
+    }
+
+    /// Rewrites the durable state as a fresh chain and frees the old one. Returns `false`
+    /// (changing nothing) when the target has no room for the new chain.
+    fn compact(&self, meta: &mut MetaState) -> Result<bool> {
+        let live_slots = self.live_meta_slots(meta.committed.len());
+        if live_slots + 1 > self.free_slots(meta) {
+            return Ok(false);
         }
         let mut records: Vec<Record> = meta
             .committed
@@ -1461,46 +1496,66 @@ impl Inner {
             .collect();
         records.extend(destage::records(&placed));
         let old_slots = std::mem::take(&mut meta.chain_slots);
-        let old_next = meta.next_block.take();
-        let old_head = meta.sb.meta_head;
+        meta.next_block = None;
         meta.sb.meta_head = 0;
         let n = records.len() as u64;
-        let r = self.commit_raw(meta, records);
-        if let Err(e) = r {
-            // The old chain is still what the superblock points at.
-            meta.chain_slots = old_slots;
-            meta.next_block = old_next;
-            meta.sb.meta_head = old_head;
-            return Err(e);
-        }
+        // Failing from here on fails the volume (write_chain does); RAM no longer matters.
+        self.write_chain(meta, records)?;
         meta.chain_records = n;
         for s in old_slots {
             meta.alloc.free(s);
         }
         self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
         tracing::debug!(volume = %self.name, records = n, "metadata log compacted");
-        Ok(())
+        Ok(true)
     }
 
-    /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
-    /// (the copy its new generation selects) at the new head and syncs again. Fails with
-    /// ENOSPC, changing nothing, if the target cannot hold the blocks.
-    fn commit_raw(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
-        let blocks = MetaBlock::pack(&records, meta.sb.meta_head_seq + 1);
+    /// Slots neither in use nor promised to cached writes.
+    fn free_slots(&self, meta: &MetaState) -> u64 {
+        self.capacity_slots()
+            .saturating_sub(meta.alloc.used() + self.reserved.load(Ordering::SeqCst))
+    }
+
+    /// New slots `records` would take after the chain head.
+    fn slots_for(&self, meta: &MetaState, records: &[Record]) -> u64 {
+        let blocks = MetaBlock::pack(records, 0).len() as u64;
         let per_slot = self.geo.chunk() / BLOCK_SIZE as u64;
         let room_in_slot = meta.next_block.map_or(0, |off| {
             (self.geo.chunk() - (off - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
         });
-        let new_slots = (blocks.len() as u64).saturating_sub(room_in_slot).div_ceil(per_slot);
-        let cap = self.capacity_slots();
-        if meta.alloc.used() + new_slots > cap {
+        blocks.saturating_sub(room_in_slot).div_ceil(per_slot)
+    }
+
+    /// Appends records to the metadata log and makes them part of the volume (see
+    /// [`Inner::write_chain`]), compacting the log first if that is what makes room. Only a
+    /// snapshot deletion (`may_use_reserve`) may take the slots held back for it. Fails with
+    /// ENOSPC, changing nothing, if the target cannot hold the records.
+    fn commit_raw(
+        &self,
+        meta: &mut MetaState,
+        records: Vec<Record>,
+        may_use_reserve: bool,
+    ) -> Result<()> {
+        let reserve = if may_use_reserve { 0 } else { META_HEADROOM };
+        let fits =
+            |meta: &MetaState| self.slots_for(meta, &records) + reserve <= self.free_slots(meta);
+        if !fits(meta) && (!self.compact(meta)? || !fits(meta)) {
             return Err(Error::NoSpace {
                 detail: format!(
-                    "the metadata log needs {new_slots} more slots; {} of {cap} are in use",
-                    meta.alloc.used()
+                    "the metadata log needs {} more chunk slots; {} are free",
+                    self.slots_for(meta, &records),
+                    self.free_slots(meta)
                 ),
             });
         }
+        self.write_chain(meta, records)
+    }
+
+    /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
+    /// (the copy its new generation selects) at the new head and syncs again. The caller made
+    /// sure there is room.
+    fn write_chain(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        let blocks = MetaBlock::pack(&records, meta.sb.meta_head_seq + 1);
         let r = (|| {
             for mut blk in blocks {
                 let off = match meta.next_block {
@@ -1527,7 +1582,7 @@ impl Inner {
                 .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
             self.write_superblock(meta)
         })();
-        // Past the room check, a failure leaves RAM and disk out of step: stop writing.
+        // A failure leaves RAM and disk out of step: stop writing.
         r.inspect_err(|e| self.fail(e))
     }
 
@@ -1623,8 +1678,7 @@ impl Inner {
         // No destage batch may be between planning and publishing while copies are freed.
         let _d = self.destage_lock.lock();
         let mut meta = self.meta.lock();
-        self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])
-            .inspect_err(|e| self.fail(e))?;
+        self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])?;
         let mut next = (**self.table.load()).clone();
         next.remove(seq);
         let freed = self.index.remove_unreferenced(&next);
@@ -1634,8 +1688,7 @@ impl Inner {
             meta.alloc.free(*s);
         }
         self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-        self.maybe_checkpoint(&mut meta)
-            .inspect_err(|e| self.fail(e))?;
+        self.maybe_checkpoint(&mut meta)?;
         tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
         Ok(())
     }

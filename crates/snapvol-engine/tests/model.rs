@@ -6,18 +6,34 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use snapvol_engine::units::Geometry;
 use snapvol_engine::vlun::{MemVlun, Vlun};
-use snapvol_engine::{Volume, VolumeOptions};
+use snapvol_engine::{Layout, Vluns, Volume, VolumeOptions};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { off: u64, len: u64, seed: u8 },
-    Zero { off: u64, len: u64 },
+    Write {
+        off: u64,
+        len: u64,
+        seed: u8,
+    },
+    Zero {
+        off: u64,
+        len: u64,
+    },
     Flush,
     Snap,
     Delete(usize),
     Reopen,
-    ReadLive { off: u64, len: u64 },
-    ReadSnap { idx: usize, off: u64, len: u64 },
+    /// Flush, then die like a killed process: recovery must bring back every write.
+    FlushAndKill,
+    ReadLive {
+        off: u64,
+        len: u64,
+    },
+    ReadSnap {
+        idx: usize,
+        off: u64,
+        len: u64,
+    },
 }
 
 fn range(size: u64) -> impl Strategy<Value = (u64, u64)> {
@@ -41,6 +57,7 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
         3 => Just(Op::Snap),
         1 => any::<usize>().prop_map(Op::Delete),
         1 => Just(Op::Reopen),
+        1 => Just(Op::FlushAndKill),
         2 => range(size).prop_map(|(off, len)| Op::ReadLive { off, len }),
         3 => (any::<usize>(), range(size)).prop_map(|(idx, (off, len))| Op::ReadSnap { idx, off, len }),
     ]
@@ -55,6 +72,7 @@ fn pattern(seed: u8, off: u64, len: u64) -> Vec<u8> {
 struct Harness {
     source: Arc<MemVlun>,
     target: Arc<MemVlun>,
+    journal: Arc<MemVlun>,
     vol: Option<Volume>,
     live: Vec<u8>,
     snaps: Vec<(String, Vec<u8>)>,
@@ -66,12 +84,18 @@ impl Harness {
     fn new(size: u64, chunk: u32, cache: u64) -> Self {
         let source = Arc::new(MemVlun::new(size));
         let target = Arc::new(MemVlun::new(0));
+        let journal = Arc::new(MemVlun::new(0));
+        let vluns = Vluns {
+            source: Box::new(source.clone()),
+            target: Box::new(target.clone()),
+            journal: Box::new(journal.clone()),
+        };
+        let mut layout = Layout::new(Geometry::new(size, chunk).unwrap());
+        layout.journal_size = 4 << 20;
         let vol = Volume::create_on(
             "v",
-            Box::new(source.clone()),
-            Box::new(target.clone()),
-            Geometry::new(size, chunk).unwrap(),
-            None,
+            vluns,
+            layout,
             VolumeOptions {
                 cache_size: cache,
                 compact_after_records: 4,
@@ -81,6 +105,7 @@ impl Harness {
         Self {
             source,
             target,
+            journal,
             vol: Some(vol),
             live: vec![0; size as usize],
             snaps: Vec::new(),
@@ -119,18 +144,13 @@ impl Harness {
             }
             Op::Reopen => {
                 self.vol.take().unwrap().close().unwrap();
-                self.vol = Some(
-                    Volume::open_on(
-                        "v",
-                        Box::new(self.source.clone()),
-                        Box::new(self.target.clone()),
-                        VolumeOptions {
-                            cache_size: self.cache,
-                            compact_after_records: 4,
-                        },
-                    )
-                    .unwrap(),
-                );
+                self.reopen();
+            }
+            Op::FlushAndKill => {
+                let vol = self.vol.take().unwrap();
+                vol.flush().unwrap();
+                vol.kill();
+                self.reopen();
             }
             Op::ReadLive { off, len } => {
                 let mut buf = vec![0; len as usize];
@@ -156,6 +176,19 @@ impl Harness {
                 );
             }
         }
+    }
+
+    fn reopen(&mut self) {
+        let vluns = Vluns {
+            source: Box::new(self.source.clone()),
+            target: Box::new(self.target.clone()),
+            journal: Box::new(self.journal.clone()),
+        };
+        let opts = VolumeOptions {
+            cache_size: self.cache,
+            compact_after_records: 4,
+        };
+        self.vol = Some(Volume::open_on("v", vluns, opts).unwrap());
     }
 
     fn check_all(&self) {

@@ -149,6 +149,15 @@ pub struct CreateArgs {
     /// Cap the snapshot store at this size (default: a target file grows as needed).
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
     pub target_size: Option<u64>,
+
+    /// Keep the persistent cache journal in this file or block device (a faster device
+    /// makes FLUSH faster) instead of the store.
+    #[arg(long, value_name = "PATH")]
+    pub cache: Option<PathBuf>,
+
+    /// Size of the cache journal (at least 4M). Writes waiting to be destaged must fit in it.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "256M")]
+    pub journal_size: u64,
 }
 
 /// `snapvol list`.

@@ -20,6 +20,8 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
         source: args.source.as_deref().map(absolute).transpose()?,
         target: args.target.as_deref().map(absolute).transpose()?,
         target_size: args.target_size,
+        cache: args.cache.as_deref().map(absolute).transpose()?,
+        journal_size: args.journal_size,
     };
     let vol = store.create(&args.volume, &opts, VolumeOptions::default())?;
     vol.close()

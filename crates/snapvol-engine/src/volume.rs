@@ -41,6 +41,10 @@ pub struct VolumeOptions {
     /// The metadata log is compacted once it holds at least this many records and four
     /// times more than a fresh copy of the live metadata would.
     pub compact_after_records: u64,
+    /// Destage in a background thread (the default). Without it, writers destage when the
+    /// cache is full and flushes only journal: every I/O happens on the caller's thread, in
+    /// an order that depends only on the calls made — what crash-point tests need.
+    pub background_destage: bool,
 }
 
 impl Default for VolumeOptions {
@@ -48,6 +52,7 @@ impl Default for VolumeOptions {
         Self {
             cache_size: DEFAULT_CACHE_SIZE,
             compact_after_records: 4096,
+            background_destage: true,
         }
     }
 }
@@ -189,6 +194,7 @@ struct Inner {
     volume_id: [u8; 16],
     cache: Cache,
     compact_after_records: u64,
+    background_destage: bool,
     index: Index,
     table: ArcSwap<SnapshotTable>,
     gate: EpochGate,
@@ -223,6 +229,7 @@ struct Inner {
 pub struct Volume {
     inner: Arc<Inner>,
     destager: Option<JoinHandle<()>>,
+    open: bool,
     _lock: Option<VolumeLock>,
 }
 
@@ -482,6 +489,7 @@ impl Volume {
             // Everything the cache holds must fit the journal twice over (see journal_flush).
             cache: Cache::new(geo, opts.cache_size.min(ring / 2)),
             compact_after_records: opts.compact_after_records,
+            background_destage: opts.background_destage,
             index: loaded.index,
             table: ArcSwap::from_pointee(loaded.table.clone()),
             gate: EpochGate::new(epoch),
@@ -511,14 +519,21 @@ impl Volume {
             target,
         });
         inner.recover(records)?;
-        let bg = Arc::clone(&inner);
-        let destager = std::thread::Builder::new()
-            .name(format!("destage-{name}"))
-            .spawn(move || bg.destager_loop())
-            .map_err(|e| Error::file("destager thread", e))?;
+        let destager = if opts.background_destage {
+            let bg = Arc::clone(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name(format!("destage-{name}"))
+                    .spawn(move || bg.destager_loop())
+                    .map_err(|e| Error::file("destager thread", e))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             inner,
-            destager: Some(destager),
+            destager,
+            open: true,
             _lock: None,
         })
     }
@@ -638,21 +653,24 @@ impl Volume {
     /// flushed. For crash tests; what is durable is what a reopen recovers.
     #[doc(hidden)]
     pub fn kill(mut self) {
+        self.open = false;
+        let _ = self.inner.failed.set("killed".into());
+        self.stop_destager();
+    }
+
+    fn stop_destager(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.poke();
         if let Some(handle) = self.destager.take() {
-            let _ = self.inner.failed.set("killed".into());
-            self.inner.shutdown.store(true, Ordering::SeqCst);
-            self.inner.poke();
             let _ = handle.join();
         }
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        let Some(handle) = self.destager.take() else {
+        if !std::mem::take(&mut self.open) {
             return Ok(());
-        };
-        self.inner.shutdown.store(true, Ordering::SeqCst);
-        self.inner.poke();
-        let _ = handle.join();
+        }
+        self.stop_destager();
         self.inner.check_writable()?;
         self.inner.drain().inspect_err(|e| self.inner.fail(e))
     }
@@ -984,6 +1002,9 @@ impl Inner {
             Some(_) => chunks * self.geo.chunk() + len,
             None => chunks * 512,
         };
+        if !self.background_destage && self.cache.dirty_bytes() + cost > self.cache.limit() {
+            self.destage_round()?;
+        }
         self.cache
             .wait_for_space(cost, || self.poke(), || self.failed.get().is_some());
         self.check_writable()?;

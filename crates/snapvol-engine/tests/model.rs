@@ -78,10 +78,11 @@ struct Harness {
     snaps: Vec<(String, Vec<u8>)>,
     next_name: usize,
     cache: u64,
+    background: bool,
 }
 
 impl Harness {
-    fn new(size: u64, chunk: u32, cache: u64) -> Self {
+    fn new(size: u64, chunk: u32, cache: u64, background: bool) -> Self {
         let source = Arc::new(MemVlun::new(size));
         let target = Arc::new(MemVlun::new(0));
         let journal = Arc::new(MemVlun::new(0));
@@ -99,6 +100,7 @@ impl Harness {
             VolumeOptions {
                 cache_size: cache,
                 compact_after_records: 4,
+                background_destage: background,
             },
         )
         .unwrap();
@@ -111,6 +113,7 @@ impl Harness {
             snaps: Vec::new(),
             next_name: 0,
             cache,
+            background,
         }
     }
 
@@ -187,6 +190,7 @@ impl Harness {
         let opts = VolumeOptions {
             cache_size: self.cache,
             compact_after_records: 4,
+            background_destage: self.background,
         };
         self.vol = Some(Volume::open_on("v", vluns, opts).unwrap());
     }
@@ -214,8 +218,8 @@ impl Harness {
     }
 }
 
-fn run(ops: &[Op], size: u64, chunk: u32, cache: u64) {
-    let mut h = Harness::new(size, chunk, cache);
+fn run(ops: &[Op], size: u64, chunk: u32, cache: u64, background: bool) {
+    let mut h = Harness::new(size, chunk, cache, background);
     for op in ops {
         h.apply(op);
     }
@@ -242,11 +246,16 @@ proptest! {
 
     #[test]
     fn engine_matches_the_oracle_with_4k_chunks_and_a_tiny_cache(ops in prop::collection::vec(op(64 * 4096), 1..60)) {
-        run(&ops, 64 * 4096, 4096, 16 * 4096);
+        run(&ops, 64 * 4096, 4096, 16 * 4096, true);
     }
 
     #[test]
     fn engine_matches_the_oracle_with_16k_chunks(ops in prop::collection::vec(op(32 * 16384), 1..60)) {
-        run(&ops, 32 * 16384, 16384, 1 << 20);
+        run(&ops, 32 * 16384, 16384, 1 << 20, true);
+    }
+
+    #[test]
+    fn engine_matches_the_oracle_destaging_on_the_callers_thread(ops in prop::collection::vec(op(64 * 8192), 1..60)) {
+        run(&ops, 64 * 8192, 8192, 24 * 8192, false);
     }
 }

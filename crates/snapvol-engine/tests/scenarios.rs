@@ -215,6 +215,7 @@ fn deleted_snapshots_give_their_space_back_and_the_target_stops_growing() {
     let vopts = VolumeOptions {
         cache_size: 8 * MIB,
         compact_after_records: 256,
+        ..VolumeOptions::default()
     };
     let fx = Fixture::new();
     let vol = fx.create("vol", SIZE, CHUNK, None, vopts.clone());

@@ -53,6 +53,9 @@ pub const DEFAULT_JOURNAL_SIZE: u64 = 256 << 20;
 /// Smallest ring accepted: room for two of the largest requests the engine takes in one piece.
 pub const MIN_JOURNAL_SIZE: u64 = 4 << 20;
 
+/// Records with at least this much data are written from the request's own buffer.
+const DIRECT_WRITE: usize = 64 << 10;
+
 const KIND_WRITE: u8 = 1;
 const KIND_ZERO: u8 = 2;
 const KIND_WRAP: u8 = 3;
@@ -408,21 +411,33 @@ impl Journal {
             };
             let h = encode_header(kind, &rec, bytes, &self.volume_id);
             self.buf.extend_from_slice(&h);
-            self.buf.extend_from_slice(bytes);
-            let padded = self.buf.len().next_multiple_of(SECTOR as usize);
-            self.buf.resize(padded, 0);
+            if bytes.len() >= DIRECT_WRITE {
+                // Large data goes straight from the request's buffer: no copy.
+                self.write_buf(segment_start)?;
+                let off = RING_OFFSET + self.tail + RECORD_HEADER as u64;
+                self.dev
+                    .write_at(bytes, off)
+                    .map_err(|e| jerr("write journal", off, e))?;
+                segment_start = self.tail + size;
+            } else {
+                self.buf.extend_from_slice(bytes);
+                let padded = self.buf.len().next_multiple_of(SECTOR as usize);
+                self.buf.resize(padded, 0);
+            }
             self.tail += size;
             self.used += size;
             self.next_seq += 1;
-            if self.buf.len() >= 8 << 20 {
+            if self.tail == self.ring_len {
+                // Ended exactly at the ring's end: the next record starts at 0, no wrap record.
+                self.write_buf(segment_start)?;
+                self.tail = 0;
+                segment_start = 0;
+            } else if self.buf.len() >= 8 << 20 {
                 self.write_buf(segment_start)?;
                 segment_start = self.tail;
             }
         }
         self.write_buf(segment_start)?;
-        if self.tail == self.ring_len {
-            self.tail = 0;
-        }
         self.dev.sync().map_err(|e| jerr("sync", 0, e))?;
         self.generation += 1;
         self.appends.push_back((
@@ -565,6 +580,29 @@ mod tests {
         assert!(recs
             .windows(2)
             .all(|w| w[1].seq == w[0].seq + 1 || w[1].seq == w[0].seq + 2));
+    }
+
+    #[test]
+    fn a_record_ending_exactly_at_the_ring_end_continues_at_its_start() {
+        let (dev, mut j, head) = fresh();
+        assert_eq!(head.pos, 0);
+        // Records of exactly one sector: a 64-byte header and 448 bytes of data.
+        let one = vec![5u8; 448];
+        j.append(&(0..4).map(|i| req(1, i, &one)).collect::<Vec<_>>())
+            .unwrap();
+        let h = j.head_after(j.generation()).unwrap();
+        j.advance_head(h);
+        // One append that ends a record exactly at the ring's end and goes on after the turn.
+        let sectors = MIN_JOURNAL_SIZE / SECTOR;
+        let mut batch: Vec<_> = (4..sectors).map(|i| req(2, i, &one)).collect();
+        batch.push(req(3, 0, b"after the turn"));
+        j.append(&batch).unwrap();
+        let (_, recs) = open(&dev, h);
+        assert_eq!(recs.len() as u64, sectors - 4 + 1);
+        assert_eq!(
+            recs.last().unwrap().data.as_deref(),
+            Some(&b"after the turn"[..])
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`store`] (a directory of volumes).
 
 pub mod cache;
+pub mod check;
 pub mod destage;
 pub mod error;
 pub mod fault;

@@ -248,6 +248,23 @@ impl Store {
         Volume::open(name, &config.paths(&dir), vopts, lock)
     }
 
+    /// Checks a volume's devices (see [`crate::check`]) without changing them, unless
+    /// `repair`. Takes the volume's lock, so it fails with [`Error::Locked`] while the volume
+    /// is open elsewhere.
+    pub fn check(&self, name: &str, repair: bool) -> Result<crate::check::CheckReport> {
+        validate_name(name)?;
+        if !self.exists(name) {
+            return Err(Error::VolumeNotFound(name.to_owned()));
+        }
+        let dir = self.volume_dir(name);
+        let _lock = VolumeLock::acquire(name, &dir)?;
+        let config_path = dir.join(CONFIG_FILE);
+        let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
+        let config: VolumeConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
+        crate::check::check_paths(&config.paths(&dir), repair)
+    }
+
     /// Removes a volume whose files live in the store (not used by the CLI yet; tests use it).
     pub fn destroy(&self, name: &str) -> Result<()> {
         validate_name(name)?;

@@ -1607,19 +1607,24 @@ impl Inner {
         r.inspect_err(|e| self.fail(e))
     }
 
-    /// Writes `meta.sb` with the next generation into the copy that generation selects (never
-    /// the copy holding the current one), and syncs.
+    /// Writes `meta.sb` to both copies in turn: the next generation into the copy that holds
+    /// the older one, sync, then the generation after it into the other copy, sync. A crash
+    /// tears at most the copy being written while the other holds a whole state, and at rest
+    /// both copies hold the newest state, so a copy damaged later never makes an open fall
+    /// back to stale metadata.
     fn write_superblock(&self, meta: &mut MetaState) -> Result<()> {
         let mut sb = meta.sb.clone();
-        sb.generation += 1;
         sb.last_snapshot_seq = sb.last_snapshot_seq.max(self.gate.current());
-        let off = format::superblock_offset(sb.generation);
-        self.target
-            .write_at(&sb.encode(), off)
-            .map_err(|e| Error::io("write superblock", Device::Target, off, e))?;
-        self.target
-            .sync()
-            .map_err(|e| Error::io("sync", Device::Target, off, e))?;
+        for _ in 0..2 {
+            sb.generation += 1;
+            let off = format::superblock_offset(sb.generation);
+            self.target
+                .write_at(&sb.encode(), off)
+                .map_err(|e| Error::io("write superblock", Device::Target, off, e))?;
+            self.target
+                .sync()
+                .map_err(|e| Error::io("sync", Device::Target, off, e))?;
+        }
         meta.sb = sb;
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! One module per command; [`run`] dispatches.
 
+mod check;
 mod create;
 mod export;
 mod import;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Import(args) => import::run(&store, args),
         Command::Export(args) => export::run(&store, args),
+        Command::Check(args) => check::run(&store, args),
     }
 }
 

@@ -1,0 +1,991 @@
+//! `check`: verifies a volume's devices against `docs/format.md` without opening the volume,
+//! and repairs what the format lets it derive.
+//!
+//! What is verified, each failure reported as one [`Problem`] with its location (a structure
+//! and a byte offset in hex), never as a panic, whatever the bytes:
+//!
+//! - both superblock copies (magic, checksum, version, "generation matches its position",
+//!   geometry), which one is current (the valid copy with the higher generation, as open picks
+//!   it), and that the two agree on geometry and volume id;
+//! - the metadata chain from the current copy's `meta_head`: each block's magic, checksum,
+//!   volume id, strictly consecutive sequence numbers, and pointers that are block positions
+//!   in the data area;
+//! - every record: snapshot sequence numbers increasing, no duplicate live name, a delete names
+//!   a live snapshot, a preserve record lies inside the volume and the target;
+//! - the per-snapshot bitmaps and logs: for every chunk the live copies cover disjoint snapshot
+//!   ranges (no snapshot has two pointers for one chunk);
+//! - the derived allocator: no slot referenced by two live copies, no live copy in a slot of
+//!   the metadata chain;
+//! - the cache journal: a valid header of this volume, a head inside the ring, and records
+//!   from the head that lie inside the volume (a torn tail is the journal's normal end).
+//!
+//! Repair: a bad superblock copy is rewritten from the good one, with the next generation (the
+//! copy a generation lives in is fixed by its parity, so the same generation cannot go in the
+//! other slot). Everything else the format holds once: bitmaps, logs and the allocator are
+//! derived from the metadata log on open, so there is nothing derived to rebuild, and a damaged
+//! log block or journal header cannot be reconstructed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+
+use serde::Serialize;
+
+use crate::error::{Device, Error, Result};
+use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
+use crate::journal::{JournalHeader, RECORD_HEADER, RING_OFFSET, SECTOR};
+use crate::units::Geometry;
+use crate::vlun::{FileVlun, Vlun};
+use crate::volume::VolumePaths;
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Where: a structure and its byte offset in hex, e.g. `superblock copy at 0x1000` or
+    /// `metadata block at 0x20000 record 3`.
+    pub location: String,
+    /// What is wrong.
+    pub detail: String,
+    /// Whether `check --repair` can fix it.
+    pub repairable: bool,
+}
+
+/// Figures about what was checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckSummary {
+    /// Live snapshots.
+    pub snapshots: usize,
+    /// Preserved chunk copies some live snapshot reads.
+    pub preserved_chunks: u64,
+    /// Blocks in the metadata chain.
+    pub metadata_blocks: u64,
+    /// Records in the metadata chain.
+    pub metadata_records: u64,
+    /// Records in the cache journal waiting to be replayed.
+    pub journal_records: u64,
+    /// Generation of the current superblock copy (0 if neither copy is valid).
+    pub superblock_generation: u64,
+    /// Byte offset of the current superblock copy; `None` if neither copy is valid.
+    pub current_superblock: Option<u64>,
+    /// One past the highest target slot in use (data or metadata).
+    pub high_water_slots: u64,
+    /// Free slots below the high-water mark (holes the allocator reuses): information, not a
+    /// problem.
+    pub free_slots_below_high_water: u64,
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// Everything found wrong (after repair, if one was asked for: what is still wrong).
+    pub problems: Vec<Problem>,
+    /// What a repair did.
+    pub repaired: Vec<String>,
+    /// With repair: the problems it could not fix, as `location: detail`.
+    pub not_repaired: Vec<String>,
+    /// Figures.
+    pub summary: CheckSummary,
+}
+
+impl CheckReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks a volume's devices without changing them (unless `repair`). Never panics on any
+/// bytes; an error means a device could not be read (or, with `repair`, written).
+pub fn check(
+    source: &dyn Vlun,
+    target: &dyn Vlun,
+    journal: &dyn Vlun,
+    repair: bool,
+) -> Result<CheckReport> {
+    let first = scan(source, target, journal)?;
+    if !repair {
+        return Ok(first.report);
+    }
+    let mut repaired = Vec::new();
+    if let Some(fix) = &first.superblock_fix {
+        let good_off = format::superblock_offset(fix.good.generation);
+        let mut sb = fix.good.clone();
+        // The next generation lives in the other slot; past u64::MAX, the previous one does.
+        sb.generation = match fix.good.generation.checked_add(1) {
+            Some(g) => g,
+            None => fix.good.generation - 1,
+        };
+        let off = format::superblock_offset(sb.generation);
+        target
+            .write_at(&sb.encode(), off)
+            .map_err(|e| Error::io("write superblock", Device::Target, off, e))?;
+        target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, off, e))?;
+        repaired.push(format!(
+            "superblock copy at {off:#x}: rewritten from the copy at {good_off:#x} \
+             (generation {}) as generation {}",
+            fix.good.generation, sb.generation
+        ));
+    }
+    let mut report = if repaired.is_empty() {
+        first.report
+    } else {
+        scan(source, target, journal)?.report
+    };
+    report.repaired = repaired;
+    report.not_repaired = report
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.location, p.detail))
+        .collect();
+    Ok(report)
+}
+
+/// Checks the volume whose devices are at `paths`: opened read-only, unless `repair` (then the
+/// target is opened for writing; the source and the journal stay read-only).
+pub fn check_paths(paths: &VolumePaths, repair: bool) -> Result<CheckReport> {
+    let source = ReadOnlyFile::open(&paths.source)?;
+    let journal = ReadOnlyFile::open(&paths.journal)?;
+    if repair {
+        let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
+        check(&source, &target, &journal, true)
+    } else {
+        let target = ReadOnlyFile::open(&paths.target)?;
+        check(&source, &target, &journal, false)
+    }
+}
+
+/// A file or block device opened for reading only: what a check without repair uses, so it
+/// cannot change a byte even by mistake.
+#[derive(Debug)]
+struct ReadOnlyFile {
+    file: File,
+    block_device: bool,
+}
+
+impl ReadOnlyFile {
+    fn open(path: &std::path::Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| Error::file(path, e))?;
+        let block_device = file
+            .metadata()
+            .map_err(|e| Error::file(path, e))?
+            .file_type()
+            .is_block_device();
+        Ok(Self { file, block_device })
+    }
+}
+
+impl Vlun for ReadOnlyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset
+                .checked_add(done as u64)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "opened read-only for a check",
+        ))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        if self.block_device {
+            use std::io::Seek;
+            let mut f = &self.file;
+            return f.seek(io::SeekFrom::End(0));
+        }
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn growable(&self) -> bool {
+        false
+    }
+
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "opened read-only for a check",
+        ))
+    }
+}
+
+/// What one pass finds, and the superblock rewrite that would fix a bad copy.
+struct Scan {
+    report: CheckReport,
+    superblock_fix: Option<SuperblockFix>,
+}
+
+/// Rewrite the other slot from `good`.
+struct SuperblockFix {
+    good: Superblock,
+}
+
+/// Collects problems.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, location: impl Into<String>, detail: impl Into<String>, repairable: bool) {
+        self.0.push(Problem {
+            location: location.into(),
+            detail: detail.into(),
+            repairable,
+        });
+    }
+
+    /// Adds a decoder's `Corrupt` error as a problem; any other error is returned.
+    fn add_corrupt(&mut self, e: Error, repairable: bool) -> Result<()> {
+        match e {
+            Error::Corrupt { location, detail } => {
+                // "record N: ..." in a block's detail belongs to the location.
+                match split_record(&detail) {
+                    Some((n, rest)) => {
+                        self.add(format!("{location} record {n}"), rest, repairable);
+                    }
+                    None => self.add(location, detail, repairable),
+                }
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+}
+
+/// Splits `"record 3: invalid snapshot name"` into `(3, "invalid snapshot name")`.
+fn split_record(detail: &str) -> Option<(usize, &str)> {
+    let rest = detail.strip_prefix("record ")?;
+    let (n, rest) = rest.split_once(": ")?;
+    Some((n.parse().ok()?, rest))
+}
+
+fn sb_loc(off: u64) -> String {
+    format!("superblock copy at {off:#x}")
+}
+
+fn block_loc(off: u64) -> String {
+    format!("metadata block at {off:#x}")
+}
+
+fn record_loc(off: u64, i: usize) -> String {
+    format!("metadata block at {off:#x} record {i}")
+}
+
+fn read_block(dev: &dyn Vlun, device: Device, off: u64) -> Result<[u8; BLOCK_SIZE]> {
+    let mut b = [0u8; BLOCK_SIZE];
+    dev.read_at(&mut b, off)
+        .map_err(|e| Error::io("read", device, off, e))?;
+    Ok(b)
+}
+
+fn target_len(target: &dyn Vlun) -> Result<u64> {
+    target
+        .len()
+        .map_err(|e| Error::io("size", Device::Target, 0, e))
+}
+
+/// One pass over the devices.
+fn scan(source: &dyn Vlun, target: &dyn Vlun, journal: &dyn Vlun) -> Result<Scan> {
+    let mut p = Problems::default();
+    let mut summary = CheckSummary::default();
+
+    let (current, superblock_fix) = check_superblocks(target, &mut p)?;
+    let Some(sb) = current else {
+        // Without a valid superblock nothing else can be located; the journal header can
+        // still be looked at.
+        check_journal_header(journal, None, &mut p)?;
+        return Ok(Scan {
+            report: CheckReport {
+                problems: p.0,
+                summary,
+                ..Default::default()
+            },
+            superblock_fix,
+        });
+    };
+    let cur_off = format::superblock_offset(sb.generation);
+    summary.superblock_generation = sb.generation;
+    summary.current_superblock = Some(cur_off);
+    // `decode` accepted the geometry, so this cannot fail; be safe anyway.
+    let geo = match Geometry::new(sb.volume_size, sb.chunk_size) {
+        Ok(g) => g,
+        Err(e) => {
+            p.add(sb_loc(cur_off), e.to_string(), false);
+            return Ok(Scan {
+                report: CheckReport {
+                    problems: p.0,
+                    summary,
+                    ..Default::default()
+                },
+                superblock_fix,
+            });
+        }
+    };
+
+    check_source(source, &geo, &mut p)?;
+    check_metadata(target, &sb, &geo, &mut p, &mut summary)?;
+    if let Some(ring_len) = check_journal_header(journal, Some(&sb), &mut p)? {
+        summary.journal_records = check_journal_records(journal, &sb, &geo, ring_len, &mut p)?;
+    }
+    Ok(Scan {
+        report: CheckReport {
+            problems: p.0,
+            summary,
+            ..Default::default()
+        },
+        superblock_fix,
+    })
+}
+
+/// Both superblock copies. Returns the current one (as open picks it) and, when exactly one
+/// copy is bad and the other is good, the fix.
+fn check_superblocks(
+    target: &dyn Vlun,
+    p: &mut Problems,
+) -> Result<(Option<Superblock>, Option<SuperblockFix>)> {
+    let mut copies: Vec<(u64, std::result::Result<Superblock, Error>)> = Vec::new();
+    for g in 0..2u64 {
+        let off = format::superblock_offset(g);
+        let b = read_block(target, Device::Target, off)?;
+        copies.push((off, Superblock::decode(&b, off)));
+    }
+    let current = copies
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .max_by_key(|sb| sb.generation)
+        .cloned();
+    let mut bad_copy = false;
+    for (off, r) in copies {
+        match r {
+            Err(e) => {
+                bad_copy = true;
+                p.add_corrupt(e, current.is_some())?;
+            }
+            Ok(sb) => {
+                let Some(cur) = &current else { continue };
+                if sb.generation == cur.generation {
+                    continue;
+                }
+                let cur_off = format::superblock_offset(cur.generation);
+                let mut differ = Vec::new();
+                if sb.volume_id != cur.volume_id {
+                    differ.push("volume id".to_owned());
+                }
+                let fields = [
+                    ("volume size", sb.volume_size, cur.volume_size),
+                    (
+                        "chunk size",
+                        u64::from(sb.chunk_size),
+                        u64::from(cur.chunk_size),
+                    ),
+                    ("target size cap", sb.target_cap, cur.target_cap),
+                    ("data start", sb.data_start, cur.data_start),
+                    ("creation time", sb.created, cur.created),
+                ];
+                for (name, a, b) in fields {
+                    if a != b {
+                        differ.push(format!("{name} {a} (current copy: {b})"));
+                    }
+                }
+                if !differ.is_empty() {
+                    bad_copy = true;
+                    p.add(
+                        sb_loc(off),
+                        format!(
+                            "disagrees with the current copy at {cur_off:#x} (generation {}): {}",
+                            cur.generation,
+                            differ.join(", ")
+                        ),
+                        true,
+                    );
+                }
+            }
+        }
+    }
+    let fix = match (&current, bad_copy) {
+        (Some(good), true) => Some(SuperblockFix { good: good.clone() }),
+        _ => None,
+    };
+    Ok((current, fix))
+}
+
+fn check_source(source: &dyn Vlun, geo: &Geometry, p: &mut Problems) -> Result<()> {
+    let len = source
+        .len()
+        .map_err(|e| Error::io("size", Device::Source, 0, e))?;
+    // A growing file reads as zero past its end, as open accepts; a fixed device must hold it.
+    if len < geo.size && !source.growable() {
+        p.add(
+            "source VLUN",
+            format!(
+                "holds {len:#x} bytes, less than the volume size {:#x}",
+                geo.size
+            ),
+            false,
+        );
+    }
+    Ok(())
+}
+
+/// Whether `off` is a metadata block position inside the target.
+fn block_position_problem(off: u64, sb: &Superblock, target_len: u64) -> Option<String> {
+    if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
+        return Some(format!(
+            "{off:#x} is not a metadata block position (4 KiB aligned at or after the data \
+             area at {:#x})",
+            sb.data_start
+        ));
+    }
+    match off.checked_add(BLOCK_SIZE as u64) {
+        Some(end) if end <= target_len => None,
+        _ => Some(format!(
+            "{off:#x} lies beyond the end of the target VLUN ({target_len:#x} bytes)"
+        )),
+    }
+}
+
+/// One preserved copy of one chunk, as a record put it.
+#[derive(Clone, Copy)]
+struct Preserved {
+    chunk: u64,
+    lo: u64,
+    hi: u64,
+    slot: u64,
+    /// Index into the record locations.
+    rec: usize,
+}
+
+/// The metadata chain, its records, the bitmaps/logs they describe and the allocator.
+fn check_metadata(
+    target: &dyn Vlun,
+    sb: &Superblock,
+    geo: &Geometry,
+    p: &mut Problems,
+    summary: &mut CheckSummary,
+) -> Result<()> {
+    let tlen = target_len(target)?;
+    let cur_off = format::superblock_offset(sb.generation);
+    let chunk = geo.chunk();
+
+    // Walk the chain backwards from the head.
+    let mut chain: Vec<(u64, MetaBlock)> = Vec::new();
+    let mut complete = true;
+    let mut off = sb.meta_head;
+    let mut expect_seq = sb.meta_head_seq;
+    let mut pointer_at = sb_loc(cur_off);
+    let mut pointer_name = "meta_head";
+    while off != 0 {
+        if let Some(why) = block_position_problem(off, sb, tlen) {
+            p.add(pointer_at, format!("{pointer_name} {why}"), false);
+            complete = false;
+            break;
+        }
+        let b = read_block(target, Device::Target, off)?;
+        let blk = match MetaBlock::decode(&b, off, &sb.volume_id) {
+            Ok(blk) => blk,
+            Err(e) => {
+                p.add_corrupt(e, false)?;
+                complete = false;
+                break;
+            }
+        };
+        if blk.seq != expect_seq {
+            p.add(
+                block_loc(off),
+                format!(
+                    "sequence number {} where {expect_seq} was expected (named by the {pointer_name} of {pointer_at})",
+                    blk.seq
+                ),
+                false,
+            );
+            complete = false;
+            break;
+        }
+        if blk.seq == 0 {
+            p.add(
+                block_loc(off),
+                "sequence number 0 (metadata blocks are numbered from 1)",
+                false,
+            );
+            complete = false;
+            break;
+        }
+        if blk.seq == 1 && blk.prev != 0 {
+            p.add(
+                block_loc(off),
+                format!(
+                    "block {} names a previous block at {:#x}; no block comes before sequence number 1",
+                    blk.seq, blk.prev
+                ),
+                false,
+            );
+            complete = false;
+            chain.push((off, blk));
+            break;
+        }
+        pointer_at = block_loc(off);
+        pointer_name = "prev pointer";
+        let prev = blk.prev;
+        chain.push((off, blk));
+        off = prev;
+        expect_seq = expect_seq.saturating_sub(1);
+    }
+    chain.reverse();
+    summary.metadata_blocks = chain.len() as u64;
+
+    // Records: what each one says on its own, then the replay.
+    let slot_limit = if sb.target_cap != 0 {
+        sb.target_cap.min(tlen)
+    } else {
+        tlen
+    };
+    let mut locations: Vec<String> = Vec::new();
+    let mut copies: Vec<Preserved> = Vec::new();
+    // Live snapshots by seq: name and the record that created it.
+    let mut live: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
+    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut max_seq = 0u64;
+    let mut records = 0u64;
+    for (off, blk) in &chain {
+        for (i, r) in blk.records.iter().enumerate() {
+            records += 1;
+            let loc = record_loc(*off, i);
+            match r {
+                Record::SnapshotCreate { seq, name, .. } => {
+                    if let Err(e) = crate::store::validate_name(name) {
+                        p.add(&loc, e.to_string(), false);
+                    }
+                    if seq.0 <= max_seq {
+                        p.add(
+                            &loc,
+                            format!(
+                                "snapshot '{name}' has sequence number {}, not above the {max_seq} of an earlier snapshot",
+                                seq.0
+                            ),
+                            false,
+                        );
+                    } else if let Some(other) = names.get(name) {
+                        p.add(
+                            &loc,
+                            format!(
+                                "snapshot name '{name}' (sequence number {}) is already taken by live snapshot {other}",
+                                seq.0
+                            ),
+                            false,
+                        );
+                    } else {
+                        live.insert(seq.0, name.clone());
+                        names.insert(name.clone(), seq.0);
+                    }
+                    max_seq = max_seq.max(seq.0);
+                }
+                Record::SnapshotDelete { seq } => match live.remove(&seq.0) {
+                    Some(name) => {
+                        names.remove(&name);
+                    }
+                    None => p.add(
+                        &loc,
+                        format!(
+                            "deletes snapshot sequence number {}, which does not exist",
+                            seq.0
+                        ),
+                        false,
+                    ),
+                },
+                Record::Preserve {
+                    chunk: c,
+                    count,
+                    slot,
+                    lo,
+                    hi,
+                } => {
+                    let n = u64::from(*count);
+                    let mut ok = true;
+                    if lo.0 == 0 || lo > hi || n == 0 {
+                        p.add(
+                            &loc,
+                            format!(
+                                "empty preserve record (count {n}, snapshots {}..={})",
+                                lo.0, hi.0
+                            ),
+                            false,
+                        );
+                        ok = false;
+                    }
+                    if c.0.checked_add(n).is_none_or(|end| end > geo.chunks()) {
+                        p.add(
+                            &loc,
+                            format!(
+                                "chunks {}..{} lie beyond the volume ({} chunks)",
+                                c.0,
+                                c.0.saturating_add(n),
+                                geo.chunks()
+                            ),
+                            false,
+                        );
+                        ok = false;
+                    }
+                    let slot_end = slot
+                        .0
+                        .checked_add(n)
+                        .and_then(|e| e.checked_mul(chunk))
+                        .and_then(|b| b.checked_add(sb.data_start));
+                    if slot_end.is_none_or(|end| end > slot_limit) {
+                        let what = if sb.target_cap != 0 && slot_limit == sb.target_cap {
+                            "the target size cap"
+                        } else {
+                            "the end of the target VLUN"
+                        };
+                        p.add(
+                            &loc,
+                            format!(
+                                "slots {}..{} lie beyond {what} ({slot_limit:#x} bytes)",
+                                slot.0,
+                                slot.0.saturating_add(n)
+                            ),
+                            false,
+                        );
+                        ok = false;
+                    }
+                    if ok {
+                        let rec = locations.len();
+                        locations.push(loc);
+                        for k in 0..n {
+                            copies.push(Preserved {
+                                chunk: c.0 + k,
+                                lo: lo.0,
+                                hi: hi.0,
+                                slot: slot.0 + k,
+                                rec,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    summary.metadata_records = records;
+    if !complete {
+        // The older records are missing: the snapshot table, the bitmaps and the allocator
+        // cannot be derived, and checking them would only report the gap again.
+        return Ok(());
+    }
+    summary.snapshots = live.len();
+
+    // Bitmaps and logs: the copies some live snapshot reads, per chunk, in disjoint ranges.
+    let live_seqs: Vec<u64> = live.keys().copied().collect();
+    let alive_in = |lo: u64, hi: u64| -> &[u64] {
+        let a = live_seqs.partition_point(|&s| s < lo);
+        let b = live_seqs.partition_point(|&s| s <= hi);
+        &live_seqs[a..b.max(a)]
+    };
+    copies.retain(|c| !alive_in(c.lo, c.hi).is_empty());
+    summary.preserved_chunks = copies.len() as u64;
+    copies.sort_by_key(|c| (c.chunk, c.lo, c.hi));
+    for w in copies.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.chunk == b.chunk && b.lo <= a.hi {
+            let both = alive_in(b.lo, a.hi.min(b.hi));
+            let who = if both.is_empty() {
+                "no live snapshot, but the ranges must be disjoint".to_owned()
+            } else {
+                format!(
+                    "snapshot{} {} would have two pointers (bitmap bit set twice)",
+                    if both.len() == 1 { "" } else { "s" },
+                    both.iter()
+                        .map(|s| format!("{s} ({})", live.get(s).map_or("?", String::as_str)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            p.add(
+                &locations[b.rec],
+                format!(
+                    "chunk {} preserved for snapshots {}..={} in slot {} overlaps its copy for {}..={} in slot {} ({}): {who}",
+                    b.chunk, b.lo, b.hi, b.slot, a.lo, a.hi, a.slot, locations[a.rec]
+                ),
+                false,
+            );
+        }
+    }
+
+    // The allocator: every slot holds one live copy, or blocks of the chain, or nothing.
+    let chain_slots: BTreeSet<u64> = chain
+        .iter()
+        .map(|(off, _)| (off - sb.data_start) / chunk)
+        .collect();
+    copies.sort_by_key(|c| (c.slot, c.chunk, c.lo));
+    for w in copies.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.slot == b.slot {
+            p.add(
+                &locations[b.rec],
+                format!(
+                    "slot {} holds chunk {} for snapshots {}..={}, but {} puts chunk {} for snapshots {}..={} there too",
+                    b.slot, b.chunk, b.lo, b.hi, locations[a.rec], a.chunk, a.lo, a.hi
+                ),
+                false,
+            );
+        }
+    }
+    for c in &copies {
+        if chain_slots.contains(&c.slot) {
+            let off = sb.data_start + c.slot * chunk;
+            p.add(
+                &locations[c.rec],
+                format!(
+                    "chunk {} for snapshots {}..={} is in slot {} (at {off:#x}), which holds blocks of the metadata chain",
+                    c.chunk, c.lo, c.hi, c.slot
+                ),
+                false,
+            );
+        }
+    }
+    let mut used: BTreeSet<u64> = copies.iter().map(|c| c.slot).collect();
+    used.extend(chain_slots.iter().copied());
+    let high_water = used.last().map_or(0, |s| s + 1);
+    summary.high_water_slots = high_water;
+    summary.free_slots_below_high_water = high_water - used.len() as u64;
+    Ok(())
+}
+
+const JOURNAL_HEADER_LOC: &str = "journal header at 0x0";
+
+/// The journal header; returns the ring length when it is usable for replay.
+fn check_journal_header(
+    journal: &dyn Vlun,
+    sb: Option<&Superblock>,
+    p: &mut Problems,
+) -> Result<Option<u64>> {
+    let b = read_block(journal, Device::Journal, 0)?;
+    let header = match JournalHeader::decode(&b) {
+        Ok(h) => h,
+        Err(e) => {
+            p.add_corrupt(e, false)?;
+            return Ok(None);
+        }
+    };
+    let Some(sb) = sb else { return Ok(None) };
+    if header.volume_id != sb.volume_id {
+        p.add(
+            JOURNAL_HEADER_LOC,
+            "the journal belongs to another volume (its volume id differs from the superblock's)",
+            false,
+        );
+        return Ok(None);
+    }
+    let len = journal
+        .len()
+        .map_err(|e| Error::io("size", Device::Journal, 0, e))?;
+    let need = RING_OFFSET.saturating_add(header.ring_len);
+    if len < need {
+        p.add(
+            JOURNAL_HEADER_LOC,
+            format!(
+                "the ring needs {need:#x} bytes of journal device; it holds {len:#x} (truncated?)"
+            ),
+            false,
+        );
+    }
+    Ok(Some(header.ring_len))
+}
+
+// The journal record layout (see `journal.rs`).
+const RECORD_MAGIC: &[u8; 4] = b"SVJR";
+const KIND_WRITE: u8 = 1;
+const KIND_ZERO: u8 = 2;
+const KIND_WRAP: u8 = 3;
+
+/// A journal record header, as `journal.rs` lays it out.
+struct RecordHeader {
+    kind: u8,
+    seq: u64,
+    offset: u64,
+    len: u64,
+    data_len: u32,
+    crc: u32,
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i..i + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Parses a record header the way replay does; `None` marks the end of the journal.
+fn parse_record_header(h: &[u8; RECORD_HEADER], volume_id: &[u8; 16]) -> Option<RecordHeader> {
+    if &h[0..4] != RECORD_MAGIC || h[48..56] != volume_id[..8] {
+        return None;
+    }
+    let r = RecordHeader {
+        kind: h[4],
+        seq: u64_at(h, 8),
+        offset: u64_at(h, 24),
+        len: u64_at(h, 32),
+        data_len: u32_at(h, 40),
+        crc: u32_at(h, 56),
+    };
+    let ok = match r.kind {
+        KIND_WRITE => u64::from(r.data_len) == r.len && r.len > 0,
+        KIND_ZERO => r.data_len == 0 && r.len > 0,
+        KIND_WRAP => r.data_len == 0,
+        _ => false,
+    };
+    ok.then_some(r)
+}
+
+/// Replays the journal from the superblock's head as open would, without applying anything;
+/// returns the number of records.
+fn check_journal_records(
+    journal: &dyn Vlun,
+    sb: &Superblock,
+    geo: &Geometry,
+    ring_len: u64,
+    p: &mut Problems,
+) -> Result<u64> {
+    let cur_off = format::superblock_offset(sb.generation);
+    if sb.journal_head >= ring_len || sb.journal_head % SECTOR != 0 {
+        p.add(
+            sb_loc(cur_off),
+            format!(
+                "journal head {:#x} lies outside the ring ({ring_len:#x} bytes, records at multiples of {SECTOR})",
+                sb.journal_head
+            ),
+            false,
+        );
+        return Ok(0);
+    }
+    let dev_len = journal
+        .len()
+        .map_err(|e| Error::io("size", Device::Journal, 0, e))?;
+    let mut pos = sb.journal_head;
+    let mut seq = sb.journal_head_seq;
+    let mut used = 0u64;
+    let mut count = 0u64;
+    let mut hdr = [0u8; RECORD_HEADER];
+    while used < ring_len {
+        // Nothing past the end of the device can be a record (and no offset may overflow).
+        let at = RING_OFFSET.saturating_add(pos);
+        if at.saturating_add(RECORD_HEADER as u64) > dev_len {
+            break;
+        }
+        journal
+            .read_at(&mut hdr, at)
+            .map_err(|e| Error::io("read journal", Device::Journal, at, e))?;
+        let Some(h) = parse_record_header(&hdr, &sb.volume_id) else {
+            break;
+        };
+        if h.seq != seq {
+            break;
+        }
+        let crc_of = |data: &[u8]| crc32c::crc32c_append(crc32c::crc32c(&hdr[..56]), data);
+        if h.kind == KIND_WRAP {
+            if crc_of(&[]) != h.crc {
+                break;
+            }
+            used = used.saturating_add(ring_len - pos);
+            pos = 0;
+            seq = seq.wrapping_add(1);
+            continue;
+        }
+        let size = (RECORD_HEADER as u64 + u64::from(h.data_len)).next_multiple_of(SECTOR);
+        let end = pos.saturating_add(size);
+        if end > ring_len || RING_OFFSET.saturating_add(end) > dev_len {
+            break;
+        }
+        let mut data = vec![0u8; h.data_len as usize];
+        let data_at = at + RECORD_HEADER as u64;
+        journal
+            .read_at(&mut data, data_at)
+            .map_err(|e| Error::io("read journal", Device::Journal, data_at, e))?;
+        if crc_of(&data) != h.crc {
+            // A torn or lost append: the normal end of the journal.
+            break;
+        }
+        if geo.check_range(h.offset, h.len).is_err() {
+            p.add(
+                format!("journal record at {at:#x}"),
+                format!(
+                    "record {} writes {:#x} bytes at {:#x}, beyond the end of the volume ({:#x} bytes)",
+                    h.seq, h.len, h.offset, geo.size
+                ),
+                false,
+            );
+        }
+        count += 1;
+        used = used.saturating_add(size);
+        pos = end % ring_len;
+        seq = seq.wrapping_add(1);
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_numbers_move_from_the_detail_into_the_location() {
+        assert_eq!(
+            split_record("record 3: invalid snapshot name"),
+            Some((3, "invalid snapshot name"))
+        );
+        assert_eq!(split_record("checksum mismatch"), None);
+        let mut p = Problems::default();
+        p.add_corrupt(
+            Error::corrupt("metadata block at 0x2000", "record 12: unknown record tag"),
+            false,
+        )
+        .expect("a corrupt error is a problem");
+        assert_eq!(p.0[0].location, "metadata block at 0x2000 record 12");
+        assert_eq!(p.0[0].detail, "unknown record tag");
+    }
+
+    #[test]
+    fn a_blank_target_is_reported_not_panicked_on() {
+        let t = crate::vlun::MemVlun::new(0);
+        let s = crate::vlun::MemVlun::new(0);
+        let j = crate::vlun::MemVlun::new(0);
+        let r = check(&s, &t, &j, true).expect("check runs");
+        assert!(!r.is_clean());
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.location == "superblock copy at 0x0"));
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.location == "superblock copy at 0x1000"));
+        assert!(r.problems.iter().any(|p| p.location == JOURNAL_HEADER_LOC));
+        assert!(r.repaired.is_empty());
+        assert_eq!(r.not_repaired.len(), r.problems.len());
+    }
+}

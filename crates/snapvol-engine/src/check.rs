@@ -26,15 +26,12 @@
 //! log block or journal header cannot be reconstructed.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
 
 use serde::Serialize;
 
 use crate::error::{Device, Error, Result};
 use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
-use crate::journal::{JournalHeader, RECORD_HEADER, RING_OFFSET, SECTOR};
+use crate::journal::{self, JournalHead, JournalHeader, RING_OFFSET, SECTOR};
 use crate::units::Geometry;
 use crate::vlun::{FileVlun, Vlun};
 use crate::volume::VolumePaths;
@@ -146,89 +143,16 @@ pub fn check(
 /// Checks the volume whose devices are at `paths`: opened read-only, unless `repair` (then the
 /// target is opened for writing; the source and the journal stay read-only).
 pub fn check_paths(paths: &VolumePaths, repair: bool) -> Result<CheckReport> {
-    let source = ReadOnlyFile::open(&paths.source)?;
-    let journal = ReadOnlyFile::open(&paths.journal)?;
+    // Opened read-only, so a check cannot change a byte even by mistake.
+    let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
+    let source = ro(&paths.source)?;
+    let journal = ro(&paths.journal)?;
     if repair {
         let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
         check(&source, &target, &journal, true)
     } else {
-        let target = ReadOnlyFile::open(&paths.target)?;
+        let target = ro(&paths.target)?;
         check(&source, &target, &journal, false)
-    }
-}
-
-/// A file or block device opened for reading only: what a check without repair uses, so it
-/// cannot change a byte even by mistake.
-#[derive(Debug)]
-struct ReadOnlyFile {
-    file: File,
-    block_device: bool,
-}
-
-impl ReadOnlyFile {
-    fn open(path: &std::path::Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .open(path)
-            .map_err(|e| Error::file(path, e))?;
-        let block_device = file
-            .metadata()
-            .map_err(|e| Error::file(path, e))?
-            .file_type()
-            .is_block_device();
-        Ok(Self { file, block_device })
-    }
-}
-
-impl Vlun for ReadOnlyFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-            match self.file.read_at(&mut buf[done..], at) {
-                Ok(0) => {
-                    buf[done..].fill(0);
-                    return Ok(());
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "opened read-only for a check",
-        ))
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        if self.block_device {
-            use std::io::Seek;
-            let mut f = &self.file;
-            return f.seek(io::SeekFrom::End(0));
-        }
-        Ok(self.file.metadata()?.len())
-    }
-
-    fn growable(&self) -> bool {
-        false
-    }
-
-    fn set_len(&self, _len: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "opened read-only for a check",
-        ))
     }
 }
 
@@ -812,56 +736,6 @@ fn check_journal_header(
     Ok(Some(header.ring_len))
 }
 
-// The journal record layout (see `journal.rs`).
-const RECORD_MAGIC: &[u8; 4] = b"SVJR";
-const KIND_WRITE: u8 = 1;
-const KIND_ZERO: u8 = 2;
-const KIND_WRAP: u8 = 3;
-
-/// A journal record header, as `journal.rs` lays it out.
-struct RecordHeader {
-    kind: u8,
-    seq: u64,
-    offset: u64,
-    len: u64,
-    data_len: u32,
-    crc: u32,
-}
-
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[i..i + 4]);
-    u32::from_le_bytes(a)
-}
-
-/// Parses a record header the way replay does; `None` marks the end of the journal.
-fn parse_record_header(h: &[u8; RECORD_HEADER], volume_id: &[u8; 16]) -> Option<RecordHeader> {
-    if &h[0..4] != RECORD_MAGIC || h[48..56] != volume_id[..8] {
-        return None;
-    }
-    let r = RecordHeader {
-        kind: h[4],
-        seq: u64_at(h, 8),
-        offset: u64_at(h, 24),
-        len: u64_at(h, 32),
-        data_len: u32_at(h, 40),
-        crc: u32_at(h, 56),
-    };
-    let ok = match r.kind {
-        KIND_WRITE => u64::from(r.data_len) == r.len && r.len > 0,
-        KIND_ZERO => r.data_len == 0 && r.len > 0,
-        KIND_WRAP => r.data_len == 0,
-        _ => false,
-    };
-    ok.then_some(r)
-}
-
 /// Replays the journal from the superblock's head as open would, without applying anything;
 /// returns the number of records.
 fn check_journal_records(
@@ -883,69 +757,24 @@ fn check_journal_records(
         );
         return Ok(0);
     }
-    let dev_len = journal
-        .len()
-        .map_err(|e| Error::io("size", Device::Journal, 0, e))?;
-    let mut pos = sb.journal_head;
-    let mut seq = sb.journal_head_seq;
-    let mut used = 0u64;
-    let mut count = 0u64;
-    let mut hdr = [0u8; RECORD_HEADER];
-    while used < ring_len {
-        // Nothing past the end of the device can be a record (and no offset may overflow).
-        let at = RING_OFFSET.saturating_add(pos);
-        if at.saturating_add(RECORD_HEADER as u64) > dev_len {
-            break;
-        }
-        journal
-            .read_at(&mut hdr, at)
-            .map_err(|e| Error::io("read journal", Device::Journal, at, e))?;
-        let Some(h) = parse_record_header(&hdr, &sb.volume_id) else {
-            break;
-        };
-        if h.seq != seq {
-            break;
-        }
-        let crc_of = |data: &[u8]| crc32c::crc32c_append(crc32c::crc32c(&hdr[..56]), data);
-        if h.kind == KIND_WRAP {
-            if crc_of(&[]) != h.crc {
-                break;
-            }
-            used = used.saturating_add(ring_len - pos);
-            pos = 0;
-            seq = seq.wrapping_add(1);
-            continue;
-        }
-        let size = (RECORD_HEADER as u64 + u64::from(h.data_len)).next_multiple_of(SECTOR);
-        let end = pos.saturating_add(size);
-        if end > ring_len || RING_OFFSET.saturating_add(end) > dev_len {
-            break;
-        }
-        let mut data = vec![0u8; h.data_len as usize];
-        let data_at = at + RECORD_HEADER as u64;
-        journal
-            .read_at(&mut data, data_at)
-            .map_err(|e| Error::io("read journal", Device::Journal, data_at, e))?;
-        if crc_of(&data) != h.crc {
-            // A torn or lost append: the normal end of the journal.
-            break;
-        }
-        if geo.check_range(h.offset, h.len).is_err() {
+    let head = JournalHead {
+        pos: sb.journal_head,
+        seq: sb.journal_head_seq,
+    };
+    let scan = journal::scan(journal, &sb.volume_id, ring_len, head)?;
+    for (pos, r) in &scan.records {
+        if geo.check_range(r.offset, r.len).is_err() {
             p.add(
-                format!("journal record at {at:#x}"),
+                format!("journal record at {:#x}", RING_OFFSET + pos),
                 format!(
                     "record {} writes {:#x} bytes at {:#x}, beyond the end of the volume ({:#x} bytes)",
-                    h.seq, h.len, h.offset, geo.size
+                    r.seq, r.len, r.offset, geo.size
                 ),
                 false,
             );
         }
-        count += 1;
-        used = used.saturating_add(size);
-        pos = end % ring_len;
-        seq = seq.wrapping_add(1);
     }
-    Ok(count)
+    Ok(scan.records.len() as u64)
 }
 
 #[cfg(test)]

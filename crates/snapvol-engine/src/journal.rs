@@ -284,53 +284,9 @@ impl Journal {
             ));
         }
         let ring_len = header.ring_len;
-        let mut records = Vec::new();
-        let mut pos = head.pos;
-        let mut seq = head.seq;
-        let mut used = 0u64;
-        let mut hdr = [0u8; RECORD_HEADER];
-        loop {
-            if used >= ring_len {
-                break;
-            }
-            dev.read_at(&mut hdr, RING_OFFSET + pos)
-                .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
-            let Some(h) = decode_header(&hdr, &volume_id) else {
-                break;
-            };
-            if h.seq != seq {
-                break;
-            }
-            if h.kind == KIND_WRAP {
-                if !header_crc_ok(&hdr, &[], h.crc) {
-                    break;
-                }
-                used += ring_len - pos;
-                pos = 0;
-                seq += 1;
-                continue;
-            }
-            let size = record_size(u64::from(h.data_len));
-            if pos + size > ring_len {
-                break;
-            }
-            let mut data = vec![0u8; h.data_len as usize];
-            dev.read_at(&mut data, RING_OFFSET + pos + RECORD_HEADER as u64)
-                .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
-            if !header_crc_ok(&hdr, &data, h.crc) {
-                break;
-            }
-            records.push(JournalRecord {
-                seq: h.seq,
-                epoch: h.epoch,
-                offset: h.offset,
-                len: h.len,
-                data: (h.kind == KIND_WRITE).then(|| Arc::from(data)),
-            });
-            used += size;
-            pos = (pos + size) % ring_len;
-            seq += 1;
-        }
+        let scan = scan(&*dev, &volume_id, ring_len, head)?;
+        let (pos, seq, used) = (scan.end.pos, scan.end.seq, scan.used);
+        let records = scan.records.into_iter().map(|(_, r)| r).collect();
         // Records of an earlier life of the ring beyond this point must never match a sequence
         // number we hand out later, or a crash right after a short new append would "replay"
         // them. Skip past every sequence number the ring could possibly hold.
@@ -507,6 +463,80 @@ impl Journal {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+}
+
+/// What replay finds in the ring from a head.
+#[derive(Debug)]
+pub struct Scan {
+    /// The live records with their ring positions, oldest first.
+    pub records: Vec<(u64, JournalRecord)>,
+    /// Where replay stopped: the position and sequence number the next record would have.
+    pub end: JournalHead,
+    /// Ring bytes the live records (and wrap records) take.
+    pub used: u64,
+}
+
+/// Reads every live record from `head` — each with the right magic, volume id, the next
+/// sequence number, a matching checksum, and inside the ring — stopping at the first that is
+/// not (a torn or never-written tail, or a stale record of an earlier life). Never panics.
+pub fn scan(
+    dev: &dyn Vlun,
+    volume_id: &[u8; 16],
+    ring_len: u64,
+    head: JournalHead,
+) -> Result<Scan> {
+    let mut records = Vec::new();
+    let mut pos = head.pos;
+    let mut seq = head.seq;
+    let mut used = 0u64;
+    let mut hdr = [0u8; RECORD_HEADER];
+    while used < ring_len && pos < ring_len {
+        dev.read_at(&mut hdr, RING_OFFSET + pos)
+            .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
+        let Some(h) = decode_header(&hdr, volume_id) else {
+            break;
+        };
+        if h.seq != seq {
+            break;
+        }
+        if h.kind == KIND_WRAP {
+            if !header_crc_ok(&hdr, &[], h.crc) {
+                break;
+            }
+            used += ring_len - pos;
+            pos = 0;
+            seq += 1;
+            continue;
+        }
+        let size = record_size(u64::from(h.data_len));
+        if pos + size > ring_len {
+            break;
+        }
+        let mut data = vec![0u8; h.data_len as usize];
+        dev.read_at(&mut data, RING_OFFSET + pos + RECORD_HEADER as u64)
+            .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
+        if !header_crc_ok(&hdr, &data, h.crc) {
+            break;
+        }
+        records.push((
+            pos,
+            JournalRecord {
+                seq: h.seq,
+                epoch: h.epoch,
+                offset: h.offset,
+                len: h.len,
+                data: (h.kind == KIND_WRITE).then(|| Arc::from(data)),
+            },
+        ));
+        used += size;
+        pos = (pos + size) % ring_len;
+        seq += 1;
+    }
+    Ok(Scan {
+        records,
+        end: JournalHead { pos, seq },
+        used,
+    })
 }
 
 /// Feeds arbitrary bytes to the record decoder; for the fuzzer. Never panics.

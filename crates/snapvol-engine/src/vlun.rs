@@ -70,6 +70,13 @@ impl FileVlun {
         Ok(Self { file, block_device })
     }
 
+    /// Opens an existing file or block device for reading only: writes fail.
+    pub fn open_read_only(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(Self { file, block_device })
+    }
+
     /// Creates (or opens, for a block device) `path` and gives a regular file the length `len`
     /// (sparse).
     pub fn create(path: &Path, len: u64) -> io::Result<Self> {

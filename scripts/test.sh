@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Tools the tests need besides the Rust toolchain, as "command:debian-package". None yet: the
-# suite needs only cargo. Add entries here when a test starts to need a tool.
-NEEDED=()
+# Tools the tests need besides the Rust toolchain, as "command:debian-package": the real NBD
+# clients the server is tested with.
+NEEDED=(
+    "qemu-img:qemu-utils" "qemu-io:qemu-utils"
+    "nbdinfo:libnbd-bin" "nbdcopy:libnbd-bin" "nbdfuse:libnbd-bin"
+    "fio:fio"
+)
 
 step() { printf '\n==> %s\n' "$*"; }
 current="setup"

@@ -13,7 +13,19 @@ pub struct TargetSlot(pub u64);
 /// A snapshot's sequence number: snapshot *s* holds every write whose epoch is below *s*.
 ///
 /// Sequence numbers are never reused, so they double as snapshot identities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct SnapshotSeq(pub u64);
 
 /// The epoch a write belongs to: the sequence number of the newest snapshot when it was

@@ -58,7 +58,7 @@ impl Default for VolumeOptions {
 }
 
 /// A snapshot as users see it, with its space accounting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotInfo {
     /// Name (the part after `@`).
     pub name: String,
@@ -73,7 +73,7 @@ pub struct SnapshotInfo {
 }
 
 /// Figures about a volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeInfo {
     /// Volume name.
     pub name: String,

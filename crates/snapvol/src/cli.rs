@@ -84,6 +84,20 @@ offsets in hex. Exit code 0 when all is well, 1 when a problem is found (or rema
 from the good one; everything else is stored once or derived on open, so it lists what it \
 could not fix.";
 
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  snapvol serve                                 every volume on nbd://127.0.0.1:10809/
+  snapvol serve --listen 0.0.0.0:10809 --unix /run/snapvol.sock
+  qemu-img info nbd://127.0.0.1:10809/vol       the live volume (read-write)
+  qemu-io -f raw -c 'write -P 0xaa 0 1M' nbd://127.0.0.1:10809/vol
+  snapvol snapshot create vol@s1                taken by the server, consistent under I/O
+  nbdcopy nbd://127.0.0.1:10809/vol@s1 s1.img   a snapshot (read-only)
+
+Exports are named VOL (read-write) and VOL@SNAP (read-only); a snapshot taken while serving \
+is exported at once. On an empty store, serve creates a 10G volume named 'vol' (sparse). While \
+it runs, info and snapshot commands go to the server through STORE/control.sock. SIGTERM or \
+SIGINT stops accepting, finishes the requests in flight, destages every volume and exits 0.";
+
 /// Parses a size argument for clap.
 fn size_arg(s: &str) -> Result<u64, SizeError> {
     parse_size(s)
@@ -110,6 +124,11 @@ pub struct Cli {
         default_value = "./snapvol-store"
     )]
     pub store: PathBuf,
+
+    /// Log level: error, warn, info, debug or trace (default: info for serve, warn otherwise;
+    /// RUST_LOG, when set, wins).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -138,6 +157,21 @@ pub enum Command {
     /// Verify a volume's metadata and report every problem with its location.
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
+    /// Serve every volume over NBD: VOL read-write, VOL@SNAP read-only.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+}
+
+/// `snapvol serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TCP address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+    pub listen: String,
+
+    /// Also listen on a Unix socket at this path.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
 }
 
 /// `snapvol create`.

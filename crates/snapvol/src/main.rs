@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod output;
+mod serve;
 mod size;
 mod transfer;
 
@@ -14,7 +15,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     // Usage errors exit 2 and --help/--version exit 0, inside clap.
     let cli = cli::Cli::parse();
-    init_logging();
+    let default_level = match cli.command {
+        cli::Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -24,9 +29,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr at level `warn` unless `RUST_LOG` says otherwise.
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+/// Logs go to stderr at `level` unless `RUST_LOG` says otherwise.
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,16 +3,24 @@
 use std::io::Write;
 
 use anyhow::Result;
-use snapvol_engine::{SnapshotInfo, Store, VolumeInfo, VolumeOptions};
+use snapvol_engine::{SnapshotInfo, Store, VolumeInfo};
 
-use super::{open_volume, parse_volume, with_volume};
+use super::{access, parse_volume, remote, with_volume, Access};
 use crate::output::{key_values, print_json, rfc3339, Align, InfoJson, Table};
+use crate::serve::control::Request;
 use crate::size::format_size;
 
 pub fn run(store: &Store, volume: &str, json: bool) -> Result<()> {
     let name = parse_volume(volume)?;
-    let vol = open_volume(store, name, VolumeOptions::default())?;
-    let info = with_volume(vol, |vol| Ok(vol.info()))?;
+    let info = match access(store, name)? {
+        Access::Local(vol) => with_volume(vol, |vol| Ok(vol.info()))?,
+        Access::Served => remote(
+            store,
+            Request::Info {
+                volume: name.to_owned(),
+            },
+        )?,
+    };
     let mut out = std::io::stdout().lock();
     if json {
         print_json(&mut out, &InfoJson::from(&info))?;

@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run(&store, args),
         Command::Export(args) => export::run(&store, args),
         Command::Check(args) => check::run(&store, args),
+        Command::Serve(args) => crate::serve::run(&store, args),
     }
 }
 
@@ -61,10 +62,44 @@ fn volume_options(cache_size: Option<u64>) -> VolumeOptions {
 
 /// Opens a volume, saying which store it was looked for in when it is not there.
 fn open_volume(store: &Store, name: &str, opts: VolumeOptions) -> Result<Volume> {
-    store.open(name, opts).map_err(|e| match e {
+    store.open(name, opts).map_err(|e| open_error(store, e))
+}
+
+fn open_error(store: &Store, e: Error) -> anyhow::Error {
+    match e {
         Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.root().display()),
         e => e.into(),
-    })
+    }
+}
+
+/// Where a management command runs: on the volume opened here, or — when `snapvol serve`
+/// holds it — in the server, through the store's control socket.
+enum Access {
+    Local(Volume),
+    Served,
+}
+
+/// Opens `name` here, or finds the server that has it open.
+fn access(store: &Store, name: &str) -> Result<Access> {
+    match store.open(name, VolumeOptions::default()) {
+        Ok(v) => Ok(Access::Local(v)),
+        Err(Error::Locked { .. })
+            if crate::serve::control::is_live(&crate::serve::control::socket_path(store)) =>
+        {
+            Ok(Access::Served)
+        }
+        Err(e) => Err(open_error(store, e)),
+    }
+}
+
+/// Runs `req` in the server that holds the store.
+fn remote<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    req: crate::serve::control::Request,
+) -> Result<T> {
+    let response = crate::serve::control::request(store, &req)?
+        .ok_or_else(|| anyhow!("the snapvol server holding the store stopped answering"))?;
+    Ok(serde_json::from_value(response.into_result()?)?)
 }
 
 /// Names snapshots in engine errors as `VOL@SNAP`, the way the user wrote them.

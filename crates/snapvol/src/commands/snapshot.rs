@@ -3,19 +3,30 @@
 use std::io::Write;
 
 use anyhow::Result;
-use snapvol_engine::{parse_snapshot_name, Store, VolumeOptions};
+use snapvol_engine::{parse_snapshot_name, SnapshotInfo, Store};
 
 use super::info::snapshot_table;
-use super::{open_volume, parse_volume, qualify, with_volume};
+use super::{access, parse_volume, qualify, remote, with_volume, Access};
 use crate::output::{print_json, SnapshotJson};
+use crate::serve::control::Request;
 
 pub fn create(store: &Store, spec: &str) -> Result<()> {
     let (volume, snapshot) = parse_snapshot_name(spec)?;
-    let vol = open_volume(store, volume, VolumeOptions::default())?;
-    with_volume(vol, |vol| {
-        vol.snapshot_create(snapshot)
-            .map_err(|e| qualify(volume, e))
-    })?;
+    match access(store, volume)? {
+        Access::Local(vol) => {
+            with_volume(vol, |vol| {
+                vol.snapshot_create(snapshot)
+                    .map_err(|e| qualify(volume, e))
+            })?;
+        }
+        Access::Served => {
+            let req = Request::SnapshotCreate {
+                volume: volume.to_owned(),
+                snapshot: snapshot.to_owned(),
+            };
+            remote::<SnapshotInfo>(store, req).map_err(|e| requalify(volume, e))?;
+        }
+    }
     writeln!(
         std::io::stdout().lock(),
         "created snapshot {volume}@{snapshot}"
@@ -25,11 +36,21 @@ pub fn create(store: &Store, spec: &str) -> Result<()> {
 
 pub fn delete(store: &Store, spec: &str) -> Result<()> {
     let (volume, snapshot) = parse_snapshot_name(spec)?;
-    let vol = open_volume(store, volume, VolumeOptions::default())?;
-    with_volume(vol, |vol| {
-        vol.snapshot_delete(snapshot)
-            .map_err(|e| qualify(volume, e))
-    })?;
+    match access(store, volume)? {
+        Access::Local(vol) => {
+            with_volume(vol, |vol| {
+                vol.snapshot_delete(snapshot)
+                    .map_err(|e| qualify(volume, e))
+            })?;
+        }
+        Access::Served => {
+            let req = Request::SnapshotDelete {
+                volume: volume.to_owned(),
+                snapshot: snapshot.to_owned(),
+            };
+            remote::<()>(store, req).map_err(|e| requalify(volume, e))?;
+        }
+    }
     writeln!(
         std::io::stdout().lock(),
         "deleted snapshot {volume}@{snapshot}"
@@ -39,8 +60,15 @@ pub fn delete(store: &Store, spec: &str) -> Result<()> {
 
 pub fn list(store: &Store, volume: &str, json: bool) -> Result<()> {
     let name = parse_volume(volume)?;
-    let vol = open_volume(store, name, VolumeOptions::default())?;
-    let snapshots = with_volume(vol, |vol| Ok(vol.snapshots()))?;
+    let snapshots: Vec<SnapshotInfo> = match access(store, name)? {
+        Access::Local(vol) => with_volume(vol, |vol| Ok(vol.snapshots()))?,
+        Access::Served => remote(
+            store,
+            Request::SnapshotList {
+                volume: name.to_owned(),
+            },
+        )?,
+    };
     let mut out = std::io::stdout().lock();
     if json {
         let items: Vec<SnapshotJson> = snapshots.iter().map(SnapshotJson::from).collect();
@@ -51,4 +79,12 @@ pub fn list(store: &Store, volume: &str, json: bool) -> Result<()> {
         write!(out, "{}", snapshot_table(&snapshots))?;
     }
     Ok(())
+}
+
+/// Engine errors that came back from the server, named the way the user wrote them.
+fn requalify(volume: &str, err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<snapvol_engine::Error>() {
+        Ok(e) => qualify(volume, e),
+        Err(e) => e,
+    }
 }

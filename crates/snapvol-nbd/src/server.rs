@@ -1,0 +1,539 @@
+//! The server: listeners, one thread per connection, graceful shutdown.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, info, warn};
+
+use crate::exports::Exports;
+use crate::handshake::{self, HandshakeEnd};
+use crate::stream::{FrameReader, Stream};
+use crate::transmission::{self, TransmissionEnd};
+
+/// Default bound on requests in flight per connection (qemu's client sends up to 16).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// A client must finish the handshake within this time; clients do it in milliseconds, and
+/// a silent connection would otherwise hold a thread forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A reply that cannot be sent for this long (the client stopped reading) ends the
+/// connection, so that one stuck client cannot stall a graceful shutdown forever. Idle
+/// connections in transmission have no read timeout: the kernel client may idle for hours.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configures and binds a [`Server`].
+pub struct ServerBuilder {
+    exports: Arc<dyn Exports>,
+    tcp: Option<SocketAddr>,
+    unix: Option<PathBuf>,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("tcp", &self.tcp)
+            .field("unix", &self.unix)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// Listens on a TCP address (port 0 picks a free port; see [`Server::local_addr`]).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp = Some(addr);
+        self
+    }
+
+    /// Listens on a Unix socket at `path`. A stale socket file (nobody listening) is
+    /// replaced; any other existing file is an error.
+    pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.unix = Some(path.into());
+        self
+    }
+
+    /// Bounds the requests in flight on one connection (default 16, at least 1).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Binds the listeners. At least one of TCP and Unix must be configured.
+    pub fn bind(self) -> io::Result<Server> {
+        if self.tcp.is_none() && self.unix.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the NBD server needs a TCP address or a Unix socket path",
+            ));
+        }
+        let tcp = self.tcp.map(TcpListener::bind).transpose()?;
+        let local_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let unix = self.unix.as_deref().map(bind_unix).transpose()?;
+        Ok(Server {
+            exports: self.exports,
+            tcp,
+            unix,
+            local_addr,
+            unix_path: self.unix,
+            max_in_flight: self.max_in_flight,
+            shared: Arc::new(Shared::default()),
+        })
+    }
+}
+
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let is_socket = std::fs::symlink_metadata(path)?.file_type().is_socket();
+            if is_socket && UnixStream::connect(path).is_err() {
+                debug!(path = %path.display(), "replacing a stale Unix socket");
+                std::fs::remove_file(path)?;
+                UnixListener::bind(path)
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
+/// An NBD server bound to its listeners, ready to [`serve`](Server::serve).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use snapvol_nbd::{Export, ExportMap, MemDevice, Server};
+///
+/// let exports = Arc::new(ExportMap::new());
+/// exports.insert("disk", Export::new(Arc::new(MemDevice::new(1 << 20)), "a disk"));
+/// let server = Server::builder(exports)
+///     .tcp("127.0.0.1:10809".parse().unwrap())
+///     .bind()?;
+/// let stop = server.shutdown_handle();
+/// // ... stop.shutdown() from another thread or a signal handler ...
+/// server.serve()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server {
+    exports: Arc<dyn Exports>,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    local_addr: Option<SocketAddr>,
+    unix_path: Option<PathBuf>,
+    max_in_flight: usize,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("unix_path", &self.unix_path)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// State shared by the server, its acceptors, its connections and shutdown handles.
+#[derive(Default)]
+struct Shared {
+    stopping: AtomicBool,
+    stop_signal: Mutex<bool>,
+    stop_cv: Condvar,
+    conns: Mutex<Conns>,
+    conns_cv: Condvar,
+}
+
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    /// A clone of every live connection's socket, to stop its reads at shutdown.
+    streams: HashMap<u64, Stream>,
+}
+
+/// Stops a running [`Server`]: it stops accepting, lets every connection finish the
+/// requests it has in flight, flushes devices those connections wrote to, and returns.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("triggered", &self.is_triggered())
+            .finish()
+    }
+}
+
+impl ShutdownHandle {
+    /// Asks the server to shut down; returns at once (the server's `serve` returns when
+    /// the shutdown is complete). Calling it again does nothing.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        *self.shared.stop_signal.lock() = true;
+        self.shared.stop_cv.notify_all();
+    }
+
+    /// True once [`shutdown`](ShutdownHandle::shutdown) was called.
+    pub fn is_triggered(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+}
+
+impl Server {
+    /// Starts configuring a server that serves `exports`.
+    pub fn builder(exports: Arc<dyn Exports>) -> ServerBuilder {
+        ServerBuilder {
+            exports,
+            tcp: None,
+            unix: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// The bound TCP address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The Unix socket path, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// A handle that stops [`serve`](Server::serve).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until the shutdown handle is triggered, then shuts down gracefully: stops
+    /// accepting, stops reading new requests, finishes those in flight, flushes devices
+    /// that were written to, closes the connections, removes the Unix socket file, returns.
+    pub fn serve(mut self) -> io::Result<()> {
+        let mut acceptors = Vec::new();
+        if let Some(l) = self.tcp.take() {
+            let ctx = self.conn_ctx();
+            acceptors.push(thread::Builder::new().name("nbd-accept-tcp".into()).spawn(
+                move || {
+                    accept_loop(&ctx, || {
+                        l.accept().map(|(s, _)| {
+                            let _ = s.set_nodelay(true);
+                            Stream::Tcp(s)
+                        })
+                    })
+                },
+            )?);
+        }
+        if let Some(l) = self.unix.take() {
+            let ctx = self.conn_ctx();
+            acceptors.push(
+                thread::Builder::new()
+                    .name("nbd-accept-unix".into())
+                    .spawn(move || {
+                        accept_loop(&ctx, || l.accept().map(|(s, _)| Stream::Unix(s)))
+                    })?,
+            );
+        }
+        info!(tcp = ?self.local_addr, unix = ?self.unix_path, "NBD server listening");
+
+        {
+            let mut stop = self.shared.stop_signal.lock();
+            while !*stop {
+                self.shared.stop_cv.wait(&mut stop);
+            }
+        }
+        info!("NBD server shutting down");
+        self.wake_acceptors();
+        for a in acceptors {
+            let _ = a.join();
+        }
+        // No new requests: a read shutdown makes each connection's reader see end of
+        // stream after the requests it already received; those finish and are answered.
+        {
+            let conns = self.shared.conns.lock();
+            for s in conns.streams.values() {
+                s.shutdown(Shutdown::Read);
+            }
+        }
+        {
+            let mut conns = self.shared.conns.lock();
+            while !conns.streams.is_empty() {
+                self.shared.conns_cv.wait(&mut conns);
+            }
+        }
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        info!("NBD server stopped");
+        Ok(())
+    }
+
+    /// Starts [`serve`](Server::serve) on a thread of its own.
+    pub fn spawn(self) -> io::Result<RunningServer> {
+        let handle = self.shutdown_handle();
+        let local_addr = self.local_addr;
+        let unix_path = self.unix_path.clone();
+        let thread = thread::Builder::new()
+            .name("nbd-server".into())
+            .spawn(move || self.serve())?;
+        Ok(RunningServer {
+            handle,
+            thread: Some(thread),
+            local_addr,
+            unix_path,
+        })
+    }
+
+    fn conn_ctx(&self) -> ConnCtx {
+        ConnCtx {
+            shared: self.shared.clone(),
+            exports: self.exports.clone(),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
+    /// Unblocks the acceptors' `accept` calls by connecting to our own listeners.
+    fn wake_acceptors(&self) {
+        if let Some(mut addr) = self.local_addr {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+        }
+        if let Some(p) = &self.unix_path {
+            let _ = UnixStream::connect(p);
+        }
+    }
+}
+
+/// A [`Server`] serving on its own thread; dropping it shuts the server down.
+#[derive(Debug)]
+pub struct RunningServer {
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    local_addr: Option<SocketAddr>,
+    unix_path: Option<PathBuf>,
+}
+
+impl RunningServer {
+    /// The bound TCP address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The Unix socket path.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Shuts down gracefully and waits until the server has stopped.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        self.handle.shutdown();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the NBD server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// What an acceptor hands to each connection.
+#[derive(Clone)]
+struct ConnCtx {
+    shared: Arc<Shared>,
+    exports: Arc<dyn Exports>,
+    max_in_flight: usize,
+}
+
+fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
+    loop {
+        let stream = accept();
+        if ctx.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match stream {
+            Ok(stream) => {
+                let Some(id) = register(&ctx.shared, &stream) else {
+                    return;
+                };
+                let ctx2 = ctx.clone();
+                let spawned = thread::Builder::new()
+                    .name("nbd-conn".into())
+                    .spawn(move || run_connection(ctx2, id, stream));
+                if let Err(e) = spawned {
+                    warn!(error = %e, "cannot start a connection thread");
+                    deregister(&ctx.shared, id);
+                }
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: wait a little rather than spin.
+                warn!(error = %e, "accepting a connection failed");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Records a live connection; `None` when the server is already stopping.
+fn register(shared: &Shared, stream: &Stream) -> Option<u64> {
+    let clone = stream.try_clone().ok()?;
+    let mut conns = shared.conns.lock();
+    // Checked under the lock that shutdown sweeps with, so no connection slips past it.
+    if shared.stopping.load(Ordering::SeqCst) {
+        return None;
+    }
+    let id = conns.next_id;
+    conns.next_id += 1;
+    conns.streams.insert(id, clone);
+    Some(id)
+}
+
+fn deregister(shared: &Shared, id: u64) {
+    shared.conns.lock().streams.remove(&id);
+    shared.conns_cv.notify_all();
+}
+
+/// Deregisters a connection however its thread ends, panics included.
+struct ConnGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        deregister(self.shared, self.id);
+    }
+}
+
+fn run_connection(ctx: ConnCtx, id: u64, stream: Stream) {
+    let _guard = ConnGuard {
+        shared: &ctx.shared,
+        id,
+    };
+    let peer = stream.peer();
+    if let Err(e) = stream.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(WRITE_TIMEOUT)) {
+        warn!(peer, error = %e, "cannot set socket timeouts");
+        return;
+    }
+    let (read_half, mut write_half) = match (stream.try_clone(), stream.try_clone()) {
+        (Ok(r), Ok(w)) => (r, w),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(peer, error = %e, "cannot clone a connection's socket");
+            return;
+        }
+    };
+    let mut reader = FrameReader::new(read_half);
+    match handshake::run(&mut reader, &mut write_half, &*ctx.exports) {
+        Ok(neg) => {
+            debug!(peer, export = %neg.name, structured = neg.structured, "transmission starts");
+            if let Err(e) = stream.set_timeouts(None, Some(WRITE_TIMEOUT)) {
+                warn!(peer, error = %e, "cannot clear the handshake timeout");
+                return;
+            }
+            let kill = || stream.shutdown(Shutdown::Both);
+            match transmission::serve(
+                &mut reader,
+                write_half,
+                &neg,
+                transmission::Dispatch::Pool(ctx.max_in_flight),
+                &peer,
+                &kill,
+            ) {
+                TransmissionEnd::Clean => debug!(peer, export = %neg.name, "client disconnected"),
+                TransmissionEnd::Failed(why) => {
+                    warn!(peer, export = %neg.name, "closing NBD connection: {why}")
+                }
+            }
+        }
+        Err(HandshakeEnd::Quiet) => debug!(peer, "client left during the handshake"),
+        Err(HandshakeEnd::Failed(why)) => {
+            warn!(peer, "closing NBD connection during the handshake: {why}")
+        }
+    }
+    stream.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exports::ExportMap;
+
+    #[test]
+    fn a_server_needs_at_least_one_listener() {
+        let err = Server::builder(Arc::new(ExportMap::new()))
+            .bind()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_stale_unix_socket_is_replaced_but_a_live_one_or_a_plain_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nbd.sock");
+        // A socket file nobody listens on.
+        drop(UnixListener::bind(&path).unwrap());
+        let live = bind_unix(&path).unwrap();
+        assert_eq!(
+            bind_unix(&path).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(bind_unix(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn shutdown_without_connections_returns_promptly_and_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let server = Server::builder(Arc::new(ExportMap::new()))
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .unix(&path)
+            .max_in_flight(0)
+            .bind()
+            .unwrap();
+        assert!(server.local_addr().unwrap().port() != 0);
+        assert_eq!(server.unix_path(), Some(path.as_path()));
+        assert!(format!("{server:?}").contains("max_in_flight: 1"));
+        let running = server.spawn().unwrap();
+        let h = running.shutdown_handle();
+        assert!(!h.is_triggered());
+        running.stop().unwrap();
+        assert!(h.is_triggered());
+        assert!(!path.exists());
+    }
+}

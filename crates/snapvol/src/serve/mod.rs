@@ -1,0 +1,131 @@
+//! `snapvol serve`: every volume of the store over NBD — `VOL` read-write, `VOL@SNAP`
+//! read-only — plus the control socket that lets other `snapvol` commands manage the volumes
+//! while they are served.
+
+pub mod control;
+mod devices;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use snapvol_engine::{CreateOptions, Error, Store, VolumeOptions};
+use snapvol_nbd::Server;
+
+use crate::cli::ServeArgs;
+pub use devices::StoreExports;
+
+/// Name of the volume `serve` creates in an empty store.
+pub const DEFAULT_VOLUME: &str = "vol";
+/// Its size (sparse: it costs nothing until written).
+pub const DEFAULT_SIZE: u64 = 10 << 30;
+
+/// Runs the server until SIGTERM or SIGINT, then stops accepting, finishes the requests in
+/// flight, destages every volume and returns.
+pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
+    std::fs::create_dir_all(store.root())
+        .with_context(|| format!("cannot create the store {}", store.root().display()))?;
+    if store.list()?.is_empty() {
+        store
+            .create(
+                DEFAULT_VOLUME,
+                &CreateOptions::new(DEFAULT_SIZE),
+                VolumeOptions::default(),
+            )?
+            .close()?;
+        tracing::info!(
+            volume = DEFAULT_VOLUME,
+            size = DEFAULT_SIZE,
+            "the store was empty: created the default volume"
+        );
+    }
+    let mut volumes = BTreeMap::new();
+    for name in store.list()? {
+        match store.open(&name, VolumeOptions::default()) {
+            Ok(v) => {
+                volumes.insert(name, Arc::new(v));
+            }
+            Err(e @ Error::Locked { .. }) => {
+                return Err(anyhow::anyhow!(
+                    "{e}; is another snapvol serve using this store?"
+                ))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!("opening volume '{name}'")))
+            }
+        }
+    }
+    let exports = Arc::new(StoreExports::new(store.clone(), volumes));
+    let control = control::ControlServer::start(store, exports.clone())?;
+
+    let mut builder = Server::builder(exports.clone());
+    let addr: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {}: not an address like 127.0.0.1:10809",
+            args.listen
+        )
+    })?;
+    builder = builder.tcp(addr);
+    if let Some(path) = &args.unix {
+        builder = builder.unix(path);
+    }
+    let server = builder
+        .bind()
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let shutdown = server.shutdown_handle();
+
+    // SIGTERM and SIGINT stop the server gracefully.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let signal_handle = signals.handle();
+    let flag = stop.clone();
+    let watcher = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping: finishing requests in flight");
+                flag.store(true, Ordering::SeqCst);
+                shutdown.shutdown();
+            }
+        })?;
+
+    let names: Vec<String> = exports.volumes().into_iter().map(|(n, _)| n).collect();
+    let local = server
+        .local_addr()
+        .map_or(args.listen.clone(), |a| a.to_string());
+    eprintln!(
+        "snapvol: serving {} from {} on nbd://{local}/ (export names: VOL, VOL@SNAP); Ctrl-C stops",
+        names.join(", "),
+        store.root().display()
+    );
+    let served = server.serve();
+    signal_handle.close();
+    let _ = watcher.join();
+    control.stop();
+
+    // Every volume is destaged and closed: the source VLUNs are the volumes again.
+    let mut result = served.map_err(anyhow::Error::from);
+    for (name, vol) in exports.take_volumes() {
+        match Arc::try_unwrap(vol) {
+            Ok(vol) => {
+                if let Err(e) = vol.close() {
+                    tracing::error!(volume = %name, error = %e, "closing failed");
+                    result = result.and(Err(e.into()));
+                }
+            }
+            Err(vol) => {
+                // Still referenced by a connection that did not go away: make it durable.
+                if let Err(e) = vol.destage_all() {
+                    result = result.and(Err(e.into()));
+                }
+            }
+        }
+    }
+    tracing::info!("stopped");
+    result
+}

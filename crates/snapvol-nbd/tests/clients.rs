@@ -295,6 +295,8 @@ fn fio_random_writes_with_crc32c_verify_pass_on_two_connections() {
         "--offset_increment=32M",
         "--verify=crc32c",
         "--verify_fatal=1",
+        // fio would leave verify state files in the working directory.
+        "--verify_state_save=0",
         "--output-format=json",
     ]));
     // The nbd engine prints "fio: connected to NBD server" lines before the JSON.

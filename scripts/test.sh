@@ -53,5 +53,19 @@ current="cargo test --workspace --release"
 step "$current"
 cargo test --workspace --release
 
+# A short run of every fuzz target: the parsers of bytes from sockets and disks.
+current="fuzzing (${FUZZ_SECONDS:-20} s per target)"
+step "$current"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo +nightly install cargo-fuzz --locked
+fi
+for target in nbd_handshake nbd_request engine_format; do
+    mkdir -p "fuzz/corpus/$target"
+    seeds=()
+    [[ -d "fuzz/seeds/$target" ]] && seeds=("fuzz/seeds/$target")
+    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "${seeds[@]}" -- \
+        -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=0
+done
+
 echo
-echo "test.sh: all checks passed (fmt, clippy, tests)"
+echo "test.sh: all checks passed (fmt, clippy, tests, fuzzing)"

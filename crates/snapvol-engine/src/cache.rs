@@ -326,6 +326,14 @@ impl Cache {
         Ok((reserved, id))
     }
 
+    /// Whether chunk `c` has cached data visible to readers of epochs below `before`.
+    pub fn holds(&self, c: ChunkIndex, before: u64) -> bool {
+        self.shard(c)
+            .lock()
+            .get(&c.0)
+            .is_some_and(|vs| vs.first().is_some_and(|v| v.epoch < before))
+    }
+
     /// Records that a write into version `id` of chunk `c` is durable in journal append
     /// `generation`.
     pub fn mark_journaled(&self, c: ChunkIndex, id: u64, generation: u64) {

@@ -53,6 +53,18 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
     fn growth_room(&self) -> Option<u64> {
         None
     }
+    /// Where the first byte at or after `offset` that may hold data is (`None`: nothing but
+    /// holes from there to the end). A VLUN that cannot tell answers `Ok(Some(offset))`:
+    /// everything may be data.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
+    /// Where the hole that follows `offset` starts (the end of the VLUN at the latest). A VLUN
+    /// that cannot tell answers its length.
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        let _ = offset;
+        self.len()
+    }
 }
 
 /// A VLUN backed by a regular file or a block device.
@@ -171,6 +183,39 @@ impl Vlun for FileVlun {
             return Some(0);
         }
         statvfs_free(self.file.as_raw_fd()).ok()
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match seek(self.file.as_raw_fd(), offset, libc::SEEK_DATA) {
+            Ok(at) => Ok(Some(at)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            // File systems without SEEK_DATA: everything may be data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some(offset)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        match seek(self.file.as_raw_fd(), offset, libc::SEEK_HOLE) {
+            Ok(at) => Ok(at),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.len(),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(offset),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `lseek(2)` with SEEK_DATA or SEEK_HOLE. The file position it moves is never used: all I/O
+/// here is positional.
+#[allow(unsafe_code)]
+fn seek(fd: i32, offset: u64, whence: i32) -> io::Result<u64> {
+    // SAFETY: lseek takes a descriptor owned by a live `File` and integers; it touches no
+    // memory of ours.
+    let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
     }
 }
 
@@ -324,6 +369,12 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
     }
     fn growth_room(&self) -> Option<u64> {
         (**self).growth_room()
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        (**self).next_data(offset)
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        (**self).next_hole(offset)
     }
 }
 

@@ -593,6 +593,20 @@ impl Volume {
         self.inner.drain().inspect_err(|e| self.inner.fail(e))
     }
 
+    /// Which parts of `[offset, offset + len)` of the live volume (`snap = None`) or of a
+    /// snapshot may hold data, as consecutive `(length, may_hold_data)` runs from `offset`; a
+    /// run without data reads as zeros. Covers at most 64 MiB (callers ask again for the rest).
+    /// A chunk counts as data when the cache or a preserved copy holds it for that reader, or
+    /// the source VLUN has data (not a hole) there.
+    pub fn allocation(
+        &self,
+        snap: Option<SnapshotSeq>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.inner.allocation(snap, offset, len)
+    }
+
     /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write(offset, data)?;
@@ -1084,6 +1098,48 @@ impl Inner {
             }
         }
         result
+    }
+
+    fn allocation(
+        &self,
+        snap: Option<SnapshotSeq>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.geo.check_range(offset, len)?;
+        let end = offset + len.min(64 << 20);
+        let before = snap.map_or(u64::MAX, |s| s.0);
+        let io = |e| Error::io("seek", Device::Source, offset, e);
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut push = |n: u64, data: bool| match runs.last_mut() {
+            Some((len, d)) if *d == data => *len += n,
+            _ => runs.push((n, data)),
+        };
+        // Source data ranges: [data_at, hole_at).
+        let mut data_at = self.source.next_data(offset).map_err(io)?;
+        let mut hole_at = match data_at {
+            Some(d) => self.source.next_hole(d).map_err(io)?,
+            None => u64::MAX,
+        };
+        let mut pos = offset;
+        while pos < end {
+            let c = ChunkIndex(pos / self.geo.chunk());
+            let chunk_end = (self.geo.chunk_offset(c) + self.geo.chunk()).min(end);
+            while data_at.is_some_and(|d| hole_at <= pos && d < end) {
+                data_at = self.source.next_data(hole_at).map_err(io)?;
+                hole_at = match data_at {
+                    Some(d) => self.source.next_hole(d).map_err(io)?,
+                    None => u64::MAX,
+                };
+            }
+            let source_data = data_at.is_some_and(|d| d < chunk_end && hole_at > pos);
+            let data = source_data
+                || self.cache.holds(c, before)
+                || snap.is_some_and(|s| self.index.lookup(c, s).is_some());
+            push(chunk_end - pos, data);
+            pos = chunk_end;
+        }
+        Ok(runs)
     }
 
     fn capacity_slots(&self) -> u64 {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use snapvol_engine::units::SnapshotSeq;
 use snapvol_engine::{parse_volume_or_snapshot, Error, Store, Volume, VolumeOptions};
-use snapvol_nbd::{BlockDevice, DevError, Export, Exports};
+use snapvol_nbd::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+use snapvol_nbd::{BlockDevice, DevError, Export, Exports, Extent};
 
 /// Maps an engine error to the errno an NBD client sees.
 fn dev_err(e: Error) -> DevError {
@@ -16,6 +17,30 @@ fn dev_err(e: Error) -> DevError {
         libc::EINVAL => DevError::invalid(e.to_string()),
         _ => DevError::io(e.to_string()),
     }
+}
+
+/// `base:allocation` of a volume or snapshot: holes where nothing was ever written (or was
+/// trimmed), so clients such as `nbdcopy` and `qemu-img convert` skip them.
+fn allocation(
+    vol: &Volume,
+    snap: Option<SnapshotSeq>,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<Extent>, DevError> {
+    let runs = vol
+        .allocation(snap, offset, u64::from(len))
+        .map_err(dev_err)?;
+    Ok(runs
+        .into_iter()
+        .map(|(n, data)| {
+            let flags = if data {
+                0
+            } else {
+                NBD_STATE_HOLE | NBD_STATE_ZERO
+            };
+            Extent::new(n as u32, flags)
+        })
+        .collect())
 }
 
 /// The live volume, read-write.
@@ -61,6 +86,10 @@ impl BlockDevice for LiveDevice {
         Ok(())
     }
 
+    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
+        allocation(&self.vol, None, offset, len)
+    }
+
     /// One cache and one journal serve every connection: a FLUSH on any of them covers the
     /// writes of all.
     fn multi_conn_safe(&self) -> bool {
@@ -95,6 +124,10 @@ impl BlockDevice for SnapshotDevice {
 
     fn flush(&self) -> Result<(), DevError> {
         Ok(())
+    }
+
+    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
+        allocation(&self.vol, Some(self.seq), offset, len)
     }
 }
 

@@ -51,7 +51,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 current="cargo test --workspace --release"
 step "$current"
-cargo test --workspace --release
+cargo test --workspace --release -- --show-output
 
 # A short run of every fuzz target: the parsers of bytes from sockets and disks.
 current="fuzzing (${FUZZ_SECONDS:-20} s per target)"

@@ -57,8 +57,50 @@ pub enum VersionData {
     /// The whole chunk reads as zero (write-zeroes and trim of a whole chunk); costs no buffer.
     Zero,
     /// A chunk-sized buffer; only blocks in the version's mask are meaningful. Shared with the
-    /// destager while it writes the version out; a writer that modifies it meanwhile copies it.
+    /// destager while it writes the version out (frozen versions are never modified).
     Bytes(Arc<Vec<u8>>),
+    /// A whole-chunk write's bytes, borrowed from the copy of the request kept for the
+    /// journal (`buf[start..start + chunk]`): a large write is copied once, not twice. A later
+    /// write into the chunk turns it into `Bytes`.
+    Shared {
+        /// The request's bytes.
+        buf: Arc<[u8]>,
+        /// Where this chunk's bytes start in it.
+        start: usize,
+    },
+}
+
+impl VersionData {
+    /// Copies the chunk's bytes `at..at + dst.len()` into `dst` (zeros for a zero version).
+    pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
+        match self {
+            VersionData::Zero => dst.fill(0),
+            VersionData::Bytes(d) => dst.copy_from_slice(&d[at..at + dst.len()]),
+            VersionData::Shared { buf, start } => {
+                dst.copy_from_slice(&buf[start + at..start + at + dst.len()])
+            }
+        }
+    }
+
+    /// The chunk's bytes (`chunk` long), unless it is a zero version.
+    pub fn bytes(&self, chunk: usize) -> Option<&[u8]> {
+        match self {
+            VersionData::Zero => None,
+            VersionData::Bytes(d) => Some(&d[..chunk]),
+            VersionData::Shared { buf, start } => Some(&buf[*start..*start + chunk]),
+        }
+    }
+}
+
+/// What a write puts into a chunk.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Zeros.
+    Zero,
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// Bytes `start..start + len` of a buffer the cache may keep a reference to.
+    Shared(&'a Arc<[u8]>, usize),
 }
 
 /// Dirty data of one chunk written in one epoch.
@@ -72,8 +114,10 @@ pub struct Version {
     pub data: VersionData,
     /// Valid blocks.
     pub valid: BlockMask,
-    /// Taken by a destage batch: no write modifies it any more (a write of the same epoch
-    /// starts a new version after it).
+    /// Sealed: no write modifies it any more (a write of the same epoch starts a new version
+    /// after it). A journal append seals the versions it covers, so that a chunk written
+    /// without pause still gets versions whose writes are all journaled, which the destager
+    /// can take; a destage batch seals what it takes.
     pub frozen: bool,
     /// Writes into it whose journal record is not yet durable. A version reaches the source
     /// only when this is 0: nothing gets to the source before it is in the journal.
@@ -89,9 +133,26 @@ impl Version {
     fn cost(&self, chunk: u64) -> u64 {
         match self.data {
             VersionData::Zero => ZERO_COST,
-            VersionData::Bytes(_) => chunk,
+            VersionData::Bytes(_) | VersionData::Shared { .. } => chunk,
         }
     }
+}
+
+/// The version's own chunk buffer, ready to modify: a zero version gets a zeroed buffer (its
+/// valid blocks are rightly zero), a shared one a copy of its bytes.
+fn materialize(data: &mut VersionData, chunk: usize) -> &mut Vec<u8> {
+    match data {
+        VersionData::Zero => *data = VersionData::Bytes(Arc::new(vec![0u8; chunk])),
+        VersionData::Shared { buf, start } => {
+            *data = VersionData::Bytes(Arc::new(buf[*start..*start + chunk].to_vec()))
+        }
+        VersionData::Bytes(_) => {}
+    }
+    let VersionData::Bytes(arc) = data else {
+        unreachable!("materialised above")
+    };
+    // Unfrozen versions are never shared with a destage batch, so this does not copy.
+    Arc::make_mut(arc)
 }
 
 /// Accounted size of a zero version (bookkeeping only).
@@ -223,17 +284,18 @@ impl Cache {
     /// for the image it supersedes, where `boundary` is that image's epoch (for the source
     /// image: the chunk's watermark, which `watermark()` gives). `read_source` fills a buffer
     /// from the source at an offset within the chunk (for the rare sub-block write).
-    /// `journaled` says the write is already durable in the journal (recovery replays it).
+    /// `journaled` is the journal append that already holds the write durably (recovery
+    /// replays it; a request too large to stage is journaled before it lands), or `None`.
     /// Returns whether a reservation was taken, and the version written into.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         c: ChunkIndex,
         within: usize,
-        data: Option<&[u8]>,
+        data: Payload<'_>,
         len: usize,
         epoch: Epoch,
-        journaled: bool,
+        journaled: Option<u64>,
         watermark: impl FnOnce() -> Epoch,
         needs_preservation: impl FnOnce(Epoch) -> bool,
         read_source: impl Fn(&mut [u8], usize) -> std::io::Result<()>,
@@ -245,7 +307,7 @@ impl Cache {
         let versions = shard.entry(c.0).or_default();
         let was_clean = versions.is_empty();
         let mut reserved = false;
-        let whole_zero = data.is_none() && within == 0 && len == chunk;
+        let whole = within == 0 && len == chunk;
 
         let start_new = versions.last().is_none_or(|v| v.epoch != epoch || v.frozen);
         if start_new {
@@ -261,7 +323,7 @@ impl Cache {
                 valid: BlockMask::default(),
                 frozen: false,
                 journal_pending: 0,
-                journal_gen: if journaled { 0 } else { u64::MAX },
+                journal_gen: u64::MAX,
                 reserved,
             });
             self.dirty_bytes.fetch_add(ZERO_COST, Ordering::Relaxed);
@@ -269,57 +331,65 @@ impl Cache {
         let n = versions.len();
         let (older, newest) = versions.split_at_mut(n - 1);
         let newest = &mut newest[0];
-        if !journaled {
-            newest.journal_pending += 1;
+        match journaled {
+            Some(generation) => newest.journal_gen = newest.journal_gen.min(generation),
+            None => newest.journal_pending += 1,
         }
         let id = newest.id;
 
-        if whole_zero {
-            if let VersionData::Bytes(_) = newest.data {
-                self.dirty_bytes
-                    .fetch_sub(self.geo.chunk() - ZERO_COST, Ordering::Relaxed);
+        let was_buffer = !matches!(newest.data, VersionData::Zero);
+        match (whole, data) {
+            (true, Payload::Zero) => {
+                newest.data = VersionData::Zero;
+                newest.valid = BlockMask::full(nblocks);
             }
-            newest.data = VersionData::Zero;
-            newest.valid = BlockMask::full(nblocks);
-        } else {
-            // Materialise a buffer: a fresh one, or a copy of a zero version.
-            if let VersionData::Zero = newest.data {
-                // Valid blocks of a zero version are rightly all zero in the new buffer.
-                newest.data = VersionData::Bytes(Arc::new(vec![0u8; chunk]));
-                self.dirty_bytes
-                    .fetch_add(self.geo.chunk() - ZERO_COST, Ordering::Relaxed);
+            (true, Payload::Shared(buf, start)) => {
+                newest.data = VersionData::Shared {
+                    buf: buf.clone(),
+                    start,
+                };
+                newest.valid = BlockMask::full(nblocks);
             }
-            let VersionData::Bytes(arc) = &mut newest.data else {
-                unreachable!("materialised above")
-            };
-            // Unfrozen versions are never shared with a destage batch, so this does not copy.
-            let buf = Arc::make_mut(arc);
-            let first = within / bs;
-            let last = (within + len).div_ceil(bs);
-            for b in [first, last - 1] {
-                let (bstart, bend) = (b * bs, (b + 1) * bs);
-                let covered = within <= bstart && within + len >= bend;
-                if !covered && !newest.valid.get(b) {
-                    // Sub-block write into a block this version does not hold: fill the block
-                    // from the newest older version holding it, else from the source.
-                    match older.iter().rev().find(|v| v.valid.get(b)) {
-                        Some(v) => match &v.data {
-                            VersionData::Zero => buf[bstart..bend].fill(0),
-                            VersionData::Bytes(d) => {
-                                buf[bstart..bend].copy_from_slice(&d[bstart..bend])
-                            }
-                        },
-                        None => read_source(&mut buf[bstart..bend], bstart)?,
+            (true, Payload::Bytes(d)) => {
+                newest.data = VersionData::Bytes(Arc::new(d.to_vec()));
+                newest.valid = BlockMask::full(nblocks);
+            }
+            (false, data) => {
+                let buf = materialize(&mut newest.data, chunk);
+                let first = within / bs;
+                let last = (within + len).div_ceil(bs);
+                for b in [first, last - 1] {
+                    let (bstart, bend) = (b * bs, (b + 1) * bs);
+                    let covered = within <= bstart && within + len >= bend;
+                    if !covered && !newest.valid.get(b) {
+                        // Sub-block write into a block this version does not hold: fill the
+                        // block from the newest older version holding it, else the source.
+                        match older.iter().rev().find(|v| v.valid.get(b)) {
+                            Some(v) => v.data.copy_to(bstart, &mut buf[bstart..bend]),
+                            None => read_source(&mut buf[bstart..bend], bstart)?,
+                        }
+                        newest.valid.set(b);
                     }
-                    newest.valid.set(b);
                 }
+                let dst = &mut buf[within..within + len];
+                match data {
+                    Payload::Zero => dst.fill(0),
+                    Payload::Bytes(d) => dst.copy_from_slice(d),
+                    Payload::Shared(b, start) => dst.copy_from_slice(&b[start..start + len]),
+                }
+                newest.valid.set_range(first, last);
             }
-            match data {
-                Some(d) => buf[within..within + len].copy_from_slice(d),
-                None => buf[within..within + len].fill(0),
-            }
-            newest.valid.set_range(first, last);
         }
+        let is_buffer = !matches!(newest.data, VersionData::Zero);
+        match (was_buffer, is_buffer) {
+            (false, true) => self
+                .dirty_bytes
+                .fetch_add(self.geo.chunk() - ZERO_COST, Ordering::Relaxed),
+            (true, false) => self
+                .dirty_bytes
+                .fetch_sub(self.geo.chunk() - ZERO_COST, Ordering::Relaxed),
+            _ => 0,
+        };
         if was_clean {
             self.dirty_chunks.fetch_add(1, Ordering::Relaxed);
         }
@@ -335,7 +405,7 @@ impl Cache {
     }
 
     /// Records that a write into version `id` of chunk `c` is durable in journal append
-    /// `generation`.
+    /// `generation`, and seals the version.
     pub fn mark_journaled(&self, c: ChunkIndex, id: u64, generation: u64) {
         let mut shard = self.shard(c).lock();
         if let Some(v) = shard
@@ -344,6 +414,7 @@ impl Cache {
         {
             v.journal_pending -= 1;
             v.journal_gen = v.journal_gen.min(generation);
+            v.frozen = true;
         }
     }
 
@@ -379,10 +450,7 @@ impl Cache {
             let piece_end = ((b + 1) * bs).min(end);
             let dst = &mut out[pos - within..piece_end - within];
             match versions.iter().rev().find(|v| v.valid.get(b)) {
-                Some(v) => match &v.data {
-                    VersionData::Zero => dst.fill(0),
-                    VersionData::Bytes(d) => dst.copy_from_slice(&d[pos..piece_end]),
-                },
+                Some(v) => v.data.copy_to(pos, dst),
                 None => holes.push(pos, piece_end - pos),
             }
             pos = piece_end;

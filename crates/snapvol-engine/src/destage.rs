@@ -1,7 +1,7 @@
 //! Destage planning: pure decisions about what a batch must preserve and write (claims 14–16,
 //! 21–24). No I/O here; `volume` performs what the plan says, in the order that keeps I1/I2.
 
-use crate::cache::{BlockMask, Version, VersionData};
+use crate::cache::{BlockMask, Version};
 use crate::format::Record;
 use crate::metadata::SnapshotTable;
 use crate::units::{ChunkIndex, Epoch, SnapshotSeq, TargetSlot, BLOCK};
@@ -81,20 +81,18 @@ fn union_is_full(m: &BlockMask, nblocks: usize) -> bool {
     m.is_full(nblocks)
 }
 
-/// Writes image `image` of a chunk (the source content `source` with the first `image`
-/// versions applied) into `out`.
-pub fn compose(versions: &[Version], image: usize, source: Option<&[u8]>, out: &mut [u8]) {
+/// Writes blocks `first..` of a chunk's image into `out`: for each block, the newest of
+/// `versions` that holds it, else the source content `source` (the whole chunk). Image *i* of
+/// a plan is `compose(&versions[..i], source, 0, out)`.
+pub fn compose(versions: &[Version], source: Option<&[u8]>, first: usize, out: &mut [u8]) {
     let bs = BLOCK as usize;
-    for b in 0..out.len() / bs {
-        let dst = &mut out[b * bs..(b + 1) * bs];
-        match versions[..image].iter().rev().find(|v| v.valid.get(b)) {
-            Some(v) => match &v.data {
-                VersionData::Zero => dst.fill(0),
-                VersionData::Bytes(d) => dst.copy_from_slice(&d[b * bs..(b + 1) * bs]),
-            },
+    for (i, dst) in out.chunks_mut(bs).enumerate() {
+        let at = (first + i) * bs;
+        match versions.iter().rev().find(|v| v.valid.get(first + i)) {
+            Some(v) => v.data.copy_to(at, dst),
             None => match source {
-                Some(s) => dst.copy_from_slice(&s[b * bs..(b + 1) * bs]),
-                None => unreachable!("plan_chunk asks for the source when a block is missing"),
+                Some(s) => dst.copy_from_slice(&s[at..at + bs]),
+                None => unreachable!("the source is read whenever a block is in no version"),
             },
         }
     }
@@ -115,9 +113,9 @@ pub enum SourceWrite<'a> {
 pub fn source_write(versions: &[Version], nblocks: usize) -> SourceWrite<'_> {
     let newest = versions.last().expect("a dirty chunk has a version");
     if newest.valid.is_full(nblocks) {
-        return match &newest.data {
-            VersionData::Zero => SourceWrite::Zero,
-            VersionData::Bytes(d) => SourceWrite::Whole(d),
+        return match newest.data.bytes(nblocks * BLOCK as usize) {
+            None => SourceWrite::Zero,
+            Some(d) => SourceWrite::Whole(d),
         };
     }
     let mut union = BlockMask::default();
@@ -173,6 +171,7 @@ pub fn records(placed: &[(ChunkIndex, TargetSlot, u64, u64)]) -> Vec<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::VersionData;
     use crate::metadata::SnapshotMeta;
     use std::sync::Arc;
 
@@ -245,7 +244,7 @@ mod tests {
         );
         assert!(!p.needs_source);
         let mut out = vec![0; 16384];
-        compose(&v, 1, None, &mut out);
+        compose(&v[..1], None, 0, &mut out);
         assert!(out.iter().all(|&b| b == 1));
     }
 
@@ -274,7 +273,7 @@ mod tests {
         let v = [version(0, 7, m)];
         let src = vec![9u8; 16384];
         let mut out = vec![0; 16384];
-        compose(&v, 1, Some(&src), &mut out);
+        compose(&v[..1], Some(&src), 0, &mut out);
         assert!(out[..4096].iter().all(|&b| b == 9));
         assert!(out[4096..8192].iter().all(|&b| b == 7));
         assert_eq!(source_write(&v, 4), SourceWrite::Runs(vec![(1, 1)]));

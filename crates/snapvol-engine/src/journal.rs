@@ -48,8 +48,9 @@ pub const SECTOR: u64 = 512;
 pub const RECORD_HEADER: usize = 64;
 /// Where the ring starts on the journal device.
 pub const RING_OFFSET: u64 = BLOCK_SIZE as u64;
-/// Default ring size.
-pub const DEFAULT_JOURNAL_SIZE: u64 = 256 << 20;
+/// Default ring size: room for the default 128 MiB cache (a quarter of the ring) and for the
+/// largest request journaled whole (half of it).
+pub const DEFAULT_JOURNAL_SIZE: u64 = 512 << 20;
 /// Smallest ring accepted: room for two of the largest requests the engine takes in one piece.
 pub const MIN_JOURNAL_SIZE: u64 = 4 << 20;
 

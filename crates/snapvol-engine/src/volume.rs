@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
-use crate::cache::{Cache, DirtyChunk, Version};
+use crate::cache::{Cache, DirtyChunk, Payload};
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
 use crate::format::{
@@ -203,8 +203,15 @@ struct Inner {
     staged: Vec<Mutex<Vec<Staged>>>,
     /// The persistent cache journal; held only by whoever appends or moves its head.
     journal: Mutex<Journal>,
+    /// Held for a whole journal append, making room included: a FLUSH that finds nothing
+    /// staged may return only once no other thread still holds requests it took from the
+    /// staging list, and only if that append succeeded.
+    append_lock: Mutex<()>,
     /// Largest request journaled as one record; longer ones go in pieces.
     max_record: u64,
+    /// Journal appends holding large requests still landing in the cache: the head may not
+    /// pass them until every piece is in (the pieces not yet landed have no version to pin it).
+    landing: Mutex<Vec<u64>>,
     meta: Mutex<MetaState>,
     /// Slots in use, mirrored out of `meta` for the write path's capacity check.
     slots_used: AtomicU64,
@@ -486,8 +493,9 @@ impl Volume {
             data_start: loaded.sb.data_start,
             target_cap,
             volume_id,
-            // Everything the cache holds must fit the journal twice over (see journal_flush).
-            cache: Cache::new(geo, opts.cache_size.min(ring / 2)),
+            // What the cache holds (at most a quarter of the ring) and one request journaled
+            // whole (at most half) always fit the ring once it is emptied (journal_append).
+            cache: Cache::new(geo, opts.cache_size.min(ring / 4)),
             compact_after_records: opts.compact_after_records,
             background_destage: opts.background_destage,
             index: loaded.index,
@@ -495,8 +503,10 @@ impl Volume {
             gate: EpochGate::new(epoch),
             wseq: AtomicU64::new(1),
             staged: (0..STAGING_SHARDS).map(|_| Mutex::default()).collect(),
-            max_record: (ring / 4).max(geo.chunk()),
+            max_record: (ring / 2).max(geo.chunk()),
+            landing: Mutex::new(Vec::new()),
             journal: Mutex::new(journal),
+            append_lock: Mutex::new(()),
             meta: Mutex::new(MetaState {
                 sb: loaded.sb,
                 alloc: loaded.alloc,
@@ -905,9 +915,12 @@ impl Inner {
         }
     }
 
+    /// Refuses every later write: after an I/O error the engine does not guess what reached
+    /// the disk. Reopening the volume recovers from what is durable.
     fn fail(&self, e: &Error) {
-        let _ = self.failed.set(e.to_string());
-        tracing::error!(volume = %self.name, error = %e, "volume failed; refusing writes until reopened");
+        if self.failed.set(e.to_string()).is_ok() {
+            tracing::error!(volume = %self.name, error = %e, "volume failed; refusing writes until reopened");
+        }
     }
 
     fn poke(&self) {
@@ -994,40 +1007,131 @@ impl Inner {
         if len == 0 {
             return Ok(());
         }
-        // Zeroing is cheap per byte but not per chunk; huge requests of either kind go in
-        // chunk-aligned pieces that each fit the cache and the journal.
-        let step = if data.is_some() {
-            self.max_record
-        } else {
-            (self.cache.limit() / 4 / self.geo.chunk()).max(1) * self.geo.chunk()
-        };
-        if len > step {
+        // A data request longer than a journal record (half the ring: 256 MiB with the default
+        // journal, far more than any NBD request) is taken as several requests.
+        if data.is_some() && len > self.max_record {
             let mut pos = offset;
             while pos < offset + len {
-                let end = ((pos / step + 1) * step).min(offset + len);
+                let end = (pos + self.max_record).min(offset + len);
                 let piece = data.map(|d| &d[(pos - offset) as usize..(end - offset) as usize]);
                 self.write(pos, end - pos, piece)?;
                 pos = end;
             }
             return Ok(());
         }
+        // What the cache takes in one piece: a quarter of it.
+        let step = match data {
+            Some(_) => self.cache.limit() / 4,
+            None => self.cache.limit() / 4 / 512 * self.geo.chunk(),
+        }
+        .max(self.geo.chunk())
+            / self.geo.chunk()
+            * self.geo.chunk();
+        let result = if len > step {
+            self.write_large(offset, len, data, step)
+        } else {
+            self.write_small(offset, len, data)
+        };
+        if self.cache.dirty_bytes() > self.cache.limit() / 4 {
+            self.poke();
+        }
+        result
+    }
+
+    /// A request that fits the cache: lands in it, and is staged for the journal.
+    fn write_small(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
         let chunks = self.geo.split(offset, len).count() as u64;
         let cost = match data {
             Some(_) => chunks * self.geo.chunk() + len,
             None => chunks * 512,
         };
+        self.make_room(cost)?;
+        let guard = self.gate.enter();
+        let epoch = guard.epoch;
+        // Copy the request once: the journal needs it, and whole chunks of it serve as their
+        // cache versions too.
+        let shared: Option<Arc<[u8]>> = data.map(Arc::from);
+        let need = self.reserve_for(offset, len, epoch)?;
+        let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
+        let landed = self.land(
+            offset,
+            len,
+            shared.as_ref().map(|d| (d, 0)),
+            epoch,
+            None,
+            need,
+        )?;
+        self.cache
+            .hold(shared.as_ref().map_or(0, |d| d.len() as u64));
+        self.staged[(wseq as usize) % STAGING_SHARDS]
+            .lock()
+            .push(Staged {
+                wseq,
+                epoch,
+                offset,
+                len,
+                data: shared,
+                landed,
+            });
+        Ok(())
+    }
+
+    /// A request too large for the cache or the journal to take at once. It is still one
+    /// request: it is journaled whole (and synced) before any of it lands, all in one epoch,
+    /// so after a crash it is all-old (not journaled, nothing landed) or all-new (replayed
+    /// whole) however much of it had been destaged; then it lands piece by piece.
+    fn write_large(&self, offset: u64, len: u64, data: Option<&[u8]>, step: u64) -> Result<()> {
+        let guard = self.gate.enter();
+        let epoch = guard.epoch;
+        // Room for every preservation it may need, before anything is written (ENOSPC).
+        let mut need = self.reserve_for(offset, len, epoch)?;
+        let shared: Option<Arc<[u8]>> = data.map(Arc::from);
+        let generation = self
+            .journal_now(epoch, offset, len, shared.clone())
+            .inspect_err(|_| {
+                self.reserved.fetch_sub(need, Ordering::SeqCst);
+            })?;
+        self.landing.lock().push(generation);
+        let landed = (|| {
+            let mut pos = offset;
+            while pos < offset + len {
+                let end = ((pos / step + 1) * step).min(offset + len);
+                let per_chunk = if data.is_some() {
+                    self.geo.chunk()
+                } else {
+                    512
+                };
+                self.make_room(self.geo.split(pos, end - pos).count() as u64 * per_chunk)?;
+                let piece = shared.as_ref().map(|d| (d, (pos - offset) as usize));
+                self.land(pos, end - pos, piece, epoch, Some(generation), need)?;
+                need = 0;
+                pos = end;
+            }
+            Ok(())
+        })();
+        let mut pins = self.landing.lock();
+        if let Some(i) = pins.iter().position(|&g| g == generation) {
+            pins.swap_remove(i);
+        }
+        landed
+    }
+
+    /// Waits until `cost` more bytes fit the cache, destaging on this thread when there is no
+    /// background destager.
+    fn make_room(&self, cost: u64) -> Result<()> {
         if !self.background_destage && self.cache.dirty_bytes() + cost > self.cache.limit() {
             self.destage_round()?;
         }
         self.cache
             .wait_for_space(cost, || self.poke(), || self.failed.get().is_some());
-        self.check_writable()?;
+        self.check_writable()
+    }
 
-        let guard = self.gate.enter();
-        let epoch = guard.epoch;
+    /// Reserves a target slot for every chunk of the range whose original a live snapshot
+    /// will need — up front, so a write that cannot be preserved fails whole, before anything
+    /// changes (ENOSPC). Returns how many it reserved.
+    fn reserve_for(&self, offset: u64, len: u64, epoch: Epoch) -> Result<u64> {
         let table = self.table.load();
-        // Phase 1: how many target slots could this request need? Reserve them up front so a
-        // write that cannot be preserved fails whole, before anything changes (ENOSPC).
         let mut need = 0;
         for p in self.geo.split(offset, len) {
             if let Some(boundary) = self.cache.new_version_boundary(p.chunk, epoch) {
@@ -1038,20 +1142,37 @@ impl Inner {
             }
         }
         self.reserve(need)?;
-        // Phase 2: land the data in the cache, and keep a copy of the request for the journal.
-        let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
+        Ok(need)
+    }
+
+    /// Puts a range into the cache for `epoch` (its bytes, if any, at the given start of the
+    /// buffer); `held` is what [`Inner::reserve_for`]
+    /// reserved for it (reservations the cache did not take are returned). Returns the
+    /// versions it landed in.
+    fn land(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<(&Arc<[u8]>, usize)>,
+        epoch: Epoch,
+        journaled: Option<u64>,
+        held: u64,
+    ) -> Result<Vec<(ChunkIndex, u64)>> {
+        let table = self.table.load();
         let mut took = 0;
-        let mut landed = Vec::with_capacity(chunks as usize);
+        let mut landed = Vec::new();
         let mut result = Ok(());
         for p in self.geo.split(offset, len) {
             let base = self.source_offset(p.chunk);
             let r = self.cache.write(
                 p.chunk,
                 p.within,
-                data.map(|d| &d[p.req_off..p.req_off + p.len]),
+                data.map_or(Payload::Zero, |(d, base)| {
+                    Payload::Shared(d, base + p.req_off)
+                }),
                 p.len,
                 epoch,
-                false,
+                journaled,
                 || self.index.watermark(p.chunk),
                 |boundary| table.any_alive(boundary, epoch),
                 |buf, at| self.source.read_at(buf, base + at as u64),
@@ -1067,37 +1188,15 @@ impl Inner {
                 }
             }
         }
-        if !landed.is_empty() {
-            let data: Option<Arc<[u8]>> = data.map(Arc::from);
-            self.cache.hold(data.as_ref().map_or(0, |d| d.len() as u64));
-            self.staged[(wseq as usize) % STAGING_SHARDS]
-                .lock()
-                .push(Staged {
-                    wseq,
-                    epoch,
-                    offset,
-                    len,
-                    data,
-                    landed,
-                });
+        if took < held {
+            self.reserved.fetch_sub(held - took, Ordering::SeqCst);
+        } else if took > held {
+            // A concurrent destage moved a boundary; keep the books right.
+            self.reserved.fetch_add(took - held, Ordering::SeqCst);
         }
-        drop(guard);
-        if took < need {
-            self.reserved.fetch_sub(need - took, Ordering::SeqCst);
-        } else if took > need {
-            // A concurrent destage moved a boundary between the phases; keep the books right.
-            self.reserved.fetch_add(took - need, Ordering::SeqCst);
-        }
-        if self.cache.dirty_bytes() > self.cache.limit() / 4 {
-            self.poke();
-        }
-        if result.is_err() {
-            // Part of the request may be in the cache: refuse to go on rather than guess.
-            if let Err(e) = &result {
-                self.fail(e);
-            }
-        }
-        result
+        // Part of the request may be in the cache: refuse to go on rather than guess.
+        result.inspect_err(|e| self.fail(e))?;
+        Ok(landed)
     }
 
     fn allocation(
@@ -1253,58 +1352,97 @@ impl Inner {
     /// Appends every staged request to the journal (one record each), syncs it, and marks the
     /// cache versions they landed in as journaled.
     fn journal_flush(&self) -> Result<()> {
-        let mut journal = self.journal.lock();
-        let mut staged = Vec::new();
-        for shard in &self.staged {
-            staged.append(&mut shard.lock());
-        }
-        if staged.is_empty() {
-            return Ok(());
-        }
-        staged.sort_unstable_by_key(|s| s.wseq);
-        let needed = Journal::space_needed(
-            staged
+        self.journal_append(None).map(|_| ())
+    }
+
+    /// Journals one request now (one record, synced), after everything staged before it.
+    /// Returns the journal append holding it.
+    fn journal_now(
+        &self,
+        epoch: Epoch,
+        offset: u64,
+        len: u64,
+        data: Option<Arc<[u8]>>,
+    ) -> Result<u64> {
+        self.journal_append(Some((epoch, offset, len, data)))?
+            .ok_or_else(|| Error::Failed("journal append of a request did not happen".into()))
+    }
+
+    /// Appends every staged request (one record each, in request order), then `extra`, to the
+    /// journal, syncs it, and marks the cache versions the staged requests landed in as
+    /// journaled. Returns the append's generation, if anything was appended. Any failure fails
+    /// the volume: the staged requests are gone from the staging list.
+    fn journal_append(&self, extra: Option<crate::journal::Request>) -> Result<Option<u64>> {
+        let _append = self.append_lock.lock();
+        self.check_writable()?;
+        let r = (|| {
+            let mut journal = self.journal.lock();
+            let mut staged = Vec::new();
+            for shard in &self.staged {
+                staged.append(&mut shard.lock());
+            }
+            if staged.is_empty() && extra.is_none() {
+                return Ok(None);
+            }
+            staged.sort_unstable_by_key(|s| s.wseq);
+            let mut requests: Vec<_> = staged
                 .iter()
-                .map(|s| s.data.as_ref().map_or(0, |d| d.len() as u64)),
-        );
-        if needed > journal.free() {
-            // Make room: destage everything already journaled and move the head past it.
-            drop(journal);
-            while self.destage_batch()? > 0 {}
-            self.reclaim_journal(true)?;
-            journal = self.journal.lock();
+                .map(|s| (s.epoch, s.offset, s.len, s.data.clone()))
+                .collect();
+            requests.extend(extra);
+            let needed = Journal::space_needed(
+                requests
+                    .iter()
+                    .map(|r| r.3.as_ref().map_or(0, |d| d.len() as u64)),
+            );
             if needed > journal.free() {
-                return Err(Error::Failed(format!(
-                    "the cache journal cannot hold {needed} bytes of pending writes"
-                )));
+                // Make room: destage everything already journaled and move the head past it.
+                drop(journal);
+                while self.destage_batch()? > 0 {}
+                self.reclaim_journal(true)?;
+                journal = self.journal.lock();
+                if needed > journal.free() {
+                    return Err(Error::Failed(format!(
+                        "the cache journal cannot hold {needed} bytes of pending writes"
+                    )));
+                }
             }
-        }
-        let requests: Vec<_> = staged
-            .iter()
-            .map(|s| (s.epoch, s.offset, s.len, s.data.clone()))
-            .collect();
-        let generation = journal.append(&requests)?;
-        let mut bytes = 0;
-        for s in &staged {
-            for &(c, id) in &s.landed {
-                self.cache.mark_journaled(c, id, generation);
+            let generation = journal.append(&requests)?;
+            let mut bytes = 0;
+            for s in &staged {
+                for &(c, id) in &s.landed {
+                    self.cache.mark_journaled(c, id, generation);
+                }
+                bytes += s.data.as_ref().map_or(0, |d| d.len() as u64);
             }
-            bytes += s.data.as_ref().map_or(0, |d| d.len() as u64);
-        }
-        drop(journal);
-        self.cache.release(bytes);
-        Ok(())
+            drop(journal);
+            self.cache.release(bytes);
+            Ok(Some(generation))
+        })();
+        r.inspect_err(|e| self.fail(e))
     }
 
     /// Moves the journal's head past every append whose data is all on the source: syncs the
     /// source, then persists the new head in the superblock. Without `force`, only once a
     /// quarter of the ring is in use (each move costs two syncs).
     fn reclaim_journal(&self, force: bool) -> Result<()> {
+        self.reclaim_journal_inner(force)
+            .inspect_err(|e| self.fail(e))
+    }
+
+    fn reclaim_journal_inner(&self, force: bool) -> Result<()> {
         let mut journal = self.journal.lock();
         if !force && journal.used() < journal.ring_len() / 4 {
             return Ok(());
         }
-        let oldest = self.cache.oldest_journal_gen();
+        let landing = self
+            .landing
+            .lock()
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX);
+        let oldest = self.cache.oldest_journal_gen().min(landing);
         let upto = journal.generation().min(oldest.saturating_sub(1));
         let Some(head) = journal.head_after(upto) else {
             return Ok(());
@@ -1344,10 +1482,12 @@ impl Inner {
                     .write(
                         p.chunk,
                         p.within,
-                        r.data.as_ref().map(|d| &d[p.req_off..p.req_off + p.len]),
+                        r.data
+                            .as_ref()
+                            .map_or(Payload::Zero, |d| Payload::Shared(d, p.req_off)),
                         p.len,
                         r.epoch,
-                        true,
+                        Some(0),
                         || self.index.watermark(p.chunk),
                         |_| false,
                         |buf, at| self.source.read_at(buf, base + at as u64),
@@ -1392,6 +1532,10 @@ impl Inner {
     /// needs them, commit the pointers, then write the new data to the source and clear the
     /// dirty designations. Returns the number of chunks destaged.
     fn destage_batch(&self) -> Result<usize> {
+        self.destage_batch_inner().inspect_err(|e| self.fail(e))
+    }
+
+    fn destage_batch_inner(&self) -> Result<usize> {
         let _d = self.destage_lock.lock();
         self.check_writable()?;
         let batch = self.cache.collect(MAX_BATCH);
@@ -1459,7 +1603,7 @@ impl Inner {
                 for pres in &plan.preserve {
                     let slot = slots.next().expect("allocated one slot per copy");
                     let buf = &mut run_bufs[run_pos.0][run_pos.1 * chunk..(run_pos.1 + 1) * chunk];
-                    destage::compose(&d.versions, pres.image, src, buf);
+                    destage::compose(&d.versions[..pres.image], src, 0, buf);
                     placed.push((d.chunk, slot, pres.lo, pres.hi));
                     run_pos.1 += 1;
                     if run_pos.1 as u64 == runs[run_pos.0].1 {
@@ -1498,7 +1642,7 @@ impl Inner {
                     for (b, count) in runs {
                         let bs = BLOCK as usize;
                         let piece = &mut compose_buf[..count * bs];
-                        compose_blocks(&d.versions[..n], b, piece);
+                        destage::compose(&d.versions[..n], None, b, piece);
                         let at = off + (b * bs) as u64;
                         self.source
                             .write_at(piece, at)
@@ -1813,24 +1957,6 @@ impl Inner {
                 }
             })
             .collect()
-    }
-}
-
-/// Fills `out` with blocks `first..` of a chunk's newest image from cached versions only
-/// (the blocks come from the union of their valid masks).
-fn compose_blocks(versions: &[Version], first: usize, out: &mut [u8]) {
-    let bs = BLOCK as usize;
-    for (i, dst) in out.chunks_mut(bs).enumerate() {
-        let b = first + i;
-        let v = versions
-            .iter()
-            .rev()
-            .find(|v| v.valid.get(b))
-            .expect("runs cover only valid blocks");
-        match &v.data {
-            crate::cache::VersionData::Zero => dst.fill(0),
-            crate::cache::VersionData::Bytes(d) => dst.copy_from_slice(&d[b * bs..(b + 1) * bs]),
-        }
     }
 }
 

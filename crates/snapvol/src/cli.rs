@@ -207,7 +207,7 @@ pub struct CreateArgs {
     pub cache: Option<PathBuf>,
 
     /// Size of the cache journal (at least 4M). Writes waiting to be destaged must fit in it.
-    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "256M")]
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "512M")]
     pub journal_size: u64,
 }
 

@@ -40,14 +40,7 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
     /// Tells the VLUN that `[offset, offset + len)` now reads as zero and its space may be
     /// released. The default writes zeroes.
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
-            self.write_at(&zeros[..n], pos)?;
-            pos += n as u64;
-        }
-        Ok(())
+        write_zeros(self, offset, len)
     }
     /// Bytes of free space the VLUN could still grow by, if it is growable and that is known.
     fn growth_room(&self) -> Option<u64> {
@@ -65,6 +58,18 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
         let _ = offset;
         self.len()
     }
+}
+
+/// Writes `len` zero bytes at `offset`, a MiB at a time.
+fn write_zeros<V: Vlun + ?Sized>(v: &V, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut pos = offset;
+    while pos < offset + len {
+        let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+        v.write_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
 }
 
 /// A VLUN backed by a regular file or a block device.
@@ -168,14 +173,7 @@ impl Vlun for FileVlun {
             }
         }
         // Block devices and file systems without hole punching: write the zeroes.
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
-            self.write_at(&zeros[..n], pos)?;
-            pos += n as u64;
-        }
-        Ok(())
+        write_zeros(self, offset, len)
     }
 
     fn growth_room(&self) -> Option<u64> {

@@ -1447,16 +1447,21 @@ impl Inner {
         let Some(head) = journal.head_after(upto) else {
             return Ok(());
         };
+        self.persist_journal_head(head)?;
+        journal.advance_head(head);
+        Ok(())
+    }
+
+    /// Makes `head` the journal's head on disk: the source is synced first (the data of every
+    /// record before it must be durable there), then the superblock records it.
+    fn persist_journal_head(&self, head: JournalHead) -> Result<()> {
         self.source
             .sync()
             .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
         let mut meta = self.meta.lock();
         meta.sb.journal_head = head.pos;
         meta.sb.journal_head_seq = head.seq;
-        self.write_superblock(&mut meta)?;
-        drop(meta);
-        journal.advance_head(head);
-        Ok(())
+        self.write_superblock(&mut meta)
     }
 
     /// Claim 25: every write the journal holds is examined again. It enters the cache as the
@@ -1502,14 +1507,7 @@ impl Inner {
         // Persist a head past everything replayed, with the journal's new sequence numbers.
         let mut journal = self.journal.lock();
         let head = journal.tail_head();
-        self.source
-            .sync()
-            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
-        let mut meta = self.meta.lock();
-        meta.sb.journal_head = head.pos;
-        meta.sb.journal_head_seq = head.seq;
-        self.write_superblock(&mut meta)?;
-        drop(meta);
+        self.persist_journal_head(head)?;
         journal.reset_to(head);
         if n > 0 {
             tracing::info!(volume = %self.name, records = n, bytes, "recovery complete");

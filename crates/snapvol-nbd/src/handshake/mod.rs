@@ -311,28 +311,46 @@ impl<'a> ServerHandshake<'a> {
         }
     }
 
-    fn list_meta_context(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        let option = NBD_OPT_LIST_META_CONTEXT;
+    /// Parses a LIST/SET_META_CONTEXT request and finds its export, or answers the error.
+    fn meta_context_request(
+        &self,
+        option: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(frame::MetaContextRequest, Export)> {
         let req = match frame::parse_meta_context_request(data) {
             Ok(r) => r,
-            Err(e) => return invalid(out, option, &e),
+            Err(e) => {
+                invalid(out, option, &e);
+                return None;
+            }
         };
         let Some(export) = self.exports.lookup(&req.export) else {
-            return error(
+            error(
                 out,
                 option,
                 NBD_REP_ERR_UNKNOWN,
                 &format!("no export named {:?}", req.export),
             );
+            return None;
         };
         if let Some(q) = req.queries.iter().find(|q| !q.contains(':')) {
-            return error(
+            error(
                 out,
                 option,
                 NBD_REP_ERR_INVALID,
                 &format!("query {q:?} has no namespace"),
             );
+            return None;
         }
+        Some((req, export))
+    }
+
+    fn list_meta_context(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let option = NBD_OPT_LIST_META_CONTEXT;
+        let Some((req, export)) = self.meta_context_request(option, data, out) else {
+            return;
+        };
         let available = available_contexts(&export);
         // An empty query list lists everything; a query ending in ':' is a prefix wildcard
         // (proto.md "base:" and qemu's "qemu:dirty-bitmap:"); otherwise an exact name.
@@ -370,26 +388,9 @@ impl<'a> ServerHandshake<'a> {
                 "structured replies must be negotiated first",
             );
         }
-        let req = match frame::parse_meta_context_request(data) {
-            Ok(r) => r,
-            Err(e) => return invalid(out, option, &e),
+        let Some((req, export)) = self.meta_context_request(option, data, out) else {
+            return;
         };
-        let Some(export) = self.exports.lookup(&req.export) else {
-            return error(
-                out,
-                option,
-                NBD_REP_ERR_UNKNOWN,
-                &format!("no export named {:?}", req.export),
-            );
-        };
-        if let Some(q) = req.queries.iter().find(|q| !q.contains(':')) {
-            return error(
-                out,
-                option,
-                NBD_REP_ERR_INVALID,
-                &format!("query {q:?} has no namespace"),
-            );
-        }
         let available = available_contexts(&export);
         let mut selected: Vec<MetaContext> = Vec::new();
         // Unknown names are ignored, as are wildcards such as "base:" (proto.md).

@@ -24,6 +24,19 @@ fn volume_mib() -> u64 {
         .unwrap_or(256)
 }
 
+/// A fresh volume of `size` bytes in a temporary store (`SNAPVOL_BENCH_DIR`, else /var/tmp);
+/// the directory lives as long as the returned guard.
+fn bench_volume(size: u64) -> (tempfile::TempDir, Volume) {
+    let dir = tempfile::tempdir_in(
+        std::env::var("SNAPVOL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+    )
+    .expect("tempdir");
+    let vol = Store::new(dir.path())
+        .create("bench", &CreateOptions::new(size), VolumeOptions::default())
+        .expect("create");
+    (dir, vol)
+}
+
 fn fill(vol: &Volume, seed: u8) {
     let mut buf = vec![0u8; MIB as usize];
     for (i, b) in buf.iter_mut().enumerate() {
@@ -43,13 +56,7 @@ fn overwrite(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Bytes(size));
     for n in [0usize, 1, 8, 64] {
-        let dir =
-            tempfile::tempdir_in(std::env::var("SNAPVOL_BENCH_DIR").unwrap_or("/var/tmp".into()))
-                .expect("tempdir");
-        let store = Store::new(dir.path());
-        let vol = store
-            .create("bench", &CreateOptions::new(size), VolumeOptions::default())
-            .expect("create");
+        let (_dir, vol) = bench_volume(size);
         fill(&vol, 1);
         let mut round = 0u32;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
@@ -81,13 +88,7 @@ fn snapshot_create(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_create");
     group.sample_size(50);
     for (label, size) in [("1GiB", 1u64 << 30), ("1TiB", 1u64 << 40)] {
-        let dir =
-            tempfile::tempdir_in(std::env::var("SNAPVOL_BENCH_DIR").unwrap_or("/var/tmp".into()))
-                .expect("tempdir");
-        let store = Store::new(dir.path());
-        let vol = store
-            .create("bench", &CreateOptions::new(size), VolumeOptions::default())
-            .expect("create");
+        let (_dir, vol) = bench_volume(size);
         // Some data, so the volume is not trivially empty.
         fill_prefix(&vol, 64 * MIB);
         let mut i = 0u64;

@@ -45,6 +45,14 @@ impl BlockMask {
             self.set(b);
         }
     }
+    /// The blocks set in either mask.
+    pub fn union(self, other: BlockMask) -> BlockMask {
+        let mut m = self;
+        for (w, o) in m.0.iter_mut().zip(other.0) {
+            *w |= o;
+        }
+        m
+    }
     /// Whether blocks `0..n` are all set.
     pub fn is_full(&self, n: usize) -> bool {
         (0..n).all(|b| self.get(b))

@@ -56,29 +56,15 @@ pub fn plan_chunk(
                     lo: boundary + 1,
                     hi: v.epoch,
                 });
-                if !union_is_full(&union, nblocks) {
+                if !union.is_full(nblocks) {
                     plan.needs_source = true;
                 }
             }
             boundary = v.epoch;
         }
-        union = or(union, v.valid);
+        union = union.union(v.valid);
     }
     plan
-}
-
-fn or(a: BlockMask, b: BlockMask) -> BlockMask {
-    let mut m = a;
-    for i in 0..256 {
-        if b.get(i) {
-            m.set(i);
-        }
-    }
-    m
-}
-
-fn union_is_full(m: &BlockMask, nblocks: usize) -> bool {
-    m.is_full(nblocks)
 }
 
 /// Writes blocks `first..` of a chunk's image into `out`: for each block, the newest of
@@ -120,7 +106,7 @@ pub fn source_write(versions: &[Version], nblocks: usize) -> SourceWrite<'_> {
     }
     let mut union = BlockMask::default();
     for v in versions {
-        union = or(union, v.valid);
+        union = union.union(v.valid);
     }
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for b in 0..nblocks {
@@ -172,20 +158,8 @@ pub fn records(placed: &[(ChunkIndex, TargetSlot, u64, u64)]) -> Vec<Record> {
 mod tests {
     use super::*;
     use crate::cache::VersionData;
-    use crate::metadata::SnapshotMeta;
+    use crate::metadata::tests::table;
     use std::sync::Arc;
-
-    fn table(seqs: &[u64]) -> SnapshotTable {
-        let mut t = SnapshotTable::default();
-        for &s in seqs {
-            t.push(SnapshotMeta {
-                seq: SnapshotSeq(s),
-                name: format!("s{s}"),
-                created: std::time::SystemTime::UNIX_EPOCH,
-            });
-        }
-        t
-    }
 
     fn version(epoch: Epoch, fill: u8, valid: BlockMask) -> Version {
         Version {

@@ -316,10 +316,11 @@ impl Allocator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn table(seqs: &[u64]) -> SnapshotTable {
+    /// A table of live snapshots with these sequence numbers (shared by other modules' tests).
+    pub(crate) fn table(seqs: &[u64]) -> SnapshotTable {
         let mut t = SnapshotTable::default();
         for &s in seqs {
             t.push(SnapshotMeta {

@@ -97,17 +97,19 @@ fn unit_shift(unit: &str) -> Option<u32> {
     matches!(rest, "" | "b" | "ib").then_some(shift)
 }
 
+/// Binary units, largest first, for formatting.
+const UNITS: [(u32, &str); 6] = [
+    (60, "E"),
+    (50, "P"),
+    (40, "T"),
+    (30, "G"),
+    (20, "M"),
+    (10, "K"),
+];
+
 /// Formats a byte count for people: exact units when they fit (`64K`, `10G`), otherwise one
 /// decimal (`1.5M`); below 1 KiB, plain bytes (`512`).
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u32, &str); 6] = [
-        (60, "E"),
-        (50, "P"),
-        (40, "T"),
-        (30, "G"),
-        (20, "M"),
-        (10, "K"),
-    ];
     for (shift, name) in UNITS {
         let unit = 1u64 << shift;
         if bytes >= unit {
@@ -125,14 +127,6 @@ pub fn format_size(bytes: u64) -> String {
 /// Formats a byte count exactly, in the largest unit that divides it (`1088K`, `4097`), so
 /// that it can be typed back as an argument.
 pub fn format_exact(bytes: u64) -> String {
-    const UNITS: [(u32, &str); 6] = [
-        (60, "E"),
-        (50, "P"),
-        (40, "T"),
-        (30, "G"),
-        (20, "M"),
-        (10, "K"),
-    ];
     for (shift, name) in UNITS {
         let unit = 1u64 << shift;
         if bytes >= unit && bytes % unit == 0 {

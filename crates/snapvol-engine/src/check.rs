@@ -763,12 +763,15 @@ fn check_journal_records(
     };
     let scan = journal::scan(journal, &sb.volume_id, ring_len, head)?;
     for (pos, r) in &scan.records {
-        if geo.check_range(r.offset, r.len).is_err() {
+        let journal::Request::Write { offset, len, .. } = r.request else {
+            continue;
+        };
+        if geo.check_range(offset, len).is_err() {
             p.add(
                 format!("journal record at {:#x}", RING_OFFSET + pos),
                 format!(
-                    "record {} writes {:#x} bytes at {:#x}, beyond the end of the volume ({:#x} bytes)",
-                    r.seq, r.len, r.offset, geo.size
+                    "record {} writes {len:#x} bytes at {offset:#x}, beyond the end of the volume ({:#x} bytes)",
+                    r.seq, geo.size
                 ),
                 false,
             );

@@ -2,7 +2,9 @@
 //!
 //! Writes are acknowledged from the RAM cache. A FLUSH, a FUA write, a snapshot and the
 //! destager make them durable by appending them here — one record per write request,
-//! sequential, checksummed — and syncing. Nothing reaches the source VLUN before it is in the
+//! sequential, checksummed — and syncing. A snapshot is a record too, appended after the
+//! writes it holds in the same append, so taking one costs one sync; the destager copies it
+//! into the target's metadata log before the head can pass it. Nothing reaches the source VLUN before it is in the
 //! journal, so after a crash replaying the journal (`volume::recover`) redoes every write the
 //! source may be missing or hold torn. A record is applied whole or not at all, so a request
 //! is all-old or all-new.
@@ -15,18 +17,19 @@
 //! record
 //! off len field
 //!   0   4 magic "SVJR"
-//!   4   1 kind: 1 write, 2 zero (write-zeroes / trim), 3 wrap (continue at ring offset 0)
+//!   4   1 kind: 1 write, 2 zero (write-zeroes / trim), 3 wrap (continue at ring offset 0),
+//!             4 snapshot
 //!   5   3 reserved (0)
 //!   8   8 seq: +1 per record over the volume's life; replay demands exactly head_seq, +1, ...
-//!  16   8 epoch the write was issued in
-//!  24   8 volume byte offset
-//!  32   8 length in bytes
-//!  40   4 data length (= length for a write, 0 otherwise)
+//!  16   8 epoch the write was issued in (snapshot: the snapshot's sequence number)
+//!  24   8 volume byte offset (snapshot: creation time, ms since the Unix epoch)
+//!  32   8 length in bytes (snapshot: 0)
+//!  40   4 data length (= length for a write; snapshot: name length, 1..=255; 0 otherwise)
 //!  44   4 reserved (0)
 //!  48   8 first 8 bytes of the volume id
 //!  56   4 CRC-32C of bytes 0..56 and of the data
 //!  60   4 reserved (0)
-//!  64     data, then padding to a multiple of 512 bytes (not covered, never read)
+//!  64     data (snapshot: the name, UTF-8), then padding to a multiple of 512 bytes (not covered, never read)
 //! ```
 //!
 //! Records start on 512-byte boundaries, so an append never rewrites a sector that holds an
@@ -60,37 +63,98 @@ const DIRECT_WRITE: usize = 64 << 10;
 const KIND_WRITE: u8 = 1;
 const KIND_ZERO: u8 = 2;
 const KIND_WRAP: u8 = 3;
+const KIND_SNAPSHOT: u8 = 4;
+/// Longest snapshot name a record holds (names are at most 128 bytes).
+const MAX_NAME: u32 = 255;
 
-/// A write request to append: (epoch, volume offset, length, data — `None` for zeroing).
-pub type Request = (u64, u64, u64, Option<Arc<[u8]>>);
+/// What one journal record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A write request: `len` bytes at volume `offset`, issued in `epoch`; `data` is `None`
+    /// for zeroing (write-zeroes, trim).
+    Write {
+        /// Epoch the write was issued in.
+        epoch: u64,
+        /// Volume byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// The data; `None` for zeroing.
+        data: Option<Arc<[u8]>>,
+    },
+    /// Snapshot `seq` was taken: it holds every write of an epoch below `seq`.
+    Snapshot {
+        /// The snapshot's sequence number.
+        seq: u64,
+        /// Creation time, milliseconds since the Unix epoch.
+        created_ms: u64,
+        /// Its name.
+        name: String,
+    },
+}
 
-/// One write request as the journal holds it.
+impl Request {
+    /// Bytes of payload the record carries.
+    fn payload(&self) -> &[u8] {
+        match self {
+            Request::Write { data, .. } => data.as_deref().unwrap_or(&[]),
+            Request::Snapshot { name, .. } => name.as_bytes(),
+        }
+    }
+
+    /// The epoch the record belongs to: a write's epoch, a snapshot's sequence number.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Request::Write { epoch, .. } => *epoch,
+            Request::Snapshot { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One record as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalRecord {
     /// Record sequence number.
     pub seq: u64,
-    /// Epoch the write was issued in.
-    pub epoch: u64,
-    /// Volume byte offset.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The data; `None` for a zeroing request.
-    pub data: Option<Arc<[u8]>>,
+    /// What it holds.
+    pub request: Request,
 }
 
 fn record_size(data_len: u64) -> u64 {
     (RECORD_HEADER as u64 + data_len).next_multiple_of(SECTOR)
 }
 
-fn encode_header(kind: u8, r: &JournalRecord, data: &[u8], volume_id: &[u8; 16]) -> [u8; 64] {
+/// The header of record `seq` holding `r` (`None`: a wrap record).
+fn encode_header(seq: u64, r: Option<&Request>, volume_id: &[u8; 16]) -> [u8; 64] {
+    let (kind, a, b, len) = match r {
+        None => (KIND_WRAP, 0, 0, 0),
+        Some(Request::Write {
+            epoch,
+            offset,
+            len,
+            data,
+        }) => (
+            if data.is_some() {
+                KIND_WRITE
+            } else {
+                KIND_ZERO
+            },
+            *epoch,
+            *offset,
+            *len,
+        ),
+        Some(Request::Snapshot {
+            seq, created_ms, ..
+        }) => (KIND_SNAPSHOT, *seq, *created_ms, 0),
+    };
+    let data = r.map_or(&[][..], Request::payload);
     let mut h = [0u8; RECORD_HEADER];
     h[0..4].copy_from_slice(RECORD_MAGIC);
     h[4] = kind;
-    h[8..16].copy_from_slice(&r.seq.to_le_bytes());
-    h[16..24].copy_from_slice(&r.epoch.to_le_bytes());
-    h[24..32].copy_from_slice(&r.offset.to_le_bytes());
-    h[32..40].copy_from_slice(&r.len.to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&a.to_le_bytes());
+    h[24..32].copy_from_slice(&b.to_le_bytes());
+    h[32..40].copy_from_slice(&len.to_le_bytes());
     h[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
     h[48..56].copy_from_slice(&volume_id[..8]);
     let mut crc = crc32c::crc32c(&h[..56]);
@@ -130,6 +194,7 @@ pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
         KIND_WRITE => u64::from(hdr.data_len) == hdr.len && hdr.len > 0,
         KIND_ZERO => hdr.data_len == 0 && hdr.len > 0,
         KIND_WRAP => hdr.data_len == 0,
+        KIND_SNAPSHOT => hdr.len == 0 && (1..=MAX_NAME).contains(&hdr.data_len),
         _ => false,
     };
     ok.then_some(hdr)
@@ -318,8 +383,12 @@ impl Journal {
     }
 
     /// Bytes an append of these requests needs, worst case (a wrap record included).
-    pub fn space_needed(data_lens: impl Iterator<Item = u64>) -> u64 {
-        data_lens.map(record_size).sum::<u64>() + SECTOR
+    pub fn space_needed(requests: &[Request]) -> u64 {
+        requests
+            .iter()
+            .map(|r| record_size(r.payload().len() as u64))
+            .sum::<u64>()
+            + SECTOR
     }
 
     /// Free bytes.
@@ -327,25 +396,18 @@ impl Journal {
         self.ring_len - self.used
     }
 
-    /// Appends `requests` (epoch, offset, len, data) as records and syncs. Returns the append's
+    /// Appends `requests` as records, in order, and syncs. Returns the append's
     /// generation (for [`Journal::head_after`]). The caller made sure they fit (`free`).
     pub fn append(&mut self, requests: &[Request]) -> Result<u64> {
         let start_used = self.used;
         let mut segment_start = self.tail;
         self.buf.clear();
-        for (epoch, offset, len, data) in requests {
-            let data_len = data.as_ref().map_or(0, |d| d.len() as u64);
-            let size = record_size(data_len);
+        for request in requests {
+            let bytes = request.payload();
+            let size = record_size(bytes.len() as u64);
             if self.tail + size > self.ring_len {
                 // Wrap: a wrap record where we are, then continue at the ring's start.
-                let rec = JournalRecord {
-                    seq: self.next_seq,
-                    epoch: 0,
-                    offset: 0,
-                    len: 0,
-                    data: None,
-                };
-                let h = encode_header(KIND_WRAP, &rec, &[], &self.volume_id);
+                let h = encode_header(self.next_seq, None, &self.volume_id);
                 self.buf.extend_from_slice(&h);
                 self.write_buf(segment_start)?;
                 self.used += self.ring_len - self.tail;
@@ -353,20 +415,7 @@ impl Journal {
                 segment_start = 0;
                 self.next_seq += 1;
             }
-            let rec = JournalRecord {
-                seq: self.next_seq,
-                epoch: *epoch,
-                offset: *offset,
-                len: *len,
-                data: None,
-            };
-            let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
-            let kind = if data.is_some() {
-                KIND_WRITE
-            } else {
-                KIND_ZERO
-            };
-            let h = encode_header(kind, &rec, bytes, &self.volume_id);
+            let h = encode_header(self.next_seq, Some(request), &self.volume_id);
             self.buf.extend_from_slice(&h);
             if bytes.len() >= DIRECT_WRITE {
                 // Large data goes straight from the request's buffer: no copy.
@@ -519,14 +568,28 @@ pub fn scan(
         if !header_crc_ok(&hdr, &data, h.crc) {
             break;
         }
+        let request = match h.kind {
+            KIND_SNAPSHOT => match String::from_utf8(data) {
+                Ok(name) => Request::Snapshot {
+                    seq: h.epoch,
+                    created_ms: h.offset,
+                    name,
+                },
+                // Sealed by its checksum yet not a name: not something this engine wrote.
+                Err(_) => break,
+            },
+            kind => Request::Write {
+                epoch: h.epoch,
+                offset: h.offset,
+                len: h.len,
+                data: (kind == KIND_WRITE).then(|| Arc::from(data)),
+            },
+        };
         records.push((
             pos,
             JournalRecord {
                 seq: h.seq,
-                epoch: h.epoch,
-                offset: h.offset,
-                len: h.len,
-                data: (h.kind == KIND_WRITE).then(|| Arc::from(data)),
+                request,
             },
         ));
         used += size;
@@ -559,7 +622,20 @@ mod tests {
     use crate::vlun::MemVlun;
 
     fn req(epoch: u64, offset: u64, data: &[u8]) -> Request {
-        (epoch, offset, data.len() as u64, Some(Arc::from(data)))
+        Request::Write {
+            epoch,
+            offset,
+            len: data.len() as u64,
+            data: Some(Arc::from(data)),
+        }
+    }
+
+    /// A record's write data, if it is a write with data.
+    fn data(r: &JournalRecord) -> Option<&[u8]> {
+        match &r.request {
+            Request::Write { data, .. } => data.as_deref(),
+            Request::Snapshot { .. } => None,
+        }
     }
 
     fn open(dev: &Arc<MemVlun>, head: JournalHead) -> (Journal, Vec<JournalRecord>) {
@@ -580,17 +656,27 @@ mod tests {
     #[test]
     fn appended_records_replay_in_order_from_the_head() {
         let (dev, mut j, head) = fresh();
-        j.append(&[req(1, 0, b"hello"), (2, 4096, 8192, None)])
+        let zero = Request::Write {
+            epoch: 2,
+            offset: 4096,
+            len: 8192,
+            data: None,
+        };
+        let snap = Request::Snapshot {
+            seq: 3,
+            created_ms: 1_700_000_000_000,
+            name: "monday".into(),
+        };
+        j.append(&[req(1, 0, b"hello"), zero.clone(), snap.clone()])
             .unwrap();
         j.append(&[req(3, 10, &[9u8; 5000])]).unwrap();
         let (_, recs) = open(&dev, head);
-        assert_eq!(recs.len(), 3);
-        assert_eq!(recs[0].data.as_deref(), Some(&b"hello"[..]));
-        assert_eq!(
-            (recs[1].epoch, recs[1].len, recs[1].data.is_none()),
-            (2, 8192, true)
-        );
-        assert_eq!(recs[2].data.as_ref().map(|d| d.len()), Some(5000));
+        assert_eq!(recs.len(), 4);
+        assert_eq!(data(&recs[0]), Some(&b"hello"[..]));
+        assert_eq!(recs[1].request, zero);
+        assert_eq!(recs[2].request, snap);
+        assert_eq!(recs[2].request.epoch(), 3);
+        assert_eq!(data(&recs[3]).map(<[u8]>::len), Some(5000));
     }
 
     #[test]
@@ -598,16 +684,17 @@ mod tests {
         let (dev, mut j, mut last) = fresh();
         let big = vec![3u8; 1 << 20];
         for i in 0..12u64 {
-            if j.free() < Journal::space_needed([big.len() as u64].into_iter()) {
+            let r = [req(i, i * 4096, &big)];
+            if j.free() < Journal::space_needed(&r) {
                 let h = j.head_after(j.generation()).unwrap();
                 j.advance_head(h);
                 last = h;
             }
-            j.append(&[req(i, i * 4096, &big)]).unwrap();
+            j.append(&r).unwrap();
         }
         let (_, recs) = open(&dev, last);
         assert!(!recs.is_empty());
-        assert_eq!(recs.last().unwrap().epoch, 11);
+        assert_eq!(recs.last().unwrap().request.epoch(), 11);
         assert!(recs
             .windows(2)
             .all(|w| w[1].seq == w[0].seq + 1 || w[1].seq == w[0].seq + 2));
@@ -630,10 +717,7 @@ mod tests {
         j.append(&batch).unwrap();
         let (_, recs) = open(&dev, h);
         assert_eq!(recs.len() as u64, sectors - 4 + 1);
-        assert_eq!(
-            recs.last().unwrap().data.as_deref(),
-            Some(&b"after the turn"[..])
-        );
+        assert_eq!(data(recs.last().unwrap()), Some(&b"after the turn"[..]));
     }
 
     #[test]
@@ -671,7 +755,7 @@ mod tests {
             1,
             "the stale record must not come back after the new one"
         );
-        assert_eq!(recs[0].data.as_deref(), Some(&b"new"[..]));
+        assert_eq!(data(&recs[0]), Some(&b"new"[..]));
     }
 
     #[test]

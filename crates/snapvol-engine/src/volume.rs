@@ -27,7 +27,7 @@ use crate::error::{Device, Error, Result};
 use crate::format::{
     self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD,
 };
-use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
+use crate::journal::{Journal, JournalHead, JournalRecord, Request, DEFAULT_JOURNAL_SIZE};
 use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
 use crate::store::{validate_name, VolumeLock, DEFAULT_CACHE_SIZE};
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot, BLOCK};
@@ -173,9 +173,20 @@ struct MetaState {
     next_block: Option<u64>,
     /// Records in the current chain.
     chain_records: u64,
-    /// The snapshots whose creation is durable: what a checkpoint writes. (The table the data
-    /// path sees also holds a snapshot being created, so that writes reserve space for it.)
+    /// The snapshots whose creation is in the metadata log: what a checkpoint writes. (The
+    /// table the data path sees also holds the snapshots still pending.)
     committed: SnapshotTable,
+}
+
+/// Snapshots taken whose creation is in the cache journal (or on its way there) but not yet
+/// in the metadata log. Every metadata-log write takes those whose journal record is durable
+/// (a snapshot whose record never became durable was never acknowledged, and must not
+/// appear), and the superblock's `last_snapshot_seq` is the highest creation the log holds:
+/// that is how recovery tells a journal snapshot record still to apply from one applied.
+#[derive(Debug, Default)]
+struct PendingSnapshots {
+    /// Oldest first, each with whether its journal record is durable yet.
+    snapshots: Vec<(SnapshotMeta, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +234,9 @@ struct Inner {
     destage_lock: Mutex<()>,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
+    /// Held while a snapshot is published and its epoch begins, and while the metadata log
+    /// takes the pending snapshots and the epoch it records.
+    pending: Mutex<PendingSnapshots>,
     failed: OnceLock<String>,
     stats: Stats,
     wake_lock: Mutex<bool>,
@@ -257,6 +271,21 @@ const STAGING_SHARDS: usize = 16;
 const MAX_BATCH: u64 = 32 << 20;
 /// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
 const META_HEADROOM: u64 = 2;
+
+/// Milliseconds since the Unix epoch (0 for earlier times).
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The metadata-log record of a snapshot's creation.
+fn create_record(s: &SnapshotMeta) -> Record {
+    Record::SnapshotCreate {
+        seq: s.seq,
+        created_ms: millis(s.created),
+        name: s.name.clone(),
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -484,7 +513,7 @@ impl Volume {
         let slots_used = loaded.alloc.used();
         let epoch = records
             .iter()
-            .map(|r| r.epoch)
+            .map(|r| r.request.epoch())
             .fold(loaded.last_seq, u64::max);
         let volume_id = loaded.sb.volume_id;
         let inner = Arc::new(Inner {
@@ -520,6 +549,7 @@ impl Volume {
             capacity_hint: AtomicU64::new(0),
             destage_lock: Mutex::new(()),
             admin_lock: Mutex::new(()),
+            pending: Mutex::default(),
             failed: OnceLock::new(),
             stats: Stats::default(),
             wake_lock: Mutex::new(false),
@@ -528,7 +558,7 @@ impl Volume {
             source,
             target,
         });
-        inner.recover(records)?;
+        inner.recover(records, loaded.created_seq)?;
         let destager = if opts.background_destage {
             let bg = Arc::clone(&inner);
             Some(
@@ -674,12 +704,14 @@ impl Volume {
     }
 
     /// Stops at once, as if the process were killed: nothing more is written, nothing is
-    /// flushed. For crash tests; what is durable is what a reopen recovers.
+    /// flushed. For crash tests; what is durable is what a reopen recovers. Returns the error
+    /// that had failed the volume before, if one had (a killed process reports nothing).
     #[doc(hidden)]
-    pub fn kill(mut self) {
+    pub fn kill(mut self) -> Option<String> {
         self.open = false;
-        let _ = self.inner.failed.set("killed".into());
+        let earlier = self.inner.failed.set("killed".into()).err();
         self.stop_destager();
+        earlier
     }
 
     fn stop_destager(&mut self) {
@@ -717,7 +749,11 @@ struct Loaded {
     chain_slots: Vec<TargetSlot>,
     next_block: Option<u64>,
     chain_records: u64,
+    /// Highest snapshot sequence number the log refers to: no new snapshot may take it.
     last_seq: u64,
+    /// Highest snapshot sequence number whose creation the log holds (or held, before the
+    /// snapshot was deleted): journal snapshot records above it are still to apply.
+    created_seq: u64,
 }
 
 /// Reads the newest valid superblock copy.
@@ -798,6 +834,7 @@ fn load(target: &dyn Vlun) -> Result<Loaded> {
     let index = Index::default();
     let mut table = SnapshotTable::default();
     let mut last_seq = sb.last_snapshot_seq;
+    let mut created_seq = sb.last_snapshot_seq;
     let mut chain_records = 0;
     for (off, blk) in &chain {
         for r in &blk.records {
@@ -817,6 +854,7 @@ fn load(target: &dyn Vlun) -> Result<Loaded> {
                         ));
                     }
                     last_seq = last_seq.max(seq.0);
+                    created_seq = created_seq.max(seq.0);
                     table.push(SnapshotMeta {
                         seq: *seq,
                         name: name.clone(),
@@ -904,6 +942,7 @@ fn load(target: &dyn Vlun) -> Result<Loaded> {
         next_block,
         chain_records,
         last_seq,
+        created_seq,
     })
 }
 
@@ -1364,15 +1403,20 @@ impl Inner {
         len: u64,
         data: Option<Arc<[u8]>>,
     ) -> Result<u64> {
-        self.journal_append(Some((epoch, offset, len, data)))?
-            .ok_or_else(|| Error::Failed("journal append of a request did not happen".into()))
+        self.journal_append(Some(Request::Write {
+            epoch,
+            offset,
+            len,
+            data,
+        }))?
+        .ok_or_else(|| Error::Failed("journal append of a request did not happen".into()))
     }
 
     /// Appends every staged request (one record each, in request order), then `extra`, to the
     /// journal, syncs it, and marks the cache versions the staged requests landed in as
     /// journaled. Returns the append's generation, if anything was appended. Any failure fails
     /// the volume: the staged requests are gone from the staging list.
-    fn journal_append(&self, extra: Option<crate::journal::Request>) -> Result<Option<u64>> {
+    fn journal_append(&self, extra: Option<Request>) -> Result<Option<u64>> {
         let _append = self.append_lock.lock();
         self.check_writable()?;
         let r = (|| {
@@ -1387,14 +1431,15 @@ impl Inner {
             staged.sort_unstable_by_key(|s| s.wseq);
             let mut requests: Vec<_> = staged
                 .iter()
-                .map(|s| (s.epoch, s.offset, s.len, s.data.clone()))
+                .map(|s| Request::Write {
+                    epoch: s.epoch,
+                    offset: s.offset,
+                    len: s.len,
+                    data: s.data.clone(),
+                })
                 .collect();
             requests.extend(extra);
-            let needed = Journal::space_needed(
-                requests
-                    .iter()
-                    .map(|r| r.3.as_ref().map_or(0, |d| d.len() as u64)),
-            );
+            let needed = Journal::space_needed(&requests);
             if needed > journal.free() {
                 // Make room: destage everything already journaled and move the head past it.
                 drop(journal);
@@ -1408,6 +1453,14 @@ impl Inner {
                 }
             }
             let generation = journal.append(&requests)?;
+            // Snapshots whose records are now durable may enter the metadata log; before the
+            // journal lock is released, so no head move can pass a record not yet marked.
+            if let Some(Request::Snapshot { seq, .. }) = requests.last() {
+                let mut pending = self.pending.lock();
+                if let Some(p) = pending.snapshots.iter_mut().find(|p| p.0.seq.0 == *seq) {
+                    p.1 = true;
+                }
+            }
             let mut bytes = 0;
             for s in &staged {
                 for &(c, id) in &s.landed {
@@ -1461,7 +1514,8 @@ impl Inner {
         let mut meta = self.meta.lock();
         meta.sb.journal_head = head.pos;
         meta.sb.journal_head_seq = head.seq;
-        self.write_superblock(&mut meta)
+        // The head may pass snapshot records: their snapshots go to the metadata log with it.
+        self.write_chain(&mut meta, Vec::new())
     }
 
     /// Claim 25: every write the journal holds is examined again. It enters the cache as the
@@ -1469,29 +1523,75 @@ impl Inner {
     /// live snapshot's bit is 0 (its original is still on the source: I1) and not where the
     /// bit is 1, writes it to the source, and clears the dirty designation — until none is
     /// left. Then the head moves past it all.
-    fn recover(&self, records: Vec<crate::journal::JournalRecord>) -> Result<()> {
-        let (n, bytes) = (records.len(), records.iter().map(|r| r.len).sum::<u64>());
-        if n > 0 {
-            tracing::info!(volume = %self.name, records = n, bytes, "recovering writes from the cache journal");
-        }
+    ///
+    /// Snapshot records whose sequence number lies past `created_seq` (the highest whose
+    /// creation the metadata log recorded) are snapshots taken since: they join the table first, pending, and reach
+    /// the metadata log with the first commit. Each write's epoch puts it on the right side
+    /// of them.
+    fn recover(&self, records: Vec<JournalRecord>, created_seq: u64) -> Result<()> {
+        let mut writes = Vec::with_capacity(records.len());
+        let mut snapshots = 0;
         for r in records {
-            if self.geo.check_range(r.offset, r.len).is_err() {
-                return Err(Error::corrupt(
-                    format!("cache journal record {}", r.seq),
-                    "write lies beyond the end of the volume",
-                ));
+            match r.request {
+                Request::Snapshot {
+                    seq,
+                    created_ms,
+                    name,
+                } => {
+                    if seq <= created_seq {
+                        continue; // in the metadata log already (or deleted since)
+                    }
+                    let table = self.table.load_full();
+                    if table.by_name(&name).is_some()
+                        || table.iter().last().is_some_and(|s| s.seq.0 >= seq)
+                    {
+                        return Err(Error::corrupt(
+                            format!("cache journal record {}", r.seq),
+                            format!("snapshot {name} ({seq}) duplicated or out of order"),
+                        ));
+                    }
+                    let meta = SnapshotMeta {
+                        seq: SnapshotSeq(seq),
+                        name,
+                        created: UNIX_EPOCH + Duration::from_millis(created_ms),
+                    };
+                    let mut next = (*table).clone();
+                    next.push(meta.clone());
+                    self.table.store(Arc::new(next));
+                    self.pending.lock().snapshots.push((meta, true));
+                    snapshots += 1;
+                }
+                Request::Write {
+                    epoch,
+                    offset,
+                    len,
+                    data,
+                } => {
+                    if self.geo.check_range(offset, len).is_err() {
+                        return Err(Error::corrupt(
+                            format!("cache journal record {}", r.seq),
+                            "write lies beyond the end of the volume",
+                        ));
+                    }
+                    writes.push((epoch, offset, len, data));
+                }
             }
-            for p in self.geo.split(r.offset, r.len) {
+        }
+        let (n, bytes) = (writes.len(), writes.iter().map(|w| w.2).sum::<u64>());
+        if n > 0 || snapshots > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovering writes from the cache journal");
+        }
+        for (epoch, offset, len, data) in writes {
+            for p in self.geo.split(offset, len) {
                 let base = self.source_offset(p.chunk);
                 self.cache
                     .write(
                         p.chunk,
                         p.within,
-                        r.data
-                            .as_ref()
+                        data.as_ref()
                             .map_or(Payload::Zero, |d| Payload::Shared(d, p.req_off)),
                         p.len,
-                        r.epoch,
+                        epoch,
                         Some(0),
                         || self.index.watermark(p.chunk),
                         |_| false,
@@ -1504,13 +1604,14 @@ impl Inner {
             }
         }
         while self.destage_batch()? > 0 {}
-        // Persist a head past everything replayed, with the journal's new sequence numbers.
+        // Persist a head past everything replayed, with the journal's new sequence numbers
+        // (and the recovered snapshots in the metadata log).
         let mut journal = self.journal.lock();
         let head = journal.tail_head();
         self.persist_journal_head(head)?;
         journal.reset_to(head);
-        if n > 0 {
-            tracing::info!(volume = %self.name, records = n, bytes, "recovery complete");
+        if n > 0 || snapshots > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovery complete");
         }
         Ok(())
     }
@@ -1696,18 +1797,7 @@ impl Inner {
         if live_slots + 1 > self.free_slots(meta) {
             return Ok(false);
         }
-        let mut records: Vec<Record> = meta
-            .committed
-            .iter()
-            .map(|s| Record::SnapshotCreate {
-                seq: s.seq,
-                created_ms: s
-                    .created
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                name: s.name.clone(),
-            })
-            .collect();
+        let mut records: Vec<Record> = meta.committed.iter().map(create_record).collect();
         let entries = self.index.sorted();
         let placed: Vec<_> = entries
             .iter()
@@ -1773,9 +1863,28 @@ impl Inner {
     /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
     /// (the copy its new generation selects) at the new head and syncs again. The caller made
     /// sure there is room.
-    fn write_chain(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
-        let blocks = MetaBlock::pack(&records, meta.sb.meta_head_seq + 1);
+    fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
+        // Snapshots still pending go first (after the creations a checkpoint rewrites: their
+        // sequence numbers are higher), ahead of any record that may name them.
+        let created: Vec<SnapshotMeta> = {
+            let mut pending = self.pending.lock();
+            let durable = pending.snapshots.iter().take_while(|s| s.1).count();
+            pending.snapshots.drain(..durable).map(|s| s.0).collect()
+        };
+        let last_seq = created.last().map_or(0, |s| s.seq.0);
+        let at = records
+            .iter()
+            .take_while(|r| matches!(r, Record::SnapshotCreate { .. }))
+            .count();
+        records.splice(at..at, created.iter().map(create_record));
+        meta.chain_records += created.len() as u64;
+        let blocks = if records.is_empty() && meta.sb.meta_head != 0 {
+            Vec::new()
+        } else {
+            MetaBlock::pack(&records, meta.sb.meta_head_seq + 1)
+        };
         let r = (|| {
+            let wrote = !blocks.is_empty();
             for mut blk in blocks {
                 let off = match meta.next_block {
                     Some(off) => off,
@@ -1796,23 +1905,29 @@ impl Inner {
                     ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
             }
             self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-            self.target
-                .sync()
-                .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
-            self.write_superblock(meta)
+            if wrote {
+                self.target
+                    .sync()
+                    .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+            }
+            self.write_superblock(meta, last_seq)
         })();
         // A failure leaves RAM and disk out of step: stop writing.
-        r.inspect_err(|e| self.fail(e))
+        r.inspect_err(|e| self.fail(e))?;
+        for s in created {
+            meta.committed.push(s);
+        }
+        Ok(())
     }
 
     /// Writes `meta.sb` to both copies in turn: the next generation into the copy that holds
     /// the older one, sync, then the generation after it into the other copy, sync. A crash
     /// tears at most the copy being written while the other holds a whole state, and at rest
     /// both copies hold the newest state, so a copy damaged later never makes an open fall
-    /// back to stale metadata.
-    fn write_superblock(&self, meta: &mut MetaState) -> Result<()> {
+    /// back to stale metadata. `last_seq` is the highest snapshot creation the log now holds.
+    fn write_superblock(&self, meta: &mut MetaState, last_seq: u64) -> Result<()> {
         let mut sb = meta.sb.clone();
-        sb.last_snapshot_seq = sb.last_snapshot_seq.max(self.gate.current());
+        sb.last_snapshot_seq = sb.last_snapshot_seq.max(last_seq);
         for _ in 0..2 {
             sb.generation += 1;
             let off = format::superblock_offset(sb.generation);
@@ -1853,29 +1968,29 @@ impl Inner {
             created: SystemTime::now(),
         };
         // Publish first so writes of the new epoch reserve space for it, then close the epoch.
-        let mut next = (*current).clone();
-        next.push(meta.clone());
-        self.table.store(Arc::new(next));
+        // It is pending before its epoch begins, so the metadata log never records that epoch
+        // without its creation (`write_chain`).
+        {
+            let mut pending = self.pending.lock();
+            pending.snapshots.push((meta.clone(), false));
+            let mut next = (*current).clone();
+            next.push(meta.clone());
+            self.table.store(Arc::new(next));
+        }
         let advanced = self.gate.advance();
         debug_assert_eq!(advanced, seq.0);
-        // Writes acknowledged before the snapshot must be durable with it: flush them.
-        let r = self.flush().and_then(|()| {
-            let mut m = self.meta.lock();
-            self.commit_locked(
-                &mut m,
-                vec![Record::SnapshotCreate {
-                    seq,
-                    created_ms: meta
-                        .created
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    name: name.to_owned(),
-                }],
-            )?;
-            m.committed.push(meta.clone());
-            self.maybe_checkpoint(&mut m)
+        // One journal append makes it durable with every write acknowledged before it: the
+        // staged writes, then the snapshot's record. Its record reaches the metadata log later,
+        // with the next destage batch or journal head move (`write_chain`).
+        let r = self.check_writable().and_then(|()| {
+            self.journal_append(Some(Request::Snapshot {
+                seq: seq.0,
+                created_ms: millis(meta.created),
+                name: name.to_owned(),
+            }))
         });
         if let Err(e) = r {
+            self.pending.lock().snapshots.retain(|s| s.0.seq != seq);
             let mut back = (**self.table.load()).clone();
             back.remove(seq);
             self.table.store(Arc::new(back));

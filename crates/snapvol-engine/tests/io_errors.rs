@@ -578,8 +578,10 @@ fn execute(
             match v.flush() {
                 Ok(()) => {
                     model.made_durable();
-                    vol.take().expect("open").kill();
-                    if machine.ctl.faults_injected() > before {
+                    // The destager may have met the fault just before the flush, and failed
+                    // the volume just after it looked.
+                    let failed_unseen = vol.take().expect("open").kill().is_some();
+                    if failed_unseen || machine.ctl.faults_injected() > before {
                         machine.fired_in_kill.store(true, Ordering::SeqCst);
                     }
                     machine.open(opts).map(|reopened| *vol = Some(reopened))

@@ -1265,6 +1265,73 @@ fn zeroed_and_trimmed_ranges_read_as_zero_and_snapshots_keep_the_originals_witho
 }
 
 // ---------------------------------------------------------------------------------------------
+// Snapshots live in the cache journal until the metadata log takes them.
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot is one journal append: taken, then the process killed before any destage or
+/// metadata-log write, it must come back from the journal with exactly the data acknowledged
+/// before it — and a snapshot deleted before the kill must stay deleted.
+#[test]
+fn a_snapshot_killed_before_any_destage_comes_back_from_the_journal_and_a_deleted_one_stays_gone() {
+    let fx = Fixture::new();
+    let size = 4 * MIB;
+    let manual = VolumeOptions {
+        background_destage: false,
+        ..opts(8 * MIB)
+    };
+    let vol = fx.create("v", size, 64 * KIB, None, manual.clone());
+    let a = pattern(1, 0, size);
+    vol.write(0, &a).unwrap();
+    vol.destage_all().unwrap();
+    // Written after the last destage: only the journal (with the snapshot) holds it.
+    let b = pattern(2, 64 * KIB, 256 * KIB);
+    vol.write(64 * KIB, &b).unwrap();
+    let mut at_s1 = a.clone();
+    at_s1[64 * 1024..320 * 1024].copy_from_slice(&b);
+    vol.snapshot_create("s1").unwrap();
+    vol.snapshot_create("gone").unwrap();
+    vol.snapshot_delete("gone").unwrap();
+    // An overwrite after s1: s2's append makes it durable with s2, and s1 must not see it.
+    vol.write(0, &pattern(3, 0, MIB)).unwrap();
+    vol.snapshot_create("s2").unwrap();
+    vol.kill();
+
+    let vol = fx.open("v", manual.clone());
+    let names: Vec<String> = vol.snapshots().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["s1", "s2"], "snapshots after the kill");
+    let mut live = at_s1.clone();
+    live[..1024 * 1024].copy_from_slice(&pattern(3, 0, MIB));
+    assert_volume(
+        &vol,
+        &live,
+        &[("s1".into(), at_s1.clone()), ("s2".into(), live.clone())],
+        "after the kill",
+    );
+    // The recovered snapshots are in the metadata log now: a second reopen (with an empty
+    // journal) and a check agree.
+    vol.close().unwrap();
+    let report = fx.store.check("v", false).unwrap();
+    assert!(
+        report.is_clean(),
+        "check after recovery: {:?}",
+        report.problems
+    );
+    let vol = fx.open("v", manual);
+    assert_volume(
+        &vol,
+        &live,
+        &[("s1".into(), at_s1), ("s2".into(), live.clone())],
+        "after a clean reopen",
+    );
+    // A new snapshot takes a fresh sequence number.
+    let s3 = vol.snapshot_create("s3").unwrap();
+    assert!(vol
+        .snapshots()
+        .iter()
+        .all(|s| s.name == "s3" || s.seq < s3.seq));
+}
+
+// ---------------------------------------------------------------------------------------------
 // 8. Errors a user acts on.
 // ---------------------------------------------------------------------------------------------
 

@@ -241,6 +241,10 @@ struct Inner {
     stats: Stats,
     wake_lock: Mutex<bool>,
     wake: Condvar,
+    /// Bytes of write data staged for the journal.
+    staged_bytes: AtomicU64,
+    journal_wake_lock: Mutex<bool>,
+    journal_wake: Condvar,
     shutdown: AtomicBool,
 }
 
@@ -249,7 +253,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Volume {
     inner: Arc<Inner>,
-    destager: Option<JoinHandle<()>>,
+    /// The background destager and the journal writer that feeds it.
+    destager: Vec<JoinHandle<()>>,
     open: bool,
     _lock: Option<VolumeLock>,
 }
@@ -267,6 +272,8 @@ struct Staged {
 
 const STAGING_SHARDS: usize = 16;
 
+/// Staged write data at which the journal writer appends without waiting for the destager.
+const JOURNAL_EAGER: u64 = 4 << 20;
 /// Largest batch the destager takes at once.
 const MAX_BATCH: u64 = 32 << 20;
 /// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
@@ -554,22 +561,31 @@ impl Volume {
             stats: Stats::default(),
             wake_lock: Mutex::new(false),
             wake: Condvar::new(),
+            staged_bytes: AtomicU64::new(0),
+            journal_wake_lock: Mutex::new(false),
+            journal_wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             source,
             target,
         });
         inner.recover(records, loaded.created_seq)?;
-        let destager = if opts.background_destage {
+        let mut destager = Vec::new();
+        if opts.background_destage {
             let bg = Arc::clone(&inner);
-            Some(
+            destager.push(
                 std::thread::Builder::new()
                     .name(format!("destage-{name}"))
                     .spawn(move || bg.destager_loop())
                     .map_err(|e| Error::file("destager thread", e))?,
-            )
-        } else {
-            None
-        };
+            );
+            let bg = Arc::clone(&inner);
+            destager.push(
+                std::thread::Builder::new()
+                    .name(format!("journal-{name}"))
+                    .spawn(move || bg.journal_loop())
+                    .map_err(|e| Error::file("journal thread", e))?,
+            );
+        }
         Ok(Self {
             inner,
             destager,
@@ -717,7 +733,8 @@ impl Volume {
     fn stop_destager(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.poke();
-        if let Some(handle) = self.destager.take() {
+        self.inner.poke_journal();
+        for handle in self.destager.drain(..) {
             let _ = handle.join();
         }
     }
@@ -962,6 +979,13 @@ impl Inner {
         }
     }
 
+    /// Wakes the journal writer.
+    fn poke_journal(&self) {
+        let mut w = self.journal_wake_lock.lock();
+        *w = true;
+        self.journal_wake.notify_all();
+    }
+
     fn poke(&self) {
         let mut w = self.wake_lock.lock();
         *w = true;
@@ -1112,6 +1136,11 @@ impl Inner {
                 data: shared,
                 landed,
             });
+        if self.background_destage
+            && self.staged_bytes.fetch_add(len, Ordering::Relaxed) + len >= JOURNAL_EAGER
+        {
+            self.poke_journal();
+        }
         Ok(())
     }
 
@@ -1364,6 +1393,31 @@ impl Inner {
         }
     }
 
+    /// The journal writer: appends what is staged once a few MiB have gathered, so that the
+    /// destager finds its batches journaled and journaling overlaps destaging.
+    fn journal_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut w = self.journal_wake_lock.lock();
+                if !*w {
+                    self.journal_wake
+                        .wait_for(&mut w, Duration::from_millis(100));
+                }
+                *w = false;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            if self.failed.get().is_some()
+                || self.staged_bytes.load(Ordering::Relaxed) < JOURNAL_EAGER
+            {
+                continue;
+            }
+            // An error has failed the volume already (journal_append does).
+            let _ = self.journal_flush();
+        }
+    }
+
     /// Journals what is staged, destages in batches while the cache is more than lightly
     /// used (everything, when `all`), then frees the journal space whose data is now on the
     /// source.
@@ -1429,6 +1483,12 @@ impl Inner {
                 return Ok(None);
             }
             staged.sort_unstable_by_key(|s| s.wseq);
+            let taken: u64 = staged.iter().map(|s| s.len).sum();
+            let _ = self
+                .staged_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(taken))
+                });
             let mut requests: Vec<_> = staged
                 .iter()
                 .map(|s| Request::Write {

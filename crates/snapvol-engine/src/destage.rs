@@ -71,15 +71,35 @@ pub fn plan_chunk(
 /// `versions` that holds it, else the source content `source` (the whole chunk). Image *i* of
 /// a plan is `compose(&versions[..i], source, 0, out)`.
 pub fn compose(versions: &[Version], source: Option<&[u8]>, first: usize, out: &mut [u8]) {
+    fill(versions, first, out, |at, dst| match source {
+        Some(s) => dst.copy_from_slice(&s[at..at + dst.len()]),
+        None => unreachable!("the source is read whenever a block is in no version"),
+    });
+}
+
+/// Turns `out`, which holds a whole chunk as the source has it, into the image of `versions`
+/// over it: every block one of them holds is copied in, the newest. The same image as
+/// [`compose`] with that source, without copying the source a second time.
+pub fn overlay(versions: &[Version], out: &mut [u8]) {
+    if !versions.is_empty() {
+        fill(versions, 0, out, |_, _| {});
+    }
+}
+
+/// For each block of `out` (blocks `first..` of a chunk): the newest version holding it,
+/// else `rest(byte offset in the chunk, block)`.
+fn fill(
+    versions: &[Version],
+    first: usize,
+    out: &mut [u8],
+    mut rest: impl FnMut(usize, &mut [u8]),
+) {
     let bs = BLOCK as usize;
     for (i, dst) in out.chunks_mut(bs).enumerate() {
         let at = (first + i) * bs;
         match versions.iter().rev().find(|v| v.valid.get(first + i)) {
             Some(v) => v.data.copy_to(at, dst),
-            None => match source {
-                Some(s) => dst.copy_from_slice(&s[at..at + bs]),
-                None => unreachable!("the source is read whenever a block is in no version"),
-            },
+            None => rest(at, dst),
         }
     }
 }

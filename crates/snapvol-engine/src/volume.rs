@@ -230,8 +230,9 @@ struct Inner {
     reserved: AtomicU64,
     /// Slot count below which a reservation needs no look at the file system's free space.
     capacity_hint: AtomicU64,
-    /// Serializes destage batches with snapshot deletion.
-    destage_lock: Mutex<()>,
+    /// Serializes destage batches with snapshot deletion; holds the buffer a batch gathers its
+    /// preserved copies in, kept from batch to batch (no fresh zeroed pages each time).
+    destage_lock: Mutex<Vec<u8>>,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
     /// Held while a snapshot is published and its epoch begins, and while the metadata log
@@ -241,6 +242,8 @@ struct Inner {
     stats: Stats,
     wake_lock: Mutex<bool>,
     wake: Condvar,
+    /// Serializes journal head moves (which release the journal during their source sync).
+    reclaim_lock: Mutex<()>,
     /// Bytes of write data staged for the journal.
     staged_bytes: AtomicU64,
     journal_wake_lock: Mutex<bool>,
@@ -554,13 +557,14 @@ impl Volume {
             slots_used: AtomicU64::new(slots_used),
             reserved: AtomicU64::new(0),
             capacity_hint: AtomicU64::new(0),
-            destage_lock: Mutex::new(()),
+            destage_lock: Mutex::new(Vec::new()),
             admin_lock: Mutex::new(()),
             pending: Mutex::default(),
             failed: OnceLock::new(),
             stats: Stats::default(),
             wake_lock: Mutex::new(false),
             wake: Condvar::new(),
+            reclaim_lock: Mutex::new(()),
             staged_bytes: AtomicU64::new(0),
             journal_wake_lock: Mutex::new(false),
             journal_wake: Condvar::new(),
@@ -1394,7 +1398,9 @@ impl Inner {
     }
 
     /// The journal writer: appends what is staged once a few MiB have gathered, so that the
-    /// destager finds its batches journaled and journaling overlaps destaging.
+    /// destager finds its batches journaled and journaling overlaps destaging; and moves the
+    /// journal head once a quarter of the ring is in use (a source sync the destager need not
+    /// wait for).
     fn journal_loop(self: Arc<Self>) {
         loop {
             {
@@ -1408,13 +1414,14 @@ impl Inner {
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }
-            if self.failed.get().is_some()
-                || self.staged_bytes.load(Ordering::Relaxed) < JOURNAL_EAGER
-            {
+            if self.failed.get().is_some() {
                 continue;
             }
-            // An error has failed the volume already (journal_append does).
-            let _ = self.journal_flush();
+            // An error has failed the volume already (both do).
+            if self.staged_bytes.load(Ordering::Relaxed) >= JOURNAL_EAGER {
+                let _ = self.journal_flush();
+            }
+            let _ = self.reclaim_journal(false);
         }
     }
 
@@ -1432,7 +1439,13 @@ impl Inner {
                 break;
             }
         }
-        self.reclaim_journal(false)
+        if self.background_destage {
+            // The journal writer moves the head: its source sync then never holds up a batch.
+            self.poke_journal();
+            Ok(())
+        } else {
+            self.reclaim_journal(false)
+        }
     }
 
     /// FLUSH: every write acknowledged so far becomes durable by reaching the journal — no
@@ -1544,24 +1557,30 @@ impl Inner {
     }
 
     fn reclaim_journal_inner(&self, force: bool) -> Result<()> {
-        let mut journal = self.journal.lock();
-        if !force && journal.used() < journal.ring_len() / 4 {
-            return Ok(());
-        }
-        let landing = self
-            .landing
-            .lock()
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(u64::MAX);
-        let oldest = self.cache.oldest_journal_gen().min(landing);
-        let upto = journal.generation().min(oldest.saturating_sub(1));
-        let Some(head) = journal.head_after(upto) else {
-            return Ok(());
+        let _one_at_a_time = self.reclaim_lock.lock();
+        let head = {
+            let journal = self.journal.lock();
+            if !force && journal.used() < journal.ring_len() / 4 {
+                return Ok(());
+            }
+            let landing = self
+                .landing
+                .lock()
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(u64::MAX);
+            let oldest = self.cache.oldest_journal_gen().min(landing);
+            let upto = journal.generation().min(oldest.saturating_sub(1));
+            let Some(head) = journal.head_after(upto) else {
+                return Ok(());
+            };
+            head
         };
+        // The source sync may take a while; appends go on meanwhile (they only add after the
+        // tail, and this head stays right: everything before it is destaged).
         self.persist_journal_head(head)?;
-        journal.advance_head(head);
+        self.journal.lock().advance_head(head);
         Ok(())
     }
 
@@ -1695,7 +1714,7 @@ impl Inner {
     }
 
     fn destage_batch_inner(&self) -> Result<usize> {
-        let _d = self.destage_lock.lock();
+        let mut scratch = self.destage_lock.lock();
         self.check_writable()?;
         let batch = self.cache.collect(MAX_BATCH);
         if batch.is_empty() {
@@ -1740,41 +1759,57 @@ impl Inner {
             let mut slots = runs
                 .iter()
                 .flat_map(|&(s, n)| (0..n).map(move |i| TargetSlot(s.0 + i)));
-            let mut source_buf = vec![0u8; chunk];
-            let mut run_bufs: Vec<Vec<u8>> = runs
-                .iter()
-                .map(|&(_, n)| vec![0u8; n as usize * chunk])
-                .collect();
-            let mut run_pos = (0usize, 0usize);
+            // Copy i goes to the i-th allocated slot: one buffer, cut into the runs below.
+            // Every byte of it is written (read or composed) before it is used.
+            let area_len = copies as usize * chunk;
+            if scratch.len() < area_len {
+                scratch.resize(area_len, 0);
+            }
+            let area = &mut scratch[..area_len];
+            let mut source_buf = Vec::new();
+            let mut next = 0;
             for (d, plan) in batch.iter().zip(&plans) {
                 if plan.preserve.is_empty() {
                     continue;
                 }
-                let src = if plan.needs_source {
-                    let off = self.source_offset(d.chunk);
+                let off = self.source_offset(d.chunk);
+                let read_error = |e| Error::io("read original", Device::Source, off, e);
+                // One copy that needs the source (the common case): read the original straight
+                // into its place and lay the cached versions it holds over it.
+                let in_place = plan.needs_source && plan.preserve.len() == 1;
+                let src = if plan.needs_source && !in_place {
+                    source_buf.resize(chunk, 0);
                     self.source
                         .read_at(&mut source_buf, off)
-                        .map_err(|e| Error::io("read original", Device::Source, off, e))?;
+                        .map_err(read_error)?;
                     Some(&source_buf[..])
                 } else {
                     None
                 };
                 for pres in &plan.preserve {
                     let slot = slots.next().expect("allocated one slot per copy");
-                    let buf = &mut run_bufs[run_pos.0][run_pos.1 * chunk..(run_pos.1 + 1) * chunk];
-                    destage::compose(&d.versions[..pres.image], src, 0, buf);
-                    placed.push((d.chunk, slot, pres.lo, pres.hi));
-                    run_pos.1 += 1;
-                    if run_pos.1 as u64 == runs[run_pos.0].1 {
-                        run_pos = (run_pos.0 + 1, 0);
+                    let buf = &mut area[next * chunk..(next + 1) * chunk];
+                    if in_place {
+                        self.source.read_at(buf, off).map_err(read_error)?;
+                        destage::overlay(&d.versions[..pres.image], buf);
+                    } else {
+                        destage::compose(&d.versions[..pres.image], src, 0, buf);
                     }
+                    placed.push((d.chunk, slot, pres.lo, pres.hi));
+                    next += 1;
                 }
             }
-            for (&(first, _), buf) in runs.iter().zip(&run_bufs) {
+            let mut at = 0;
+            for &(first, n) in &runs {
+                let len = n as usize * chunk;
                 let off = self.slot_offset(first);
                 self.target
-                    .write_at(buf, off)
+                    .write_at(&area[at..at + len], off)
                     .map_err(|e| Error::io("write preserved chunks", Device::Target, off, e))?;
+                at += len;
+            }
+            if scratch.len() > 2 * MAX_BATCH as usize {
+                *scratch = Vec::new();
             }
             // Every affected snapshot's log and bitmap now point at the copies: commit.
             let records = destage::records(&placed);

@@ -343,32 +343,28 @@ def main_table(agg, meta):
                 f"| {ratio(sv and med(sv[metric]), qm and med(qm[metric]))} "
                 f"| {ratio(sv and med(sv[metric]), nk and med(nk[metric]))} |")
 
-    w2 = {p["server"]: p for p in agg.get("w2") or []}
-    if w2:
-        def c2(p):
-            if p is None:
-                return "–"
-            s = p["median_pass_mib_s"]
-            return (f"**{f1(med(s))} MiB/s** median pass, last {f1(med(p['last_pass_mib_s']))},"
-                    f" {noise(s)}")
-        sv, qm, nk = w2.get("snapvol"), w2.get("qemu"), w2.get("nbdkit")
-        g = lambda p: p and med(p["median_pass_mib_s"])  # noqa: E731
-        rows.append(f"| W2 hourly: {meta.get('w2_passes')} passes, a snapshot before each | 1 "
-                    f"| {c2(sv)} | {c2(qm)} | {c2(nk)} | {ratio(g(sv), g(qm))} | {ratio(g(sv), g(nk))} |")
-
-    w4 = {p["server"]: p for p in agg.get("w4") or []}
-    if w4:
-        def c4(p):
-            if p is None:
-                return "–"
-            s = p["read_mib_s"]
-            return (f"**{f1(med(s))} MiB/s** read, p99 {fmt_ms(med(p['read_p99_ms']))} ms;"
-                    f" writes {med(p['write_iops']):,.0f} IOPS, {noise(s)}")
-        sv, qm, nk = w4.get("snapvol"), w4.get("qemu"), w4.get("nbdkit")
-        g = lambda p: p and med(p["read_mib_s"])  # noqa: E731
-        rows.append(f"| W4 seq. read of an old snapshot under random writes | 2 "
-                    f"| {c4(sv)} | {c4(qm)} | {c4(nk)} (live file) "
+    def summary_row(workload, title, n, main_cell, key, nk_note=""):
+        """One row of a workload summarised by key (a list of per-run figures) per server."""
+        by = {p["server"]: p for p in agg.get(workload) or []}
+        if not by:
+            return
+        sv, qm, nk = by.get("snapvol"), by.get("qemu"), by.get("nbdkit")
+        c = lambda p: "–" if p is None else main_cell(p)  # noqa: E731
+        g = lambda p: p and med(p[key])  # noqa: E731
+        rows.append(f"| {title} | {n} | {c(sv)} | {c(qm)} | {c(nk)}{nk_note} "
                     f"| {ratio(g(sv), g(qm))} | {ratio(g(sv), g(nk))} |")
+
+    summary_row(
+        "w2", f"W2 hourly: {meta.get('w2_passes')} passes, a snapshot before each", 1,
+        lambda p: (f"**{f1(med(p['median_pass_mib_s']))} MiB/s** median pass, last "
+                   f"{f1(med(p['last_pass_mib_s']))}, {noise(p['median_pass_mib_s'])}"),
+        "median_pass_mib_s")
+    summary_row(
+        "w4", "W4 seq. read of an old snapshot under random writes", 2,
+        lambda p: (f"**{f1(med(p['read_mib_s']))} MiB/s** read, p99 "
+                   f"{fmt_ms(med(p['read_p99_ms']))} ms; writes {med(p['write_iops']):,.0f} IOPS, "
+                   f"{noise(p['read_mib_s'])}"),
+        "read_mib_s", " (live file)")
     return "\n".join(rows)
 
 

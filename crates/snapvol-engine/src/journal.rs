@@ -603,12 +603,22 @@ pub fn scan(
     })
 }
 
-/// Feeds arbitrary bytes to the record decoder; for the fuzzer. Never panics.
+/// Feeds arbitrary bytes to the record decoder, and to replay as a ring of their own (records
+/// of every kind, wraps, snapshot names); for the fuzzer. Never panics.
 pub fn fuzz_decode(data: &[u8]) {
     let id = [0u8; 16];
     if let Some(h) = decode_header(data, &id) {
         let end = (RECORD_HEADER + h.data_len as usize).min(data.len());
         let _ = header_crc_ok(data, &data[RECORD_HEADER.min(data.len())..end], h.crc);
+    }
+    // Replay from the first record's own sequence number, so that the fuzzer gets past it.
+    let ring_len = (data.len() as u64).next_multiple_of(SECTOR).max(SECTOR);
+    let seq = data
+        .get(8..16)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let dev = crate::vlun::MemVlun::new(RING_OFFSET + ring_len);
+    if dev.write_at(data, RING_OFFSET).is_ok() {
+        let _ = scan(&dev, &id, ring_len, JournalHead { pos: 0, seq });
     }
     let mut b = [0u8; BLOCK_SIZE];
     let n = data.len().min(BLOCK_SIZE);

@@ -5,12 +5,19 @@
 //!
 //! 1. originals are copied, once each, to freshly allocated target slots (sequentially);
 //! 2. the preservation records that point every affected snapshot at them are appended to the
-//!    metadata log; the target is synced (data and records durable together);
+//!    metadata log, after the creations of snapshots still pending (taken, durable in the
+//!    journal, not yet in the log); the target is synced (data and records durable together);
 //! 3. the superblock is pointed at the new log head; the target is synced (the records become
 //!    part of the volume: I1, I2);
 //! 4. the new pointers are published in RAM;
 //! 5. the new data is written to the source;
 //! 6. the dirty designations are cleared.
+//!
+//! With the background destager two threads serve a volume: the destager runs these batches,
+//! and the journal writer appends staged writes once a few MiB gather and moves the journal
+//! head (syncing the source) once a quarter of the ring is used, so neither waits for the
+//! other's syncs. A snapshot is one journal append — the writes it holds, then its record —
+//! and one sync.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -58,6 +58,12 @@ impl SnapshotTable {
         self.snaps.iter().find(|s| s.name == name)
     }
 
+    /// Whether a snapshot `seq` named `name` may join the table: its name is free and its
+    /// sequence number above every other (what a replayed creation record must satisfy).
+    pub fn can_append(&self, seq: SnapshotSeq, name: &str) -> bool {
+        self.snaps.last().is_none_or(|s| s.seq < seq) && self.by_name(name).is_none()
+    }
+
     /// Whether `seq` is live.
     pub fn is_alive(&self, seq: SnapshotSeq) -> bool {
         self.snaps.binary_search_by_key(&seq, |s| s.seq).is_ok()

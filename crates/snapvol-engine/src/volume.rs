@@ -190,10 +190,11 @@ struct MetaState {
 /// (a snapshot whose record never became durable was never acknowledged, and must not
 /// appear), and the superblock's `last_snapshot_seq` is the highest creation the log holds:
 /// that is how recovery tells a journal snapshot record still to apply from one applied.
-#[derive(Debug, Default)]
-struct PendingSnapshots {
-    /// Oldest first, each with whether its journal record is durable yet.
-    snapshots: Vec<(SnapshotMeta, bool)>,
+#[derive(Debug)]
+struct PendingSnapshot {
+    meta: SnapshotMeta,
+    /// Whether its journal record is durable yet.
+    durable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -242,9 +243,8 @@ struct Inner {
     destage_lock: Mutex<Vec<u8>>,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
-    /// Held while a snapshot is published and its epoch begins, and while the metadata log
-    /// takes the pending snapshots and the epoch it records.
-    pending: Mutex<PendingSnapshots>,
+    /// Snapshots not yet in the metadata log, oldest first.
+    pending: Mutex<Vec<PendingSnapshot>>,
     failed: OnceLock<String>,
     stats: Stats,
     wake_lock: Mutex<bool>,
@@ -566,7 +566,7 @@ impl Volume {
             capacity_hint: AtomicU64::new(0),
             destage_lock: Mutex::new(Vec::new()),
             admin_lock: Mutex::new(()),
-            pending: Mutex::default(),
+            pending: Mutex::new(Vec::new()),
             failed: OnceLock::new(),
             stats: Stats::default(),
             wake_lock: Mutex::new(false),
@@ -873,9 +873,7 @@ fn load(target: &dyn Vlun) -> Result<Loaded> {
                     created_ms,
                     name,
                 } => {
-                    if table.iter().last().is_some_and(|s| s.seq >= *seq)
-                        || table.by_name(name).is_some()
-                    {
+                    if !table.can_append(*seq, name) {
                         return Err(Error::corrupt(
                             format!("metadata block at {off:#x}"),
                             format!("snapshot {name} {seq} out of order or duplicated"),
@@ -1537,8 +1535,8 @@ impl Inner {
             // journal lock is released, so no head move can pass a record not yet marked.
             if let Some(Request::Snapshot { seq, .. }) = requests.last() {
                 let mut pending = self.pending.lock();
-                if let Some(p) = pending.snapshots.iter_mut().find(|p| p.0.seq.0 == *seq) {
-                    p.1 = true;
+                if let Some(p) = pending.iter_mut().find(|p| p.meta.seq.0 == *seq) {
+                    p.durable = true;
                 }
             }
             let mut bytes = 0;
@@ -1611,9 +1609,9 @@ impl Inner {
     /// left. Then the head moves past it all.
     ///
     /// Snapshot records whose sequence number lies past `created_seq` (the highest whose
-    /// creation the metadata log recorded) are snapshots taken since: they join the table first, pending, and reach
-    /// the metadata log with the first commit. Each write's epoch puts it on the right side
-    /// of them.
+    /// creation the metadata log recorded) are snapshots taken since: they join the table
+    /// first, pending, and reach the metadata log with the first commit. Each write's epoch
+    /// puts it on the right side of them.
     fn recover(&self, records: Vec<JournalRecord>, created_seq: u64) -> Result<()> {
         let mut writes = Vec::with_capacity(records.len());
         let mut snapshots = 0;
@@ -1628,9 +1626,7 @@ impl Inner {
                         continue; // in the metadata log already (or deleted since)
                     }
                     let table = self.table.load_full();
-                    if table.by_name(&name).is_some()
-                        || table.iter().last().is_some_and(|s| s.seq.0 >= seq)
-                    {
+                    if !table.can_append(SnapshotSeq(seq), &name) {
                         return Err(Error::corrupt(
                             format!("cache journal record {}", r.seq),
                             format!("snapshot {name} ({seq}) duplicated or out of order"),
@@ -1644,7 +1640,10 @@ impl Inner {
                     let mut next = (*table).clone();
                     next.push(meta.clone());
                     self.table.store(Arc::new(next));
-                    self.pending.lock().snapshots.push((meta, true));
+                    self.pending.lock().push(PendingSnapshot {
+                        meta,
+                        durable: true,
+                    });
                     snapshots += 1;
                 }
                 Request::Write {
@@ -1970,8 +1969,8 @@ impl Inner {
         // sequence numbers are higher), ahead of any record that may name them.
         let created: Vec<SnapshotMeta> = {
             let mut pending = self.pending.lock();
-            let durable = pending.snapshots.iter().take_while(|s| s.1).count();
-            pending.snapshots.drain(..durable).map(|s| s.0).collect()
+            let durable = pending.iter().take_while(|p| p.durable).count();
+            pending.drain(..durable).map(|p| p.meta).collect()
         };
         let last_seq = created.last().map_or(0, |s| s.seq.0);
         let at = records
@@ -2074,7 +2073,10 @@ impl Inner {
         // without its creation (`write_chain`).
         {
             let mut pending = self.pending.lock();
-            pending.snapshots.push((meta.clone(), false));
+            pending.push(PendingSnapshot {
+                meta: meta.clone(),
+                durable: false,
+            });
             let mut next = (*current).clone();
             next.push(meta.clone());
             self.table.store(Arc::new(next));
@@ -2092,7 +2094,7 @@ impl Inner {
             }))
         });
         if let Err(e) = r {
-            self.pending.lock().snapshots.retain(|s| s.0.seq != seq);
+            self.pending.lock().retain(|p| p.meta.seq != seq);
             let mut back = (**self.table.load()).clone();
             back.remove(seq);
             self.table.store(Arc::new(back));

@@ -581,6 +581,34 @@ fn an_ext4_filesystem_on_the_live_export_is_read_back_intact_from_a_snapshot_aft
 // ---------------------------------------------------------------------------------------------
 // 7. SIGKILL
 
+/// Starts fio B in the background: `fio_job(uri, offset, len, jobs, seed)` for up to a minute,
+/// a FLUSH every 16 writes, no verification (it dies with the server); checks it is still
+/// running after `settle`.
+fn start_load(env: &Env, uri: &str, job: (u64, u64, u32, u64), settle: Duration) -> Background {
+    let (offset, len, jobs, seed) = job;
+    let args = with(
+        fio_job(uri, offset, len, jobs, seed),
+        &[
+            "--time_based",
+            "--runtime=60",
+            "--fsync=16",
+            "--do_verify=0",
+        ],
+    );
+    let mut b = Background::spawn(
+        tool("fio").args(&args).current_dir(env.dir()),
+        env.dir(),
+        "fio-b",
+    );
+    thread::sleep(settle);
+    assert!(
+        b.is_running(),
+        "fio B stopped early:\n{}",
+        b.output_so_far()
+    );
+    b
+}
+
 #[test]
 fn after_sigkill_under_fio_load_flushed_writes_and_earlier_snapshots_are_intact_and_check_passes() {
     let env = Env::new();
@@ -604,25 +632,11 @@ fn after_sigkill_under_fio_load_flushed_writes_and_earlier_snapshots_are_intact_
 
     // B: load over [64M, 192M) — every write preserves v@s1's original — with a flush every
     // 16 writes, until the crash.
-    let job_b = with(
-        fio_job(&live, 64 * MIB, 128 * MIB, 1, 2),
-        &[
-            "--time_based",
-            "--runtime=60",
-            "--fsync=16",
-            "--do_verify=0",
-        ],
-    );
-    let mut b = Background::spawn(
-        tool("fio").args(&job_b).current_dir(env.dir()),
-        env.dir(),
-        "fio-b",
-    );
-    thread::sleep(Duration::from_secs(1));
-    assert!(
-        b.is_running(),
-        "fio B stopped early:\n{}",
-        b.output_so_far()
+    let mut b = start_load(
+        &env,
+        &live,
+        (64 * MIB, 128 * MIB, 1, 2),
+        Duration::from_secs(1),
     );
     // A snapshot taken under that load, and read out while the load goes on.
     env.snapvol_ok(&["snapshot", "create", "v@s2"]);
@@ -697,25 +711,11 @@ fn sigterm_with_requests_in_flight_exits_0_and_flushed_data_is_there_after_resta
     );
     qemu_io_write(&live, &[(0x77, 200 * MIB, MIB)]);
 
-    let job_b = with(
-        fio_job(&live, 64 * MIB, 64 * MIB, 2, 2),
-        &[
-            "--time_based",
-            "--runtime=60",
-            "--fsync=16",
-            "--do_verify=0",
-        ],
-    );
-    let mut b = Background::spawn(
-        tool("fio").args(&job_b).current_dir(env.dir()),
-        env.dir(),
-        "fio-b",
-    );
-    thread::sleep(Duration::from_millis(1500));
-    assert!(
-        b.is_running(),
-        "fio B stopped early:\n{}",
-        b.output_so_far()
+    let b = start_load(
+        &env,
+        &live,
+        (64 * MIB, 64 * MIB, 2, 2),
+        Duration::from_millis(1500),
     );
 
     let status = server.terminate();

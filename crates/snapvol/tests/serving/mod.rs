@@ -385,15 +385,20 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Background clients
+
+/// Kills a child that is still running and waits for it: what every handle does when dropped.
+fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
 
 /// A client running in the background, its output going to files; killed when dropped.
 #[derive(Debug)]
@@ -464,10 +469,7 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 }
 
@@ -563,10 +565,7 @@ impl Interactive {
 impl Drop for Interactive {
     fn drop(&mut self) {
         drop(self.stdin.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 }
 

@@ -32,9 +32,9 @@ use serde::Serialize;
 use crate::error::{Device, Error, Result};
 use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
 use crate::journal::{self, JournalHead, JournalHeader, RING_OFFSET, SECTOR};
+use crate::paths::VolumePaths;
 use crate::units::Geometry;
 use crate::vlun::{FileVlun, Vlun};
-use crate::volume::VolumePaths;
 
 /// One thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -498,7 +498,7 @@ fn check_metadata(
             let loc = record_loc(*off, i);
             match r {
                 Record::SnapshotCreate { seq, name, .. } => {
-                    if let Err(e) = crate::store::validate_name(name) {
+                    if let Err(e) = crate::names::validate_name(name) {
                         p.add(&loc, e.to_string(), false);
                     }
                     if seq.0 <= max_seq {

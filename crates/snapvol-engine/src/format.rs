@@ -291,7 +291,7 @@ impl Record {
                 need(18 + name_len)?;
                 let name = std::str::from_utf8(&b[18..18 + name_len])
                     .map_err(|_| "snapshot name is not UTF-8")?;
-                if crate::store::validate_name(name).is_err() {
+                if crate::names::validate_name(name).is_err() {
                     return Err("invalid snapshot name");
                 }
                 let seq = get_u64(b, 1);

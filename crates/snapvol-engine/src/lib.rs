@@ -15,14 +15,17 @@ pub mod fault;
 pub mod format;
 pub mod journal;
 pub mod metadata;
+pub mod names;
+pub mod paths;
 pub mod store;
 pub mod units;
 pub mod vlun;
 pub mod volume;
 
 pub use error::{Error, Result};
+pub use names::validate_name;
+pub use paths::{Vluns, VolumePaths};
 pub use store::{
-    parse_snapshot_name, parse_volume_or_snapshot, validate_name, CreateOptions, Store,
-    DEFAULT_CACHE_SIZE,
+    parse_snapshot_name, parse_volume_or_snapshot, CreateOptions, Store, DEFAULT_CACHE_SIZE,
 };
-pub use volume::{Layout, SnapshotInfo, Vluns, Volume, VolumeInfo, VolumeOptions, VolumePaths};
+pub use volume::{Layout, SnapshotInfo, Volume, VolumeInfo, VolumeOptions};

@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::journal::DEFAULT_JOURNAL_SIZE;
+use crate::names::validate_name;
+use crate::paths::VolumePaths;
 use crate::units::{Geometry, DEFAULT_CHUNK};
-use crate::volume::{Layout, Volume, VolumeOptions, VolumePaths};
+use crate::volume::{Layout, Volume, VolumeOptions};
 
 /// Default size of the write-back cache in RAM.
 pub const DEFAULT_CACHE_SIZE: u64 = 128 << 20;
@@ -89,32 +91,6 @@ impl CreateOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-}
-
-/// Checks a volume or snapshot name: 1 to 128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("names must not be empty");
-    }
-    if name.len() > 128 {
-        return bad("names are at most 128 characters");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are reserved");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return bad("names may contain only letters, digits, '.', '_' and '-'");
-    }
-    Ok(())
 }
 
 /// Splits `VOL@SNAP` into its parts, validating both names.

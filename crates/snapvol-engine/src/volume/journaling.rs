@@ -1,0 +1,191 @@
+//! The journal writer: appends staged requests to the persistent cache journal, makes flushes
+//! durable, and moves the journal head once the data before it is on the source.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Device, Error, Result};
+use crate::journal::{Journal, JournalHead, Request};
+use crate::units::Epoch;
+
+use super::{Inner, JOURNAL_EAGER};
+
+impl Inner {
+    /// The journal writer: appends what is staged once a few MiB have gathered, so that the
+    /// destager finds its batches journaled and journaling overlaps destaging; and moves the
+    /// journal head once a quarter of the ring is in use (a source sync the destager need not
+    /// wait for).
+    pub(super) fn journal_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut w = self.journal_wake_lock.lock();
+                if !*w {
+                    self.journal_wake
+                        .wait_for(&mut w, Duration::from_millis(100));
+                }
+                *w = false;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            if self.failed.get().is_some() {
+                continue;
+            }
+            // An error has failed the volume already (both do).
+            if self.staged_bytes.load(Ordering::Relaxed) >= JOURNAL_EAGER {
+                let _ = self.journal_flush();
+            }
+            let _ = self.reclaim_journal(false);
+        }
+    }
+
+    /// FLUSH: every write acknowledged so far becomes durable by reaching the journal — no
+    /// destage is forced.
+    pub(super) fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        self.journal_flush().inspect_err(|e| self.fail(e))
+    }
+
+    /// Appends every staged request to the journal (one record each), syncs it, and marks the
+    /// cache versions they landed in as journaled.
+    pub(super) fn journal_flush(&self) -> Result<()> {
+        self.journal_append(None).map(|_| ())
+    }
+
+    /// Journals one request now (one record, synced), after everything staged before it.
+    /// Returns the journal append holding it.
+    pub(super) fn journal_now(
+        &self,
+        epoch: Epoch,
+        offset: u64,
+        len: u64,
+        data: Option<Arc<[u8]>>,
+    ) -> Result<u64> {
+        self.journal_append(Some(Request::Write {
+            epoch,
+            offset,
+            len,
+            data,
+        }))?
+        .ok_or_else(|| Error::Failed("journal append of a request did not happen".into()))
+    }
+
+    /// Appends every staged request (one record each, in request order), then `extra`, to the
+    /// journal, syncs it, and marks the cache versions the staged requests landed in as
+    /// journaled. Returns the append's generation, if anything was appended. Any failure fails
+    /// the volume: the staged requests are gone from the staging list.
+    pub(super) fn journal_append(&self, extra: Option<Request>) -> Result<Option<u64>> {
+        let _append = self.append_lock.lock();
+        self.check_writable()?;
+        let r = (|| {
+            let mut journal = self.journal.lock();
+            let mut staged = Vec::new();
+            for shard in &self.staged {
+                staged.append(&mut shard.lock());
+            }
+            if staged.is_empty() && extra.is_none() {
+                return Ok(None);
+            }
+            staged.sort_unstable_by_key(|s| s.wseq);
+            let taken: u64 = staged.iter().map(|s| s.len).sum();
+            let _ = self
+                .staged_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(taken))
+                });
+            let mut requests: Vec<_> = staged
+                .iter()
+                .map(|s| Request::Write {
+                    epoch: s.epoch,
+                    offset: s.offset,
+                    len: s.len,
+                    data: s.data.clone(),
+                })
+                .collect();
+            requests.extend(extra);
+            let needed = Journal::space_needed(&requests);
+            if needed > journal.free() {
+                // Make room: destage everything already journaled and move the head past it.
+                drop(journal);
+                while self.destage_batch()? > 0 {}
+                self.reclaim_journal(true)?;
+                journal = self.journal.lock();
+                if needed > journal.free() {
+                    return Err(Error::Failed(format!(
+                        "the cache journal cannot hold {needed} bytes of pending writes"
+                    )));
+                }
+            }
+            let generation = journal.append(&requests)?;
+            // Snapshots whose records are now durable may enter the metadata log; before the
+            // journal lock is released, so no head move can pass a record not yet marked.
+            if let Some(Request::Snapshot { seq, .. }) = requests.last() {
+                let mut pending = self.pending.lock();
+                if let Some(p) = pending.iter_mut().find(|p| p.meta.seq.0 == *seq) {
+                    p.durable = true;
+                }
+            }
+            let mut bytes = 0;
+            for s in &staged {
+                for &(c, id) in &s.landed {
+                    self.cache.mark_journaled(c, id, generation);
+                }
+                bytes += s.data.as_ref().map_or(0, |d| d.len() as u64);
+            }
+            drop(journal);
+            self.cache.release(bytes);
+            Ok(Some(generation))
+        })();
+        r.inspect_err(|e| self.fail(e))
+    }
+
+    /// Moves the journal's head past every append whose data is all on the source: syncs the
+    /// source, then persists the new head in the superblock. Without `force`, only once a
+    /// quarter of the ring is in use (each move costs two syncs).
+    pub(super) fn reclaim_journal(&self, force: bool) -> Result<()> {
+        self.reclaim_journal_inner(force)
+            .inspect_err(|e| self.fail(e))
+    }
+
+    fn reclaim_journal_inner(&self, force: bool) -> Result<()> {
+        let _one_at_a_time = self.reclaim_lock.lock();
+        let head = {
+            let journal = self.journal.lock();
+            if !force && journal.used() < journal.ring_len() / 4 {
+                return Ok(());
+            }
+            let landing = self
+                .landing
+                .lock()
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(u64::MAX);
+            let oldest = self.cache.oldest_journal_gen().min(landing);
+            let upto = journal.generation().min(oldest.saturating_sub(1));
+            let Some(head) = journal.head_after(upto) else {
+                return Ok(());
+            };
+            head
+        };
+        // The source sync may take a while; appends go on meanwhile (they only add after the
+        // tail, and this head stays right: everything before it is destaged).
+        self.persist_journal_head(head)?;
+        self.journal.lock().advance_head(head);
+        Ok(())
+    }
+
+    /// Makes `head` the journal's head on disk: the source is synced first (the data of every
+    /// record before it must be durable there), then the superblock records it.
+    pub(super) fn persist_journal_head(&self, head: JournalHead) -> Result<()> {
+        self.source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        let mut meta = self.meta.lock();
+        meta.sb.journal_head = head.pos;
+        meta.sb.journal_head_seq = head.seq;
+        // The head may pass snapshot records: their snapshots go to the metadata log with it.
+        self.write_chain(&mut meta, Vec::new())
+    }
+}

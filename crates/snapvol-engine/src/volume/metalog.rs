@@ -1,0 +1,399 @@
+//! The metadata log: reading the chain at open, appending records, compaction, and the
+//! two-copy superblock write.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::destage::{self};
+use crate::error::{Device, Error, Result};
+use crate::format::{
+    self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD,
+};
+use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
+use crate::units::{ChunkIndex, Geometry, TargetSlot};
+use crate::vlun::Vlun;
+
+use super::{create_record, Inner, MetaState, META_HEADROOM};
+
+/// What `load` finds in a target VLUN.
+pub(super) struct Loaded {
+    pub(super) sb: Superblock,
+    pub(super) index: Index,
+    pub(super) table: SnapshotTable,
+    pub(super) alloc: Allocator,
+    pub(super) chain_slots: Vec<TargetSlot>,
+    pub(super) next_block: Option<u64>,
+    pub(super) chain_records: u64,
+    /// Highest snapshot sequence number the log refers to: no new snapshot may take it.
+    pub(super) last_seq: u64,
+    /// Highest snapshot sequence number whose creation the log holds (or held, before the
+    /// snapshot was deleted): journal snapshot records above it are still to apply.
+    pub(super) created_seq: u64,
+}
+
+/// Reads the newest valid superblock copy.
+pub(crate) fn read_superblock(target: &dyn Vlun) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut errors = Vec::new();
+    for g in 0..2u64 {
+        let off = format::superblock_offset(g);
+        let mut b = [0u8; BLOCK_SIZE];
+        target
+            .read_at(&mut b, off)
+            .map_err(|e| Error::io("read superblock", Device::Target, off, e))?;
+        match Superblock::decode(&b, off) {
+            Ok(sb) => {
+                if best.as_ref().is_none_or(|x| sb.generation > x.generation) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match best {
+        Some(sb) => {
+            for e in errors {
+                tracing::warn!(error = %e, "one superblock copy is unusable; using the other");
+            }
+            Ok(sb)
+        }
+        None => Err(errors.remove(0)),
+    }
+}
+
+/// Reads the metadata chain backwards from the superblock's head; returns the blocks oldest
+/// first with their offsets.
+pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64, MetaBlock)>> {
+    let mut chain = Vec::new();
+    let mut off = sb.meta_head;
+    let mut expect_seq = sb.meta_head_seq;
+    while off != 0 {
+        if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
+            return Err(Error::corrupt(
+                format!("metadata chain before block seq {}", expect_seq + 1),
+                format!("pointer {off:#x} is not a metadata block position"),
+            ));
+        }
+        let mut b = [0u8; BLOCK_SIZE];
+        target
+            .read_at(&mut b, off)
+            .map_err(|e| Error::io("read metadata", Device::Target, off, e))?;
+        let blk = MetaBlock::decode(&b, off, &sb.volume_id)?;
+        if blk.seq != expect_seq {
+            return Err(Error::corrupt(
+                format!("metadata block at {off:#x}"),
+                format!("sequence {} where {expect_seq} was expected", blk.seq),
+            ));
+        }
+        off = blk.prev;
+        expect_seq = expect_seq.wrapping_sub(1);
+        // Sequence numbers strictly decrease along the chain, so it cannot loop.
+        chain.push((off, blk));
+    }
+    // `chain` holds (prev offset, block); rebuild (own offset, block) oldest first.
+    let mut own = sb.meta_head;
+    let mut out = Vec::with_capacity(chain.len());
+    for (prev, blk) in chain {
+        out.push((own, blk));
+        own = prev;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
+    let sb = read_superblock(target)?;
+    let chain = read_chain(target, &sb)?;
+    let chunk = u64::from(sb.chunk_size);
+    let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
+    let index = Index::default();
+    let mut table = SnapshotTable::default();
+    let mut last_seq = sb.last_snapshot_seq;
+    let mut created_seq = sb.last_snapshot_seq;
+    let mut chain_records = 0;
+    for (off, blk) in &chain {
+        for r in &blk.records {
+            chain_records += 1;
+            match r {
+                Record::SnapshotCreate {
+                    seq,
+                    created_ms,
+                    name,
+                } => {
+                    if !table.can_append(*seq, name) {
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!("snapshot {name} {seq} out of order or duplicated"),
+                        ));
+                    }
+                    last_seq = last_seq.max(seq.0);
+                    created_seq = created_seq.max(seq.0);
+                    table.push(SnapshotMeta {
+                        seq: *seq,
+                        name: name.clone(),
+                        created: UNIX_EPOCH + Duration::from_millis(*created_ms),
+                    });
+                }
+                Record::SnapshotDelete { seq } => {
+                    table.remove(*seq);
+                }
+                Record::Preserve {
+                    chunk: c,
+                    count,
+                    slot,
+                    lo,
+                    hi,
+                } => {
+                    let end = c.0.checked_add(u64::from(*count));
+                    if end.is_none_or(|e| e > geo.chunks()) {
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!("preserve record for {c} x{count} lies beyond the volume"),
+                        ));
+                    }
+                    let max_slots = match sb.target_cap {
+                        0 => (u64::MAX - sb.data_start) / chunk,
+                        cap => cap.saturating_sub(sb.data_start) / chunk,
+                    };
+                    {
+                        let cap_slots = max_slots;
+                        if slot
+                            .0
+                            .checked_add(u64::from(*count))
+                            .is_none_or(|e| e > cap_slots)
+                        {
+                            return Err(Error::corrupt(
+                                format!("metadata block at {off:#x}"),
+                                format!("{slot} x{count} lies beyond the target size"),
+                            ));
+                        }
+                    }
+                    last_seq = last_seq.max(hi.0);
+                    for i in 0..u64::from(*count) {
+                        index.insert(
+                            ChunkIndex(c.0 + i),
+                            Entry {
+                                lo: lo.0,
+                                hi: hi.0,
+                                slot: TargetSlot(slot.0 + i),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Copies no live snapshot reads (their snapshot was deleted, or never committed before a
+    // crash) are dropped here: the allocator is derived from what the logs still reference.
+    index.remove_unreferenced(&table);
+    let mut used = Vec::new();
+    index.for_each(|_, e| used.push(e.slot.0));
+    let mut chain_slots: Vec<TargetSlot> = chain
+        .iter()
+        .map(|(off, _)| TargetSlot((off - sb.data_start) / chunk))
+        .collect();
+    chain_slots.dedup();
+    used.extend(chain_slots.iter().map(|s| s.0));
+    let n = used.len();
+    let alloc = Allocator::from_used(used);
+    if alloc.used() as usize != n {
+        return Err(Error::corrupt(
+            "metadata log",
+            "two live pointers (or a pointer and a metadata block) share a target slot",
+        ));
+    }
+    let next_block = chain.last().and_then(|(off, _)| {
+        let next = off + BLOCK_SIZE as u64;
+        ((next - sb.data_start) % chunk != 0).then_some(next)
+    });
+    Ok(Loaded {
+        sb,
+        index,
+        table,
+        alloc,
+        chain_slots,
+        next_block,
+        chain_records,
+        last_seq,
+        created_seq,
+    })
+}
+
+impl Inner {
+    /// Appends records to the metadata log and makes them part of the volume (see
+    /// [`Inner::commit_raw`]); the caller checkpoints once its RAM state includes them.
+    pub(super) fn commit_locked(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        let may_use_reserve = matches!(records.as_slice(), [Record::SnapshotDelete { .. }]);
+        let n = records.len() as u64;
+        self.commit_raw(meta, records, may_use_reserve)?;
+        meta.chain_records += n;
+        Ok(())
+    }
+
+    /// Rewrites the metadata log as a fresh chain holding only what is live, once the chain
+    /// has grown well past that, and frees the old chain's slots.
+    pub(super) fn maybe_checkpoint(&self, meta: &mut MetaState) -> Result<()> {
+        let live = self.index.len() as u64 + meta.committed.len() as u64;
+        let live_slots = self.live_meta_slots(meta.committed.len());
+        let by_records =
+            meta.chain_records >= self.compact_after_records && meta.chain_records >= 4 * live;
+        let by_slots = meta.chain_slots.len() as u64 >= 4 + 2 * live_slots;
+        if by_records || by_slots {
+            self.compact(meta)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the durable state as a fresh chain and frees the old one. Returns `false`
+    /// (changing nothing) when the target has no room for the new chain.
+    fn compact(&self, meta: &mut MetaState) -> Result<bool> {
+        let live_slots = self.live_meta_slots(meta.committed.len());
+        if live_slots + 1 > self.free_slots(meta) {
+            return Ok(false);
+        }
+        let mut records: Vec<Record> = meta.committed.iter().map(create_record).collect();
+        let entries = self.index.sorted();
+        let placed: Vec<_> = entries
+            .iter()
+            .map(|(c, e)| (*c, e.slot, e.lo, e.hi))
+            .collect();
+        records.extend(destage::records(&placed));
+        let old_slots = std::mem::take(&mut meta.chain_slots);
+        meta.next_block = None;
+        meta.sb.meta_head = 0;
+        let n = records.len() as u64;
+        // Failing from here on fails the volume (write_chain does); RAM no longer matters.
+        self.write_chain(meta, records)?;
+        meta.chain_records = n;
+        for s in old_slots {
+            meta.alloc.free(s);
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        tracing::debug!(volume = %self.name, records = n, "metadata log compacted");
+        Ok(true)
+    }
+
+    /// New slots `records` would take after the chain head.
+    fn slots_for(&self, meta: &MetaState, records: &[Record]) -> u64 {
+        let blocks = MetaBlock::pack(records, 0).len() as u64;
+        let per_slot = self.geo.chunk() / BLOCK_SIZE as u64;
+        let room_in_slot = meta.next_block.map_or(0, |off| {
+            (self.geo.chunk() - (off - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
+        });
+        blocks.saturating_sub(room_in_slot).div_ceil(per_slot)
+    }
+
+    /// Appends records to the metadata log and makes them part of the volume (see
+    /// [`Inner::write_chain`]), compacting the log first if that is what makes room. Only a
+    /// snapshot deletion (`may_use_reserve`) may take the slots held back for it. Fails with
+    /// ENOSPC, changing nothing, if the target cannot hold the records.
+    fn commit_raw(
+        &self,
+        meta: &mut MetaState,
+        records: Vec<Record>,
+        may_use_reserve: bool,
+    ) -> Result<()> {
+        let reserve = if may_use_reserve { 0 } else { META_HEADROOM };
+        let fits =
+            |meta: &MetaState| self.slots_for(meta, &records) + reserve <= self.free_slots(meta);
+        if !fits(meta) && (!self.compact(meta)? || !fits(meta)) {
+            return Err(Error::NoSpace {
+                detail: format!(
+                    "the metadata log needs {} more chunk slots; {} are free",
+                    self.slots_for(meta, &records),
+                    self.free_slots(meta)
+                ),
+            });
+        }
+        self.write_chain(meta, records)
+    }
+
+    /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
+    /// (the copy its new generation selects) at the new head and syncs again. The caller made
+    /// sure there is room.
+    pub(super) fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
+        // Snapshots still pending go first (after the creations a checkpoint rewrites: their
+        // sequence numbers are higher), ahead of any record that may name them.
+        let created: Vec<SnapshotMeta> = {
+            let mut pending = self.pending.lock();
+            let durable = pending.iter().take_while(|p| p.durable).count();
+            pending.drain(..durable).map(|p| p.meta).collect()
+        };
+        let last_seq = created.last().map_or(0, |s| s.seq.0);
+        let at = records
+            .iter()
+            .take_while(|r| matches!(r, Record::SnapshotCreate { .. }))
+            .count();
+        records.splice(at..at, created.iter().map(create_record));
+        meta.chain_records += created.len() as u64;
+        let blocks = if records.is_empty() && meta.sb.meta_head != 0 {
+            Vec::new()
+        } else {
+            MetaBlock::pack(&records, meta.sb.meta_head_seq + 1)
+        };
+        let r = (|| {
+            let wrote = !blocks.is_empty();
+            for mut blk in blocks {
+                let off = match meta.next_block {
+                    Some(off) => off,
+                    None => {
+                        let slot = meta.alloc.allocate(1)[0].0;
+                        meta.chain_slots.push(slot);
+                        self.slot_offset(slot)
+                    }
+                };
+                blk.prev = meta.sb.meta_head;
+                self.target
+                    .write_at(&blk.encode(&self.volume_id), off)
+                    .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
+                meta.sb.meta_head = off;
+                meta.sb.meta_head_seq = blk.seq;
+                let next = off + BLOCK_SIZE as u64;
+                meta.next_block =
+                    ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
+            }
+            self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+            if wrote {
+                self.target
+                    .sync()
+                    .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+            }
+            self.write_superblock(meta, last_seq)
+        })();
+        // A failure leaves RAM and disk out of step: stop writing.
+        r.inspect_err(|e| self.fail(e))?;
+        for s in created {
+            meta.committed.push(s);
+        }
+        Ok(())
+    }
+
+    /// Writes `meta.sb` to both copies in turn: the next generation into the copy that holds
+    /// the older one, sync, then the generation after it into the other copy, sync. A crash
+    /// tears at most the copy being written while the other holds a whole state, and at rest
+    /// both copies hold the newest state, so a copy damaged later never makes an open fall
+    /// back to stale metadata. `last_seq` is the highest snapshot creation the log now holds.
+    fn write_superblock(&self, meta: &mut MetaState, last_seq: u64) -> Result<()> {
+        let mut sb = meta.sb.clone();
+        sb.last_snapshot_seq = sb.last_snapshot_seq.max(last_seq);
+        for _ in 0..2 {
+            sb.generation += 1;
+            let off = format::superblock_offset(sb.generation);
+            self.target
+                .write_at(&sb.encode(), off)
+                .map_err(|e| Error::io("write superblock", Device::Target, off, e))?;
+            self.target
+                .sync()
+                .map_err(|e| Error::io("sync", Device::Target, off, e))?;
+        }
+        meta.sb = sb;
+        Ok(())
+    }
+
+    /// Slots a fresh copy of the live metadata (a checkpoint) would take.
+    pub(super) fn live_meta_slots(&self, snapshots: usize) -> u64 {
+        let bytes = self.index.len() as u64 * 37 + snapshots as u64 * MAX_RECORD_LEN as u64;
+        let per_slot = self.geo.chunk() / BLOCK_SIZE as u64 * META_PAYLOAD as u64;
+        bytes.div_ceil(per_slot).max(1)
+    }
+}

@@ -1,0 +1,723 @@
+//! The volume: the public API that ties the cache, the metadata and the VLUNs together.
+//!
+//! Write ordering of a destage batch (the crash argument for each step is in
+//! `docs/format.md`):
+//!
+//! 1. originals are copied, once each, to freshly allocated target slots (sequentially);
+//! 2. the preservation records that point every affected snapshot at them are appended to the
+//!    metadata log, after the creations of snapshots still pending (taken, durable in the
+//!    journal, not yet in the log); the target is synced (data and records durable together);
+//! 3. the superblock is pointed at the new log head; the target is synced (the records become
+//!    part of the volume: I1, I2);
+//! 4. the new pointers are published in RAM;
+//! 5. the new data is written to the source;
+//! 6. the dirty designations are cleared.
+//!
+//! With the background destager two threads serve a volume: the destager runs these batches,
+//! and the journal writer appends staged writes once a few MiB gather and moves the journal
+//! head (syncing the source) once a quarter of the ring is used, so neither waits for the
+//! other's syncs. A snapshot is one journal append — the writes it holds, then its record —
+//! and one sync.
+//!
+//! Where each concern lives:
+//!
+//! | module | concern |
+//! |---|---|
+//! | this one | the public [`Volume`] facade, open and create, the shared state `Inner` |
+//! | `epoch` | the epoch gate: which writes a snapshot holds |
+//! | `write` | the write path: epochs, space reservations, landing in the cache, staging |
+//! | `read` | live and snapshot reads, block status |
+//! | `space` | target capacity and the slots promised to cached writes |
+//! | `journaling` | the journal writer: appends, FLUSH, moving the journal head |
+//! | `destager` | the destage executor and its background thread (claims 14–16) |
+//! | `recovery` | replaying the cache journal after a crash (claim 25) |
+//! | `metalog` | the metadata log: loading the chain, commits, compaction, superblocks |
+//! | `snapshots` | snapshot create and delete, space accounting |
+
+mod destager;
+mod epoch;
+mod journaling;
+mod metalog;
+mod read;
+mod recovery;
+mod snapshots;
+mod space;
+mod write;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex};
+
+use crate::cache::{Cache, DirtyChunk};
+use crate::error::{Device, Error, Result};
+use crate::format::{self, Record, Superblock, BLOCK_SIZE};
+use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
+use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
+use crate::names::validate_name;
+use crate::paths::{Vluns, VolumePaths};
+use crate::store::{VolumeLock, DEFAULT_CACHE_SIZE};
+use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
+use crate::vlun::Vlun;
+
+use epoch::EpochGate;
+use metalog::load;
+
+/// Tunables for an open volume.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Bound on dirty data in the RAM cache, in bytes.
+    pub cache_size: u64,
+    /// The metadata log is compacted once it holds at least this many records and four
+    /// times more than a fresh copy of the live metadata would.
+    pub compact_after_records: u64,
+    /// Destage in a background thread (the default). Without it, writers destage when the
+    /// cache is full and flushes only journal: every I/O happens on the caller's thread, in
+    /// an order that depends only on the calls made — what crash-point tests need.
+    pub background_destage: bool,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        Self {
+            cache_size: DEFAULT_CACHE_SIZE,
+            compact_after_records: 4096,
+            background_destage: true,
+        }
+    }
+}
+
+/// A snapshot as users see it, with its space accounting.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    /// Name (the part after `@`).
+    pub name: String,
+    /// Sequence number.
+    pub seq: SnapshotSeq,
+    /// When it was taken.
+    pub created: SystemTime,
+    /// Bytes of preserved data only this snapshot reads: freed if it is deleted.
+    pub exclusive_bytes: u64,
+    /// Bytes of preserved data it shares with other snapshots.
+    pub shared_bytes: u64,
+}
+
+/// Figures about a volume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeInfo {
+    /// Volume name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Cap on the target VLUN's size; `None` = grows as needed.
+    pub target_size: Option<u64>,
+    /// Bytes of the data area holding preserved chunks.
+    pub target_used_bytes: u64,
+    /// Bytes of the target VLUN holding metadata (superblocks and the metadata log).
+    pub metadata_bytes: u64,
+    /// Current length of the target VLUN.
+    pub target_file_bytes: u64,
+    /// Live snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Preserved chunk copies the target holds now (`target_used_bytes / chunk_size`).
+    pub preserved_chunks: u64,
+    /// Chunk copies made to the target since this volume was opened (each copy counts once,
+    /// however many snapshots share it).
+    pub copies_since_open: u64,
+    /// Dirty bytes in the cache right now.
+    pub dirty_bytes: u64,
+}
+
+/// Metadata that changes only on commit; guarded by one mutex that the data path never takes.
+#[derive(Debug)]
+struct MetaState {
+    sb: Superblock,
+    alloc: Allocator,
+    /// Slots holding blocks of the current metadata chain.
+    chain_slots: Vec<TargetSlot>,
+    /// Byte offset where the next metadata block goes, if the current slot has room.
+    next_block: Option<u64>,
+    /// Records in the current chain.
+    chain_records: u64,
+    /// The snapshots whose creation is in the metadata log: what a checkpoint writes. (The
+    /// table the data path sees also holds the snapshots still pending.)
+    committed: SnapshotTable,
+}
+
+/// Snapshots taken whose creation is in the cache journal (or on its way there) but not yet
+/// in the metadata log. Every metadata-log write takes those whose journal record is durable
+/// (a snapshot whose record never became durable was never acknowledged, and must not
+/// appear), and the superblock's `last_snapshot_seq` is the highest creation the log holds:
+/// that is how recovery tells a journal snapshot record still to apply from one applied.
+#[derive(Debug)]
+struct PendingSnapshot {
+    meta: SnapshotMeta,
+    /// Whether its journal record is durable yet.
+    durable: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    copies_made: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    geo: Geometry,
+    source: Box<dyn Vlun>,
+    target: Box<dyn Vlun>,
+    data_start: u64,
+    target_cap: Option<u64>,
+    volume_id: [u8; 16],
+    cache: Cache,
+    compact_after_records: u64,
+    background_destage: bool,
+    index: Index,
+    table: ArcSwap<SnapshotTable>,
+    gate: EpochGate,
+    wseq: AtomicU64,
+    /// Write requests waiting for the journal, sharded by sequence number.
+    staged: Vec<Mutex<Vec<Staged>>>,
+    /// The persistent cache journal; held only by whoever appends or moves its head.
+    journal: Mutex<Journal>,
+    /// Held for a whole journal append, making room included: a FLUSH that finds nothing
+    /// staged may return only once no other thread still holds requests it took from the
+    /// staging list, and only if that append succeeded.
+    append_lock: Mutex<()>,
+    /// Largest request journaled as one record; longer ones go in pieces.
+    max_record: u64,
+    /// Journal appends holding large requests still landing in the cache: the head may not
+    /// pass them until every piece is in (the pieces not yet landed have no version to pin it).
+    landing: Mutex<Vec<u64>>,
+    meta: Mutex<MetaState>,
+    /// Slots in use, mirrored out of `meta` for the write path's capacity check.
+    slots_used: AtomicU64,
+    /// Target slots promised to cached writes whose originals are not yet preserved.
+    reserved: AtomicU64,
+    /// Slot count below which a reservation needs no look at the file system's free space.
+    capacity_hint: AtomicU64,
+    /// Serializes destage batches with snapshot deletion; holds the buffer a batch gathers its
+    /// preserved copies in, kept from batch to batch (no fresh zeroed pages each time).
+    destage_lock: Mutex<Vec<u8>>,
+    /// Serializes snapshot creation and deletion.
+    admin_lock: Mutex<()>,
+    /// Snapshots not yet in the metadata log, oldest first.
+    pending: Mutex<Vec<PendingSnapshot>>,
+    failed: OnceLock<String>,
+    stats: Stats,
+    wake_lock: Mutex<bool>,
+    wake: Condvar,
+    /// Serializes journal head moves (which release the journal during their source sync).
+    reclaim_lock: Mutex<()>,
+    /// Bytes of write data staged for the journal.
+    staged_bytes: AtomicU64,
+    journal_wake_lock: Mutex<bool>,
+    journal_wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+/// An open volume. Dropping it flushes and closes it; [`Volume::close`] does the same and
+/// reports errors.
+#[derive(Debug)]
+pub struct Volume {
+    inner: Arc<Inner>,
+    /// The background destager and the journal writer that feeds it.
+    destager: Vec<JoinHandle<()>>,
+    open: bool,
+    _lock: Option<VolumeLock>,
+}
+
+/// A write request waiting for the journal: its bytes, and the cache versions it landed in.
+#[derive(Debug)]
+struct Staged {
+    wseq: u64,
+    epoch: Epoch,
+    offset: u64,
+    len: u64,
+    data: Option<Arc<[u8]>>,
+    landed: Vec<(ChunkIndex, u64)>,
+}
+
+const STAGING_SHARDS: usize = 16;
+
+/// Staged write data at which the journal writer appends without waiting for the destager.
+const JOURNAL_EAGER: u64 = 4 << 20;
+/// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
+const META_HEADROOM: u64 = 2;
+
+/// Milliseconds since the Unix epoch (0 for earlier times).
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The metadata-log record of a snapshot's creation.
+fn create_record(s: &SnapshotMeta) -> Record {
+    Record::SnapshotCreate {
+        seq: s.seq,
+        created_ms: millis(s.created),
+        name: s.name.clone(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_id() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for (i, part) in id.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms() ^ (i as u64) << 32 ^ u64::from(std::process::id()));
+        part.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    id
+}
+
+/// The shape of a new volume.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Size and chunk size.
+    pub geometry: Geometry,
+    /// Cap on the target VLUN; `None` lets a file grow (a block device holds what it holds).
+    pub target_cap: Option<u64>,
+    /// Size of the cache journal's ring.
+    pub journal_size: u64,
+}
+
+impl Layout {
+    /// A layout with an unlimited target and the default journal.
+    pub fn new(geometry: Geometry) -> Self {
+        Self {
+            geometry,
+            target_cap: None,
+            journal_size: DEFAULT_JOURNAL_SIZE,
+        }
+    }
+}
+
+impl Volume {
+    /// Creates a volume on files at `paths` (regular files are created; existing block devices
+    /// are used as they are).
+    pub fn create(
+        name: &str,
+        paths: &VolumePaths,
+        layout: Layout,
+        opts: VolumeOptions,
+        lock: VolumeLock,
+    ) -> Result<Self> {
+        let vluns = paths.create(layout.geometry)?;
+        let mut v = Self::create_on(name, vluns, layout, opts)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Opens a volume on files at `paths`, recovering from the journal if it was not closed.
+    pub fn open(
+        name: &str,
+        paths: &VolumePaths,
+        opts: VolumeOptions,
+        lock: VolumeLock,
+    ) -> Result<Self> {
+        let mut v = Self::open_on(name, paths.open()?, opts)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Creates a volume on any set of VLUNs: writes both superblock copies to the target and
+    /// formats the journal.
+    pub fn create_on(
+        name: &str,
+        vluns: Vluns,
+        layout: Layout,
+        opts: VolumeOptions,
+    ) -> Result<Self> {
+        validate_name(name)?;
+        let geo = layout.geometry;
+        let Vluns {
+            source,
+            target,
+            journal,
+        } = &vluns;
+        let data_start = format::data_start(geo.chunk_size);
+        let min_target = data_start + 16 * geo.chunk();
+        let cap = match layout.target_cap {
+            Some(c) => Some(c),
+            None if !target.growable() => Some(
+                target
+                    .len()
+                    .map_err(|e| Error::io("size", Device::Target, 0, e))?,
+            ),
+            None => None,
+        };
+        if let Some(c) = cap {
+            if c < min_target {
+                return Err(Error::InvalidArgument(format!(
+                    "target size {c} is too small: the snapshot store needs at least {min_target} bytes with {} chunks",
+                    geo.chunk_size
+                )));
+            }
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let volume_id = random_id();
+        Journal::format(&**journal, volume_id, layout.journal_size)?;
+        let mut sb = Superblock {
+            generation: 0,
+            volume_size: geo.size,
+            chunk_size: geo.chunk_size,
+            target_cap: layout.target_cap.unwrap_or(0),
+            data_start,
+            meta_head: 0,
+            meta_head_seq: 0,
+            last_snapshot_seq: 0,
+            volume_id,
+            created,
+            journal_head: 0,
+            journal_head_seq: 1,
+        };
+        // Both copies valid from the start; generation 1 is the current one.
+        for g in 0..2 {
+            sb.generation = g;
+            target
+                .write_at(&sb.encode(), format::superblock_offset(g))
+                .map_err(|e| Error::io("write superblock", Device::Target, 0, e))?;
+        }
+        target
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Target, 0, e))?;
+        source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        Self::open_on(name, vluns, opts)
+    }
+
+    /// Opens a volume on any set of VLUNs: reads the superblock, replays the metadata log, and
+    /// recovers what the cache journal holds (claim 25).
+    pub fn open_on(name: &str, vluns: Vluns, opts: VolumeOptions) -> Result<Self> {
+        let Vluns {
+            source,
+            target,
+            journal,
+        } = vluns;
+        let loaded = load(&*target)?;
+        let geo = Geometry::new(loaded.sb.volume_size, loaded.sb.chunk_size)?;
+        let src_len = source
+            .len()
+            .map_err(|e| Error::io("size", Device::Source, 0, e))?;
+        if src_len < geo.size && !source.growable() {
+            return Err(Error::InvalidArgument(format!(
+                "source VLUN holds {src_len} bytes, less than the volume size {}",
+                geo.size
+            )));
+        }
+        let target_cap = match loaded.sb.target_cap {
+            0 if !target.growable() => Some(
+                target
+                    .len()
+                    .map_err(|e| Error::io("size", Device::Target, 0, e))?,
+            ),
+            0 => None,
+            c => Some(c),
+        };
+        let head = JournalHead {
+            pos: loaded.sb.journal_head,
+            seq: loaded.sb.journal_head_seq,
+        };
+        let (journal, records) = Journal::open(journal, loaded.sb.volume_id, head)?;
+        let ring = journal.ring_len();
+        let slots_used = loaded.alloc.used();
+        let epoch = records
+            .iter()
+            .map(|r| r.request.epoch())
+            .fold(loaded.last_seq, u64::max);
+        let volume_id = loaded.sb.volume_id;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            geo,
+            data_start: loaded.sb.data_start,
+            target_cap,
+            volume_id,
+            // What the cache holds (at most a quarter of the ring) and one request journaled
+            // whole (at most half) always fit the ring once it is emptied (journal_append).
+            cache: Cache::new(geo, opts.cache_size.min(ring / 4)),
+            compact_after_records: opts.compact_after_records,
+            background_destage: opts.background_destage,
+            index: loaded.index,
+            table: ArcSwap::from_pointee(loaded.table.clone()),
+            gate: EpochGate::new(epoch),
+            wseq: AtomicU64::new(1),
+            staged: (0..STAGING_SHARDS).map(|_| Mutex::default()).collect(),
+            max_record: (ring / 2).max(geo.chunk()),
+            landing: Mutex::new(Vec::new()),
+            journal: Mutex::new(journal),
+            append_lock: Mutex::new(()),
+            meta: Mutex::new(MetaState {
+                sb: loaded.sb,
+                alloc: loaded.alloc,
+                chain_slots: loaded.chain_slots,
+                next_block: loaded.next_block,
+                chain_records: loaded.chain_records,
+                committed: loaded.table.clone(),
+            }),
+            slots_used: AtomicU64::new(slots_used),
+            reserved: AtomicU64::new(0),
+            capacity_hint: AtomicU64::new(0),
+            destage_lock: Mutex::new(Vec::new()),
+            admin_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            failed: OnceLock::new(),
+            stats: Stats::default(),
+            wake_lock: Mutex::new(false),
+            wake: Condvar::new(),
+            reclaim_lock: Mutex::new(()),
+            staged_bytes: AtomicU64::new(0),
+            journal_wake_lock: Mutex::new(false),
+            journal_wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            source,
+            target,
+        });
+        inner.recover(records, loaded.created_seq)?;
+        let mut destager = Vec::new();
+        if opts.background_destage {
+            let bg = Arc::clone(&inner);
+            destager.push(
+                std::thread::Builder::new()
+                    .name(format!("destage-{name}"))
+                    .spawn(move || bg.destager_loop())
+                    .map_err(|e| Error::file("destager thread", e))?,
+            );
+            let bg = Arc::clone(&inner);
+            destager.push(
+                std::thread::Builder::new()
+                    .name(format!("journal-{name}"))
+                    .spawn(move || bg.journal_loop())
+                    .map_err(|e| Error::file("journal thread", e))?,
+            );
+        }
+        Ok(Self {
+            inner,
+            destager,
+            open: true,
+            _lock: None,
+        })
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Size and chunk size.
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geo
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.geo.size
+    }
+
+    /// Reads the live volume.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read(offset, buf, None)
+    }
+
+    /// Reads snapshot `seq`.
+    pub fn read_snapshot(&self, seq: SnapshotSeq, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read(offset, buf, Some(seq))
+    }
+
+    /// Writes `data` at `offset`; acknowledged once it is in the cache (claims 17, 22).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.write(offset, data.len() as u64, Some(data))
+    }
+
+    /// Makes `[offset, offset + len)` read as zero; originals are preserved first where a
+    /// snapshot needs them.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.write(offset, len, None)
+    }
+
+    /// Discards `[offset, offset + len)`: it reads as zero afterwards, and whole chunks give
+    /// their space back to the source's file system once destaged.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.write(offset, len, None)
+    }
+
+    /// Makes every write acknowledged so far durable (in the cache journal; the destager
+    /// moves it on in its own time).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Writes everything in the cache through to the VLUNs and empties the journal: the source
+    /// VLUN is then the volume, and space accounting is settled.
+    pub fn destage_all(&self) -> Result<()> {
+        self.inner.check_writable()?;
+        self.inner.drain().inspect_err(|e| self.inner.fail(e))
+    }
+
+    /// Which parts of `[offset, offset + len)` of the live volume (`snap = None`) or of a
+    /// snapshot may hold data, as consecutive `(length, may_hold_data)` runs from `offset`; a
+    /// run without data reads as zeros. Covers at most 64 MiB (callers ask again for the rest).
+    /// A chunk counts as data when the cache or a preserved copy holds it for that reader, or
+    /// the source VLUN has data (not a hole) there.
+    pub fn allocation(
+        &self,
+        snap: Option<SnapshotSeq>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.inner.allocation(snap, offset, len)
+    }
+
+    /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).
+    pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write(offset, data)?;
+        self.flush()
+    }
+
+    /// Takes a snapshot. It holds every write acknowledged before this call and none issued
+    /// after it returns, and it is durable when this returns.
+    pub fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
+        self.inner.snapshot_create(name)
+    }
+
+    /// Deletes a snapshot; target space only it used is freed for reuse.
+    pub fn snapshot_delete(&self, name: &str) -> Result<()> {
+        self.inner.snapshot_delete(name)
+    }
+
+    /// One snapshot with its accounting.
+    pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        self.snapshots()
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::SnapshotNotFound(format!("{}@{name}", self.inner.name)))
+    }
+
+    /// Live snapshots, oldest first, with their accounting.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.inner.accounting()
+    }
+
+    /// Figures about the volume.
+    pub fn info(&self) -> VolumeInfo {
+        let i = &self.inner;
+        let meta = i.meta.lock();
+        let metadata_bytes = 2 * BLOCK_SIZE as u64 + meta.chain_slots.len() as u64 * i.geo.chunk();
+        drop(meta);
+        VolumeInfo {
+            name: i.name.clone(),
+            size: i.geo.size,
+            chunk_size: i.geo.chunk_size,
+            target_size: i.target_cap,
+            target_used_bytes: i.index.len() as u64 * i.geo.chunk(),
+            metadata_bytes,
+            target_file_bytes: i.target.len().unwrap_or(0),
+            snapshots: i.accounting(),
+            preserved_chunks: i.index.len() as u64,
+            copies_since_open: i.stats.copies_made.load(Ordering::Relaxed),
+            dirty_bytes: i.cache.dirty_bytes(),
+        }
+    }
+
+    /// Destages everything, empties the journal and releases the volume.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// Stops at once, as if the process were killed: nothing more is written, nothing is
+    /// flushed. For crash tests; what is durable is what a reopen recovers. Returns the error
+    /// that had failed the volume before, if one had (a killed process reports nothing).
+    #[doc(hidden)]
+    pub fn kill(mut self) -> Option<String> {
+        self.open = false;
+        let earlier = self.inner.failed.set("killed".into()).err();
+        self.stop_destager();
+        earlier
+    }
+
+    fn stop_destager(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.poke();
+        self.inner.poke_journal();
+        for handle in self.destager.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.open) {
+            return Ok(());
+        }
+        self.stop_destager();
+        self.inner.check_writable()?;
+        self.inner.drain().inspect_err(|e| self.inner.fail(e))
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(volume = %self.inner.name, error = %e, "flush on close failed");
+        }
+    }
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(why) => Err(Error::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses every later write: after an I/O error the engine does not guess what reached
+    /// the disk. Reopening the volume recovers from what is durable.
+    fn fail(&self, e: &Error) {
+        if self.failed.set(e.to_string()).is_ok() {
+            tracing::error!(volume = %self.name, error = %e, "volume failed; refusing writes until reopened");
+        }
+    }
+
+    /// Wakes the journal writer.
+    fn poke_journal(&self) {
+        let mut w = self.journal_wake_lock.lock();
+        *w = true;
+        self.journal_wake.notify_all();
+    }
+
+    fn poke(&self) {
+        let mut w = self.wake_lock.lock();
+        *w = true;
+        self.wake.notify_all();
+    }
+
+    fn source_offset(&self, c: ChunkIndex) -> u64 {
+        self.geo.chunk_offset(c)
+    }
+
+    fn slot_offset(&self, s: TargetSlot) -> u64 {
+        self.data_start + s.0 * self.geo.chunk()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Volume>();
+    is::<DirtyChunk>();
+}

@@ -1,0 +1,113 @@
+//! Recovery after a crash (claim 25): every write the cache journal holds is examined again.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::cache::Payload;
+use crate::error::{Device, Error, Result};
+use crate::journal::{JournalRecord, Request};
+use crate::metadata::SnapshotMeta;
+use crate::units::SnapshotSeq;
+
+use super::{Inner, PendingSnapshot};
+
+impl Inner {
+    /// Claim 25: every write the journal holds is examined again. It enters the cache as the
+    /// dirty data it was, with its epoch; destaging it preserves the original first where a
+    /// live snapshot's bit is 0 (its original is still on the source: I1) and not where the
+    /// bit is 1, writes it to the source, and clears the dirty designation — until none is
+    /// left. Then the head moves past it all.
+    ///
+    /// Snapshot records whose sequence number lies past `created_seq` (the highest whose
+    /// creation the metadata log recorded) are snapshots taken since: they join the table
+    /// first, pending, and reach the metadata log with the first commit. Each write's epoch
+    /// puts it on the right side of them.
+    pub(super) fn recover(&self, records: Vec<JournalRecord>, created_seq: u64) -> Result<()> {
+        let mut writes = Vec::with_capacity(records.len());
+        let mut snapshots = 0;
+        for r in records {
+            match r.request {
+                Request::Snapshot {
+                    seq,
+                    created_ms,
+                    name,
+                } => {
+                    if seq <= created_seq {
+                        continue; // in the metadata log already (or deleted since)
+                    }
+                    let table = self.table.load_full();
+                    if !table.can_append(SnapshotSeq(seq), &name) {
+                        return Err(Error::corrupt(
+                            format!("cache journal record {}", r.seq),
+                            format!("snapshot {name} ({seq}) duplicated or out of order"),
+                        ));
+                    }
+                    let meta = SnapshotMeta {
+                        seq: SnapshotSeq(seq),
+                        name,
+                        created: UNIX_EPOCH + Duration::from_millis(created_ms),
+                    };
+                    let mut next = (*table).clone();
+                    next.push(meta.clone());
+                    self.table.store(Arc::new(next));
+                    self.pending.lock().push(PendingSnapshot {
+                        meta,
+                        durable: true,
+                    });
+                    snapshots += 1;
+                }
+                Request::Write {
+                    epoch,
+                    offset,
+                    len,
+                    data,
+                } => {
+                    if self.geo.check_range(offset, len).is_err() {
+                        return Err(Error::corrupt(
+                            format!("cache journal record {}", r.seq),
+                            "write lies beyond the end of the volume",
+                        ));
+                    }
+                    writes.push((epoch, offset, len, data));
+                }
+            }
+        }
+        let (n, bytes) = (writes.len(), writes.iter().map(|w| w.2).sum::<u64>());
+        if n > 0 || snapshots > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovering writes from the cache journal");
+        }
+        for (epoch, offset, len, data) in writes {
+            for p in self.geo.split(offset, len) {
+                let base = self.source_offset(p.chunk);
+                self.cache
+                    .write(
+                        p.chunk,
+                        p.within,
+                        data.as_ref()
+                            .map_or(Payload::Zero, |d| Payload::Shared(d, p.req_off)),
+                        p.len,
+                        epoch,
+                        Some(0),
+                        || self.index.watermark(p.chunk),
+                        |_| false,
+                        |buf, at| self.source.read_at(buf, base + at as u64),
+                    )
+                    .map_err(|e| Error::io("read", Device::Source, base, e))?;
+            }
+            if self.cache.dirty_bytes() > self.cache.limit() / 2 {
+                while self.destage_batch()? > 0 {}
+            }
+        }
+        while self.destage_batch()? > 0 {}
+        // Persist a head past everything replayed, with the journal's new sequence numbers
+        // (and the recovered snapshots in the metadata log).
+        let mut journal = self.journal.lock();
+        let head = journal.tail_head();
+        self.persist_journal_head(head)?;
+        journal.reset_to(head);
+        if n > 0 || snapshots > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovery complete");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Snapshot creation and deletion, and per-snapshot space accounting.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::format::Record;
+use crate::journal::Request;
+use crate::metadata::SnapshotMeta;
+use crate::names::validate_name;
+use crate::units::SnapshotSeq;
+
+use super::{millis, Inner, PendingSnapshot, SnapshotInfo};
+
+impl Inner {
+    pub(super) fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_name(name)?;
+        self.check_writable()?;
+        let _a = self.admin_lock.lock();
+        let full = format!("{}@{name}", self.name);
+        let current = self.table.load_full();
+        if current.by_name(name).is_some() {
+            return Err(Error::SnapshotExists(full));
+        }
+        // A snapshot needs a record in the metadata log; on a full target it fails here rather
+        // than eat the room kept for deleting snapshots.
+        self.check_room(1)?;
+        let seq = SnapshotSeq(self.gate.current() + 1);
+        let meta = SnapshotMeta {
+            seq,
+            name: name.to_owned(),
+            created: SystemTime::now(),
+        };
+        // Publish first so writes of the new epoch reserve space for it, then close the epoch.
+        // It is pending before its epoch begins, so the metadata log never records that epoch
+        // without its creation (`write_chain`).
+        {
+            let mut pending = self.pending.lock();
+            pending.push(PendingSnapshot {
+                meta: meta.clone(),
+                durable: false,
+            });
+            let mut next = (*current).clone();
+            next.push(meta.clone());
+            self.table.store(Arc::new(next));
+        }
+        let advanced = self.gate.advance();
+        debug_assert_eq!(advanced, seq.0);
+        // One journal append makes it durable with every write acknowledged before it: the
+        // staged writes, then the snapshot's record. Its record reaches the metadata log later,
+        // with the next destage batch or journal head move (`write_chain`).
+        let r = self.check_writable().and_then(|()| {
+            self.journal_append(Some(Request::Snapshot {
+                seq: seq.0,
+                created_ms: millis(meta.created),
+                name: name.to_owned(),
+            }))
+        });
+        if let Err(e) = r {
+            self.pending.lock().retain(|p| p.meta.seq != seq);
+            let mut back = (**self.table.load()).clone();
+            back.remove(seq);
+            self.table.store(Arc::new(back));
+            return Err(e);
+        }
+        tracing::info!(snapshot = %full, seq = seq.0, "snapshot created");
+        Ok(SnapshotInfo {
+            name: meta.name,
+            seq,
+            created: meta.created,
+            exclusive_bytes: 0,
+            shared_bytes: 0,
+        })
+    }
+
+    pub(super) fn snapshot_delete(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        self.check_writable()?;
+        let _a = self.admin_lock.lock();
+        let full = format!("{}@{name}", self.name);
+        let Some(seq) = self.table.load().by_name(name).map(|s| s.seq) else {
+            return Err(Error::SnapshotNotFound(full));
+        };
+        // No destage batch may be between planning and publishing while copies are freed.
+        let _d = self.destage_lock.lock();
+        let mut meta = self.meta.lock();
+        self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])?;
+        let mut next = (**self.table.load()).clone();
+        next.remove(seq);
+        let freed = self.index.remove_unreferenced(&next);
+        self.table.store(Arc::new(next));
+        meta.committed.remove(seq);
+        for s in &freed {
+            meta.alloc.free(*s);
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        self.maybe_checkpoint(&mut meta)?;
+        tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
+        Ok(())
+    }
+
+    /// Per-snapshot exclusive and shared bytes: a copy read by exactly one live snapshot is
+    /// exclusive to it; a copy read by several is shared by each.
+    pub(super) fn accounting(&self) -> Vec<SnapshotInfo> {
+        let table = self.table.load_full();
+        let snaps: Vec<_> = table.iter().collect();
+        let n = snaps.len();
+        let mut exclusive = vec![0u64; n];
+        // Difference array over snapshot positions for shared copies.
+        let mut shared_diff = vec![0i64; n + 1];
+        let chunk = self.geo.chunk();
+        let pos = |seq: u64| snaps.partition_point(|s| s.seq.0 < seq);
+        self.index.for_each(|_, e| {
+            let a = pos(e.lo);
+            let b = snaps.partition_point(|s| s.seq.0 <= e.hi);
+            match b.saturating_sub(a) {
+                0 => {}
+                1 => exclusive[a] += chunk,
+                _ => {
+                    shared_diff[a] += chunk as i64;
+                    shared_diff[b] -= chunk as i64;
+                }
+            }
+        });
+        let mut acc = 0i64;
+        snaps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                acc += shared_diff[i];
+                SnapshotInfo {
+                    name: s.name.clone(),
+                    seq: s.seq,
+                    created: s.created,
+                    exclusive_bytes: exclusive[i],
+                    shared_bytes: acc as u64,
+                }
+            })
+            .collect()
+    }
+}

@@ -64,6 +64,12 @@ impl SnapshotTable {
         self.snaps.last().is_none_or(|s| s.seq < seq) && self.by_name(name).is_none()
     }
 
+    /// The live snapshot `seq`.
+    pub fn by_seq(&self, seq: SnapshotSeq) -> Option<&SnapshotMeta> {
+        let i = self.snaps.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        Some(&self.snaps[i])
+    }
+
     /// Whether `seq` is live.
     pub fn is_alive(&self, seq: SnapshotSeq) -> bool {
         self.snaps.binary_search_by_key(&seq, |s| s.seq).is_ok()
@@ -227,6 +233,8 @@ pub struct Allocator {
     high_water: u64,
     /// Slots in use (data and metadata).
     used: u64,
+    /// Slots the target can hold, if it is capped (or a device of fixed size).
+    limit: Option<u64>,
 }
 
 impl Allocator {
@@ -249,6 +257,12 @@ impl Allocator {
         a
     }
 
+    /// Caps the area at `limit` slots: [`Allocator::allocate`] then never hands out a slot at
+    /// or beyond it, whatever its callers reserved.
+    pub fn set_limit(&mut self, limit: Option<u64>) {
+        self.limit = limit;
+    }
+
     /// Slots in use.
     pub fn used(&self) -> u64 {
         self.used
@@ -260,8 +274,18 @@ impl Allocator {
     }
 
     /// Hands out `n` slots as ascending runs `(first, len)`, lowest free first, growing the
-    /// area at its end when the holes do not suffice. The caller checks capacity first.
-    pub fn allocate(&mut self, mut n: u64) -> Vec<(TargetSlot, u64)> {
+    /// area at its end when the holes do not suffice. `None`, handing out nothing, when that
+    /// would pass the limit. (Callers reserve capacity first; this is the backstop that keeps
+    /// a capped target from ever growing past its cap.)
+    pub fn allocate(&mut self, mut n: u64) -> Option<Vec<(TargetSlot, u64)>> {
+        let holes: u64 = self.free.values().sum();
+        let grow = n.saturating_sub(holes);
+        if self
+            .limit
+            .is_some_and(|l| self.high_water.checked_add(grow).is_none_or(|h| h > l))
+        {
+            return None;
+        }
         let mut runs = Vec::new();
         // Prefer one hole that takes the whole request, so a batch lands sequentially.
         if let Some((&start, &len)) = self.free.iter().find(|(_, &len)| len >= n) {
@@ -271,7 +295,7 @@ impl Allocator {
                     self.free.insert(start + n, len - n);
                 }
                 self.used += n;
-                return vec![(TargetSlot(start), n)];
+                return Some(vec![(TargetSlot(start), n)]);
             }
         }
         while n > 0 {
@@ -292,7 +316,7 @@ impl Allocator {
             self.high_water += n;
             self.used += n;
         }
-        runs
+        Some(runs)
     }
 
     /// Returns a slot to the free set.
@@ -412,15 +436,33 @@ pub(crate) mod tests {
         let mut a = Allocator::from_used(vec![0, 1, 5]);
         assert_eq!(a.used(), 3);
         assert_eq!(a.high_water(), 6);
-        assert_eq!(a.allocate(3), vec![(TargetSlot(2), 3)]);
-        assert_eq!(a.allocate(2), vec![(TargetSlot(6), 2)]);
+        assert_eq!(a.allocate(3), Some(vec![(TargetSlot(2), 3)]));
+        assert_eq!(a.allocate(2), Some(vec![(TargetSlot(6), 2)]));
         a.free(TargetSlot(3));
         a.free(TargetSlot(2));
-        assert_eq!(a.allocate(1), vec![(TargetSlot(2), 1)]);
+        assert_eq!(a.allocate(1), Some(vec![(TargetSlot(2), 1)]));
         a.free(TargetSlot(7));
         a.free(TargetSlot(6));
         assert_eq!(a.high_water(), 6, "freeing the tail shrinks the area");
-        assert_eq!(a.allocate(3), vec![(TargetSlot(3), 1), (TargetSlot(6), 2)]);
+        assert_eq!(
+            a.allocate(3),
+            Some(vec![(TargetSlot(3), 1), (TargetSlot(6), 2)])
+        );
         assert_eq!(a.used(), 8);
+    }
+
+    #[test]
+    fn a_capped_allocator_hands_out_nothing_past_its_limit() {
+        let mut a = Allocator::from_used(vec![0, 2]);
+        a.set_limit(Some(5));
+        assert_eq!(a.allocate(4), None, "holes 1, then 3 and 4: one short");
+        assert_eq!(a.used(), 2, "a refusal hands out nothing");
+        assert_eq!(
+            a.allocate(3),
+            Some(vec![(TargetSlot(1), 1), (TargetSlot(3), 2)])
+        );
+        assert_eq!(a.allocate(1), None);
+        a.free(TargetSlot(3));
+        assert_eq!(a.allocate(1), Some(vec![(TargetSlot(3), 1)]));
     }
 }

@@ -109,16 +109,26 @@ impl Inner {
             // Destage the originals to the next free target locations, sequentially.
             // The reservations the batch's writes took become these allocations now, so no
             // slot is ever counted twice.
-            let held: u64 = batch
+            let mut held: u64 = batch
                 .iter()
                 .flat_map(|d| &d.versions)
                 .map(|v| u64::from(v.reserved))
                 .sum();
+            // Landing reserved a slot for every image a live snapshot needed then, and a
+            // batch can only need fewer (snapshots deleted since): more would be a bug in that
+            // argument, and must still fit.
+            if copies > held {
+                tracing::warn!(volume = %self.name, copies, held, "a destage batch needs more target slots than its writes reserved");
+                self.reserve(copies - held)?;
+                held = copies;
+            }
             let runs = {
                 let mut meta = self.meta.lock();
-                let runs = meta.alloc.allocate(copies);
+                let runs = meta.alloc.allocate(copies).ok_or_else(|| Error::NoSpace {
+                    detail: format!("the target cannot hold {copies} more preserved chunks"),
+                })?;
                 self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-                self.reserved.fetch_sub(held, Ordering::SeqCst);
+                self.unreserve(held);
                 runs
             };
             let mut slots = runs
@@ -218,7 +228,7 @@ impl Inner {
                 .flat_map(|d| &d.versions)
                 .map(|v| u64::from(v.reserved))
                 .sum();
-            self.reserved.fetch_sub(held, Ordering::SeqCst);
+            self.unreserve(held);
         }
         for d in &batch {
             self.cache.retire(d);

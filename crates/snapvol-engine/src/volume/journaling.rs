@@ -80,10 +80,14 @@ impl Inner {
         self.check_writable()?;
         let r = (|| {
             let mut journal = self.journal.lock();
+            // Every staging shard at once: a consistent cut. A request staged before another
+            // that overlaps it (it landed first) is then never left for a later append.
             let mut staged = Vec::new();
-            for shard in &self.staged {
-                staged.append(&mut shard.lock());
+            let mut shards: Vec<_> = self.staged.iter().map(|s| s.lock()).collect();
+            for shard in &mut shards {
+                staged.append(shard);
             }
+            drop(shards);
             if staged.is_empty() && extra.is_none() {
                 return Ok(None);
             }
@@ -128,8 +132,8 @@ impl Inner {
             }
             let mut bytes = 0;
             for s in &staged {
-                for &(c, id) in &s.landed {
-                    self.cache.mark_journaled(c, id, generation);
+                for v in &s.landed {
+                    self.cache.mark_journaled(v.chunk, v.id, generation);
                 }
                 bytes += s.data.as_ref().map_or(0, |d| d.len() as u64);
             }

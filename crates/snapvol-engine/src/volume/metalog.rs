@@ -337,7 +337,10 @@ impl Inner {
                 let off = match meta.next_block {
                     Some(off) => off,
                     None => {
-                        let slot = meta.alloc.allocate(1)[0].0;
+                        let slot = meta.alloc.allocate(1).ok_or_else(|| Error::NoSpace {
+                            detail: "the target has no slot left for the metadata log".into(),
+                        })?[0]
+                            .0;
                         meta.chain_slots.push(slot);
                         self.slot_offset(slot)
                     }

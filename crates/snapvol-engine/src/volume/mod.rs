@@ -52,7 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
-use crate::cache::{Cache, DirtyChunk};
+use crate::cache::{Cache, DirtyChunk, LandedVersion};
 use crate::error::{Device, Error, Result};
 use crate::format::{self, Record, Superblock, BLOCK_SIZE};
 use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
@@ -241,7 +241,7 @@ struct Staged {
     offset: u64,
     len: u64,
     data: Option<Arc<[u8]>>,
-    landed: Vec<(ChunkIndex, u64)>,
+    landed: Vec<LandedVersion>,
 }
 
 const STAGING_SHARDS: usize = 16;
@@ -436,7 +436,11 @@ impl Volume {
         };
         let (journal, records) = Journal::open(journal, loaded.sb.volume_id, head)?;
         let ring = journal.ring_len();
-        let slots_used = loaded.alloc.used();
+        let mut alloc = loaded.alloc;
+        alloc.set_limit(
+            target_cap.map(|cap| cap.saturating_sub(loaded.sb.data_start) / geo.chunk()),
+        );
+        let slots_used = alloc.used();
         let epoch = records
             .iter()
             .map(|r| r.request.epoch())
@@ -464,7 +468,7 @@ impl Volume {
             append_lock: Mutex::new(()),
             meta: Mutex::new(MetaState {
                 sb: loaded.sb,
-                alloc: loaded.alloc,
+                alloc,
                 chain_slots: loaded.chain_slots,
                 next_block: loaded.next_block,
                 chain_records: loaded.chain_records,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::cache::Payload;
-use crate::error::{Device, Error, Result};
+use crate::cache::Landing;
+use crate::error::{Error, Result};
 use crate::journal::{JournalRecord, Request};
 use crate::metadata::SnapshotMeta;
 use crate::units::SnapshotSeq;
@@ -68,32 +68,34 @@ impl Inner {
                             "write lies beyond the end of the volume",
                         ));
                     }
-                    writes.push((epoch, offset, len, data));
+                    writes.push((r.seq, epoch, offset, len, data));
                 }
             }
         }
-        let (n, bytes) = (writes.len(), writes.iter().map(|w| w.2).sum::<u64>());
+        let (n, bytes) = (writes.len(), writes.iter().map(|w| w.3).sum::<u64>());
         if n > 0 || snapshots > 0 {
             tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovering writes from the cache journal");
         }
-        for (epoch, offset, len, data) in writes {
-            for p in self.geo.split(offset, len) {
-                let base = self.source_offset(p.chunk);
-                self.cache
-                    .write(
-                        p.chunk,
-                        p.within,
-                        data.as_ref()
-                            .map_or(Payload::Zero, |d| Payload::Shared(d, p.req_off)),
-                        p.len,
-                        epoch,
-                        Some(0),
-                        || self.index.watermark(p.chunk),
-                        |_| false,
-                        |buf, at| self.source.read_at(buf, base + at as u64),
-                    )
-                    .map_err(|e| Error::io("read", Device::Source, base, e))?;
-            }
+        for (seq, epoch, offset, len, data) in writes {
+            // Journals this version writes hold each chunk's writes in epoch order (the epoch
+            // gate); one written out of order (by snapvol before 0.2) is applied in the newer
+            // epoch, as the live volume then read it, with a warning.
+            let newest = self.cache.lock_range(offset, len).newest_epoch();
+            let epoch = match newest {
+                Some(n) if n > epoch => {
+                    tracing::warn!(volume = %self.name, record = seq, epoch, newer = n, "a journal record is out of epoch order; applying it in the newer epoch");
+                    n
+                }
+                _ => epoch,
+            };
+            let req = Landing {
+                offset,
+                len,
+                data: data.as_ref().map(|d| (d, 0)),
+                epoch,
+                journaled: Some(0),
+            };
+            self.land(&req, &mut |n| self.reserve(n), |_| ())?;
             if self.cache.dirty_bytes() > self.cache.limit() / 2 {
                 while self.destage_batch()? > 0 {}
             }

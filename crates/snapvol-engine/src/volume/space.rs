@@ -51,6 +51,13 @@ impl Inner {
         Ok(())
     }
 
+    /// Returns `n` promised slots that will not be needed.
+    pub(super) fn unreserve(&self, n: u64) {
+        if n > 0 {
+            self.reserved.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
     /// Slots data reservations leave free for metadata: room to compact the log (which then
     /// frees the old chain) and to append after that, and the slots held back so that a
     /// snapshot can always be deleted on a full target.

@@ -1,12 +1,19 @@
 //! The write path: requests enter an epoch, reserve target space for the preservations they
 //! will need, land in the cache and are staged for the journal (claims 17, 22).
+//!
+//! A request is landed under the locks of its cache shards ([`crate::cache::RangeLock`]):
+//! there, once, it is decided which chunks start a new version, the target slots their
+//! superseded images will need are reserved (or the request fails with ENOSPC, having changed
+//! nothing), the data lands, and the request is staged for the journal, all before another
+//! request can land in the same chunks. Staging inside the locks is what keeps the journal's
+//! order of overlapping requests the order in which they landed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cache::Payload;
+use crate::cache::{LandedVersion, Landing, SourceBlock};
 use crate::error::{Device, Error, Result};
-use crate::units::{ChunkIndex, Epoch};
+use crate::units::BLOCK;
 
 use super::{Inner, Staged, JOURNAL_EAGER, STAGING_SHARDS};
 
@@ -56,33 +63,34 @@ impl Inner {
             None => chunks * 512,
         };
         self.make_room(cost)?;
-        let guard = self.gate.enter();
-        let epoch = guard.epoch;
+        let admitted = self.gate.enter();
+        let epoch = admitted.epoch;
         // Copy the request once: the journal needs it, and whole chunks of it serve as their
         // cache versions too.
         let shared: Option<Arc<[u8]>> = data.map(Arc::from);
-        let need = self.reserve_for(offset, len, epoch)?;
-        let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
-        let landed = self.land(
+        let req = Landing {
             offset,
             len,
-            shared.as_ref().map(|d| (d, 0)),
+            data: shared.as_ref().map(|d| (d, 0)),
             epoch,
-            None,
-            need,
-        )?;
-        self.cache
-            .hold(shared.as_ref().map_or(0, |d| d.len() as u64));
-        self.staged[(wseq as usize) % STAGING_SHARDS]
-            .lock()
-            .push(Staged {
-                wseq,
-                epoch,
-                offset,
-                len,
-                data: shared,
-                landed,
-            });
+            journaled: None,
+        };
+        self.land(&req, &mut |n| self.reserve(n), |landed| {
+            self.cache
+                .hold(shared.as_ref().map_or(0, |d| d.len() as u64));
+            let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
+            self.staged[(wseq as usize) % STAGING_SHARDS]
+                .lock()
+                .push(Staged {
+                    wseq,
+                    epoch,
+                    offset,
+                    len,
+                    data: shared.clone(),
+                    landed,
+                });
+        })?;
+        drop(admitted);
         if self.background_destage
             && self.staged_bytes.fetch_add(len, Ordering::Relaxed) + len >= JOURNAL_EAGER
         {
@@ -94,41 +102,66 @@ impl Inner {
     /// A request too large for the cache or the journal to take at once. It is still one
     /// request: it is journaled whole (and synced) before any of it lands, all in one epoch,
     /// so after a crash it is all-old (not journaled, nothing landed) or all-new (replayed
-    /// whole) however much of it had been destaged; then it lands piece by piece.
+    /// whole) however much of it had been destaged; then it lands piece by piece. It writes
+    /// alone (the epoch gate shut for its duration), so no other request lands between its
+    /// journal record and its last piece, which would make the cache and a replay disagree.
     fn write_large(&self, offset: u64, len: u64, data: Option<&[u8]>, step: u64) -> Result<()> {
-        let guard = self.gate.enter();
-        let epoch = guard.epoch;
-        // Room for every preservation it may need, before anything is written (ENOSPC).
-        let mut need = self.reserve_for(offset, len, epoch)?;
+        let alone = self.gate.alone();
+        let epoch = alone.epoch;
+        // Room for every preservation it may need, before anything is written (ENOSPC). With
+        // the gate shut only destages change the cache meanwhile, and they change no answer:
+        // a chunk's superseded image needs preserving for the same snapshots whether its
+        // older versions are still cached or already destaged (and preserved).
+        let mut pool = 0;
+        for piece in pieces(offset, len, step) {
+            let lock = self.cache.lock_range(piece.0, piece.1);
+            pool += self.needing_preservation(&lock, epoch).len() as u64;
+        }
+        self.reserve(pool)?;
         let shared: Option<Arc<[u8]>> = data.map(Arc::from);
-        let generation = self
-            .journal_now(epoch, offset, len, shared.clone())
-            .inspect_err(|_| {
-                self.reserved.fetch_sub(need, Ordering::SeqCst);
-            })?;
+        let generation = match self.journal_now(epoch, offset, len, shared.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                self.unreserve(pool);
+                return Err(e);
+            }
+        };
         self.landing.lock().push(generation);
         let landed = (|| {
-            let mut pos = offset;
-            while pos < offset + len {
-                let end = ((pos / step + 1) * step).min(offset + len);
+            for (pos, n) in pieces(offset, len, step) {
                 let per_chunk = if data.is_some() {
                     self.geo.chunk()
                 } else {
                     512
                 };
-                self.make_room(self.geo.split(pos, end - pos).count() as u64 * per_chunk)?;
-                let piece = shared.as_ref().map(|d| (d, (pos - offset) as usize));
-                self.land(pos, end - pos, piece, epoch, Some(generation), need)?;
-                need = 0;
-                pos = end;
+                self.make_room(self.geo.split(pos, n).count() as u64 * per_chunk)?;
+                let req = Landing {
+                    offset: pos,
+                    len: n,
+                    data: shared.as_ref().map(|d| (d, (pos - offset) as usize)),
+                    epoch,
+                    journaled: Some(generation),
+                };
+                let mut draw = |need: u64| {
+                    // Drawn from what was reserved up front; more is a bug in that argument,
+                    // and still only taken if the target has it.
+                    let extra = need.saturating_sub(pool);
+                    pool -= need - extra;
+                    self.reserve(extra)
+                };
+                self.land(&req, &mut draw, |_| ())?;
             }
             Ok(())
         })();
+        self.unreserve(pool);
         let mut pins = self.landing.lock();
         if let Some(i) = pins.iter().position(|&g| g == generation) {
             pins.swap_remove(i);
         }
-        landed
+        drop(alone);
+        // The request is journaled: a piece that could not land leaves the cache short of
+        // it, so refuse to go on rather than guess (a reopen replays it whole).
+        landed.inspect_err(|e| self.fail(e))
     }
 
     /// Waits until `cost` more bytes fit the cache, destaging on this thread when there is no
@@ -142,75 +175,85 @@ impl Inner {
         self.check_writable()
     }
 
-    /// Reserves a target slot for every chunk of the range whose original a live snapshot
-    /// will need — up front, so a write that cannot be preserved fails whole, before anything
-    /// changes (ENOSPC). Returns how many it reserved.
-    fn reserve_for(&self, offset: u64, len: u64, epoch: Epoch) -> Result<u64> {
+    /// The chunks of a locked range in which a write of `epoch` starts a version whose
+    /// superseded image a live snapshot needs preserved: the snapshots taken after that image's
+    /// epoch and no later than `epoch` (claims 17–20).
+    fn needing_preservation(
+        &self,
+        lock: &crate::cache::RangeLock<'_>,
+        epoch: crate::units::Epoch,
+    ) -> Vec<crate::units::ChunkIndex> {
         let table = self.table.load();
-        let mut need = 0;
-        for p in self.geo.split(offset, len) {
-            if let Some(boundary) = self.cache.new_version_boundary(p.chunk, epoch) {
-                let boundary = boundary.unwrap_or_else(|| self.index.watermark(p.chunk));
-                if table.any_alive(boundary, epoch) {
-                    need += 1;
-                }
-            }
-        }
-        self.reserve(need)?;
-        Ok(need)
+        lock.new_versions(epoch)
+            .into_iter()
+            .filter(|v| {
+                let boundary = v
+                    .supersedes
+                    .unwrap_or_else(|| self.index.watermark(v.chunk));
+                table.any_alive(boundary, epoch)
+            })
+            .map(|v| v.chunk)
+            .collect()
     }
 
-    /// Puts a range into the cache for `epoch` (its bytes, if any, at the given start of the
-    /// buffer); `held` is what [`Inner::reserve_for`]
-    /// reserved for it (reservations the cache did not take are returned). Returns the
-    /// versions it landed in.
-    fn land(
+    /// Lands one request (or one piece of a large one) in the cache. Under the locks of its
+    /// shards it decides which chunks start a version whose superseded image must be
+    /// preserved, has `admit` reserve that many target slots (an error there changes
+    /// nothing), lands the data, and hands the versions it landed in to `then` before any
+    /// other request may land in those chunks. Partial blocks that need the source's bytes
+    /// are read with the locks released, before anything is decided.
+    pub(super) fn land<T>(
         &self,
-        offset: u64,
-        len: u64,
-        data: Option<(&Arc<[u8]>, usize)>,
-        epoch: Epoch,
-        journaled: Option<u64>,
-        held: u64,
-    ) -> Result<Vec<(ChunkIndex, u64)>> {
-        let table = self.table.load();
-        let mut took = 0;
-        let mut landed = Vec::new();
-        let mut result = Ok(());
-        for p in self.geo.split(offset, len) {
-            let base = self.source_offset(p.chunk);
-            let r = self.cache.write(
-                p.chunk,
-                p.within,
-                data.map_or(Payload::Zero, |(d, base)| {
-                    Payload::Shared(d, base + p.req_off)
-                }),
-                p.len,
-                epoch,
-                journaled,
-                || self.index.watermark(p.chunk),
-                |boundary| table.any_alive(boundary, epoch),
-                |buf, at| self.source.read_at(buf, base + at as u64),
-            );
-            match r {
-                Ok((reserved, id)) => {
-                    took += u64::from(reserved);
-                    landed.push((p.chunk, id));
+        req: &Landing<'_>,
+        admit: &mut dyn FnMut(u64) -> Result<()>,
+        then: impl FnOnce(Vec<LandedVersion>) -> T,
+    ) -> Result<T> {
+        let mut source: Vec<SourceBlock> = Vec::new();
+        loop {
+            let mut lock = self.cache.lock_range(req.offset, req.len);
+            let missing = lock.source_blocks(&source);
+            if !missing.is_empty() {
+                drop(lock);
+                for mut block in missing {
+                    block.data = vec![0; BLOCK as usize];
+                    let at =
+                        self.source_offset(block.chunk) + (block.block as u64 * u64::from(BLOCK));
+                    self.source
+                        .read_at(&mut block.data, at)
+                        .map_err(|e| Error::io("read", Device::Source, at, e))?;
+                    source.retain(|s| (s.chunk, s.block) != (block.chunk, block.block));
+                    source.push(block);
                 }
-                Err(e) => {
-                    result = Err(Error::io("read", Device::Source, base, e));
-                    break;
-                }
+                continue;
             }
+            lock.check_order(req.epoch).map_err(|o| {
+                Error::corrupt(
+                    format!("cache, {}", o.chunk),
+                    format!(
+                        "a write of epoch {} would land after a version of epoch {}",
+                        req.epoch, o.newest
+                    ),
+                )
+            })?;
+            let preserve = self.needing_preservation(&lock, req.epoch);
+            admit(preserve.len() as u64)?;
+            // `preserve` is in chunk order, as the range is.
+            let landed = lock.land(req, |c| preserve.binary_search(&c).is_ok(), &source);
+            return Ok(then(landed));
         }
-        if took < held {
-            self.reserved.fetch_sub(held - took, Ordering::SeqCst);
-        } else if took > held {
-            // A concurrent destage moved a boundary; keep the books right.
-            self.reserved.fetch_add(took - held, Ordering::SeqCst);
-        }
-        // Part of the request may be in the cache: refuse to go on rather than guess.
-        result.inspect_err(|e| self.fail(e))?;
-        Ok(landed)
     }
+}
+
+/// The pieces `(offset, length)` a large request lands in: `step`-aligned, `step` at most.
+fn pieces(offset: u64, len: u64, step: u64) -> impl Iterator<Item = (u64, u64)> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        (pos < end).then(|| {
+            let next = ((pos / step + 1) * step).min(end);
+            let piece = (pos, next - pos);
+            pos = next;
+            piece
+        })
+    })
 }

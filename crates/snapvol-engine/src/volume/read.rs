@@ -14,11 +14,13 @@ impl Inner {
         snap: Option<SnapshotSeq>,
     ) -> Result<()> {
         self.geo.check_range(offset, buf.len() as u64)?;
-        if let Some(s) = snap {
-            if !self.table.load().is_alive(s) {
-                return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name)));
-            }
-        }
+        let name = match snap {
+            Some(s) => match self.table.load().by_seq(s) {
+                Some(m) => Some(format!("{}@{}", self.name, m.name)),
+                None => return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name))),
+            },
+            None => None,
+        };
         for p in self.geo.split(offset, buf.len() as u64) {
             let out = &mut buf[p.req_off..p.req_off + p.len];
             match snap {
@@ -26,11 +28,12 @@ impl Inner {
                 Some(s) => self.read_snapshot_piece(p.chunk, p.within, out, s)?,
             }
         }
-        if let Some(s) = snap {
-            // A snapshot deleted while we read may have had its slots reused: say so rather
-            // than return what they hold now.
+        if let (Some(s), Some(name)) = (snap, name) {
+            // A snapshot deleted while we read may have lost its pointers (we then read the
+            // live volume's data) or had its slots reused: say so rather than return what we
+            // read. Deletion unpublishes it before either happens.
             if !self.table.load().is_alive(s) {
-                return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name)));
+                return Err(Error::SnapshotNotFound(name));
             }
         }
         Ok(())

@@ -86,10 +86,14 @@ impl Inner {
         let _d = self.destage_lock.lock();
         let mut meta = self.meta.lock();
         self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])?;
+        // The snapshot leaves the table before its copies leave the index: a reader of it
+        // that found no pointer (and read the live volume's data instead) then sees it gone
+        // when it checks again after reading, and returns an error, never that data.
         let mut next = (**self.table.load()).clone();
         next.remove(seq);
+        let next = Arc::new(next);
+        self.table.store(Arc::clone(&next));
         let freed = self.index.remove_unreferenced(&next);
-        self.table.store(Arc::new(next));
         meta.committed.remove(seq);
         for s in &freed {
             meta.alloc.free(*s);

@@ -386,6 +386,76 @@ fn snapshots_read_right_after_creation_survive_a_power_loss_at_a_random_moment_o
     }
 }
 
+/// What broke: `snapshot_delete` took the snapshot's copies out of the index before it
+/// published the table without the snapshot, so a reader in between found no pointer, read
+/// the live volume's data instead, still found the snapshot alive, and returned that data with
+/// success.
+#[test]
+fn a_snapshot_read_during_its_deletion_returns_its_data_or_an_error_never_the_live_volumes() {
+    const SIZE: u64 = 16 << 20;
+    const CHUNK: u64 = 4 * KIB;
+    const READ: u64 = 64 * KIB;
+    let dev = Devices::blank(SIZE);
+    let vol = create_sized(&dev, SIZE, CHUNK);
+    let (mut served, mut refused) = (0u64, 0u64);
+    for round in 0..20u64 {
+        let old = pattern(2 * round, 0, SIZE);
+        vol.write(0, &old).expect("write the snapshot's data");
+        let name = format!("s{round}");
+        let seq = vol.snapshot_create(&name).expect("snapshot").seq;
+        // Every chunk is overwritten and destaged: the snapshot reads all of it from the
+        // target, through thousands of pointers that its deletion removes.
+        vol.write(0, &pattern(2 * round + 1, 0, SIZE))
+            .expect("overwrite");
+        vol.destage_all().expect("destage");
+        let deleting = AtomicBool::new(false);
+        let results: Mutex<(u64, u64)> = Mutex::new((0, 0));
+        std::thread::scope(|s| {
+            for r in 0..2u64 {
+                let (vol, old, deleting, results, name) = (&vol, &old, &deleting, &results, &name);
+                s.spawn(move || {
+                    let mut rng = Rng(round << 8 | r);
+                    let mut buf = vec![0u8; READ as usize];
+                    loop {
+                        let off = rng.below(SIZE / READ) * READ;
+                        match vol.read_snapshot(seq, off, &mut buf) {
+                            Ok(()) => {
+                                let want = &old[off as usize..(off + READ) as usize];
+                                if let Some(at) = first_difference(want, &buf) {
+                                    panic!(
+                                        "round {round}: snapshot {name} read other data with success at {:#x} while it was being deleted",
+                                        off + at as u64
+                                    );
+                                }
+                                results.lock().unwrap().0 += 1;
+                            }
+                            Err(Error::SnapshotNotFound(_)) => {
+                                assert!(deleting.load(Ordering::SeqCst), "refused before the deletion began");
+                                results.lock().unwrap().1 += 1;
+                                return;
+                            }
+                            Err(e) => panic!("round {round}: reading {name}: {e}"),
+                        }
+                    }
+                });
+            }
+            // Let the readers get going, then delete under them.
+            while results.lock().unwrap().0 < 4 {
+                std::thread::yield_now();
+            }
+            deleting.store(true, Ordering::SeqCst);
+            vol.snapshot_delete(&name).expect("delete");
+        });
+        let (ok, gone) = results.into_inner().unwrap();
+        served += ok;
+        refused += gone;
+    }
+    assert_eq!(refused, 40, "every reader ended with the snapshot gone");
+    assert!(served > 0);
+    vol.close().expect("close");
+    dev.assert_check_clean("after the deletions");
+}
+
 /// What broke: a request too large for the cache to take at once reserved target space for
 /// its whole range, gave all but its first piece's share back after landing that piece, and
 /// let its later pieces take slots without asking whether the target had them; with other

@@ -114,6 +114,9 @@ pub enum Error {
         /// Who holds the lock, as recorded in the lock file.
         holder: String,
     },
+    /// The volume was opened read-only (it is being looked at, not served).
+    #[error("volume '{0}' is open read-only")]
+    ReadOnly(String),
     /// An earlier I/O error left the volume in an unknown state; it refuses writes until it is
     /// closed and reopened.
     #[error("volume refuses writes after an earlier I/O error ({0}); close and reopen it")]
@@ -148,6 +151,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::NoSpace { .. } => libc::ENOSPC,
+            Error::ReadOnly(_) => libc::EPERM,
             Error::OutOfBounds { .. } | Error::InvalidArgument(_) | Error::InvalidName { .. } => {
                 libc::EINVAL
             }

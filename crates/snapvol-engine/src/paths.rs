@@ -49,6 +49,16 @@ impl VolumePaths {
         })
     }
 
+    /// The devices, opened for reading only.
+    pub(crate) fn open_read_only(&self) -> Result<Vluns> {
+        let open = |p: &Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
+        Ok(Vluns {
+            source: Box::new(open(&self.source)?),
+            target: Box::new(open(&self.target)?),
+            journal: Box::new(open(&self.journal)?),
+        })
+    }
+
     pub(crate) fn open(&self) -> Result<Vluns> {
         let open = |p: &Path| FileVlun::open(p).map_err(|e| Error::file(p, e));
         Ok(Vluns {

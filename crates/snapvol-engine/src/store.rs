@@ -211,34 +211,46 @@ impl Store {
 
     /// Opens an existing volume, taking its lock.
     pub fn open(&self, name: &str, vopts: VolumeOptions) -> Result<Volume> {
-        validate_name(name)?;
-        if !self.exists(name) {
-            return Err(Error::VolumeNotFound(name.to_owned()));
-        }
-        let dir = self.volume_dir(name);
+        let (dir, config) = self.config(name)?;
         let lock = VolumeLock::acquire(name, &dir)?;
-        let config_path = dir.join(CONFIG_FILE);
-        let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
-        let config: VolumeConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
         Volume::open(name, &config.paths(&dir), vopts, lock)
     }
 
+    /// Opens an existing volume for reading only: nothing is written to any of its files (a
+    /// volume left by a crash has its journal replayed in RAM only), so it works on a store
+    /// mounted read-only. Takes the volume's lock shared, so readers never exclude each other
+    /// and fail with [`Error::Locked`] while a writer has the volume open.
+    pub fn open_read_only(&self, name: &str) -> Result<Volume> {
+        let (dir, config) = self.config(name)?;
+        let lock = VolumeLock::acquire_shared(name, &dir)?;
+        Volume::open_read_only(name, &config.paths(&dir), lock)
+    }
+
     /// Checks a volume's devices (see [`crate::check`]) without changing them, unless
-    /// `repair`. Takes the volume's lock, so it fails with [`Error::Locked`] while the volume
-    /// is open elsewhere.
+    /// `repair`. Takes the volume's lock (shared to look, exclusive to repair), so it fails
+    /// with [`Error::Locked`] while the volume is open for writing elsewhere.
     pub fn check(&self, name: &str, repair: bool) -> Result<crate::check::CheckReport> {
+        let (dir, config) = self.config(name)?;
+        let _lock = if repair {
+            VolumeLock::acquire(name, &dir)?
+        } else {
+            VolumeLock::acquire_shared(name, &dir)?
+        };
+        crate::check::check_paths(&config.paths(&dir), repair)
+    }
+
+    /// The directory and configuration of an existing volume.
+    fn config(&self, name: &str) -> Result<(PathBuf, VolumeConfig)> {
         validate_name(name)?;
         if !self.exists(name) {
             return Err(Error::VolumeNotFound(name.to_owned()));
         }
         let dir = self.volume_dir(name);
-        let _lock = VolumeLock::acquire(name, &dir)?;
         let config_path = dir.join(CONFIG_FILE);
         let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
-        let config: VolumeConfig = serde_json::from_slice(&bytes)
+        let config = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
-        crate::check::check_paths(&config.paths(&dir), repair)
+        Ok((dir, config))
     }
 
     /// Removes a volume whose files live in the store (not used by the CLI yet; tests use it).
@@ -264,13 +276,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The exclusive lock on a volume directory, held for as long as the volume is open.
+/// The lock on a volume directory, held for as long as the volume is open: exclusive for the
+/// one process that may write, shared among readers.
 ///
 /// `flock(2)` is released by the kernel when the process dies, so a crash never leaves a
-/// stale lock; the file's content (pid and command) only serves the error message.
+/// stale lock; the file's content (the writer's pid and command) only serves the error
+/// message. Readers write nothing, not even there.
 #[derive(Debug)]
 pub struct VolumeLock {
     file: File,
+    exclusive: bool,
 }
 
 impl VolumeLock {
@@ -284,17 +299,7 @@ impl VolumeLock {
             .open(&path)
             .map_err(|e| Error::file(&path, e))?;
         if !crate::vlun::try_lock_exclusive(&file).map_err(|e| Error::file(&path, e))? {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(Error::Locked {
-                volume: name.to_owned(),
-                holder: if holder.is_empty() {
-                    "another process".to_owned()
-                } else {
-                    holder.to_owned()
-                },
-            });
+            return Err(Self::held(name, file));
         }
         let me = format!(
             "process {} ({})",
@@ -305,13 +310,45 @@ impl VolumeLock {
         file.rewind().map_err(|e| Error::file(&path, e))?;
         file.write_all(me.as_bytes())
             .map_err(|e| Error::file(&path, e))?;
-        Ok(Self { file })
+        Ok(Self {
+            file,
+            exclusive: true,
+        })
+    }
+
+    fn acquire_shared(name: &str, dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
+        if !crate::vlun::try_lock_shared(&file).map_err(|e| Error::file(&path, e))? {
+            return Err(Self::held(name, file));
+        }
+        Ok(Self {
+            file,
+            exclusive: false,
+        })
+    }
+
+    /// The error for a lock another process holds, naming the writer if it said who it is.
+    fn held(name: &str, mut file: File) -> Error {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        Error::Locked {
+            volume: name.to_owned(),
+            holder: if holder.is_empty() {
+                "another process".to_owned()
+            } else {
+                holder.to_owned()
+            },
+        }
     }
 }
 
 impl Drop for VolumeLock {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
+        if self.exclusive {
+            let _ = self.file.set_len(0);
+        }
     }
 }
 

@@ -250,10 +250,20 @@ fn statvfs_free(fd: i32) -> io::Result<u64> {
 }
 
 /// Takes a non-blocking exclusive `flock(2)` on `file`; `Ok(false)` if another holder has it.
-#[allow(unsafe_code)]
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    try_flock(file, libc::LOCK_EX)
+}
+
+/// Takes a non-blocking shared `flock(2)` on `file` (readers share it; a writer's exclusive
+/// lock excludes it); `Ok(false)` if a writer has it. Works on a file opened read-only.
+pub(crate) fn try_lock_shared(file: &File) -> io::Result<bool> {
+    try_flock(file, libc::LOCK_SH)
+}
+
+#[allow(unsafe_code)]
+fn try_flock(file: &File, how: libc::c_int) -> io::Result<bool> {
     // SAFETY: flock takes a descriptor owned by the live `file` and integer flags.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let r = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
     if r == 0 {
         return Ok(true);
     }

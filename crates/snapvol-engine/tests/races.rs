@@ -315,7 +315,28 @@ fn snapshots_read_right_after_creation_never_change_while_writers_race_into_the_
     for round in 0..4u64 {
         let dev = Devices::blank(SIZE);
         let vol = create(&dev);
-        let history = race(&vol, &dev, 40, round, None);
+        // Meanwhile `check` looks at the open volume again and again: what is durable is
+        // always consistent, whatever is going on.
+        let racing = AtomicBool::new(true);
+        let history = std::thread::scope(|s| {
+            let checker = s.spawn(|| {
+                let mut checks = 0;
+                while racing.load(Ordering::SeqCst) || checks == 0 {
+                    let report = vol.check().expect("check the open volume");
+                    assert!(
+                        report.is_clean(),
+                        "(round {round}) check while racing: {:?}",
+                        report.problems
+                    );
+                    checks += 1;
+                }
+                checks
+            });
+            let history = race(&vol, &dev, 40, round, None);
+            racing.store(false, Ordering::SeqCst);
+            assert!(checker.join().unwrap() > 0);
+            history
+        });
         for snap in &history.live {
             assert_unchanged(
                 &vol,

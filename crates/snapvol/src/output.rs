@@ -27,6 +27,9 @@ pub struct InfoJson {
     pub target_file_bytes: u64,
     /// Number of preserved chunks.
     pub preserved_chunks: u64,
+    /// Bytes of originals that writes still in the cache will preserve once destaged (only
+    /// a volume that is being served, or one left by a crash, has any).
+    pub pending_preserve_bytes: u64,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotJson>,
 }
@@ -57,6 +60,8 @@ pub struct ListEntryJson {
     pub snapshots: Option<usize>,
     /// Whether another process holds the volume open.
     pub in_use: bool,
+    /// Whether that process is the store's `snapvol serve` (the figures then come from it).
+    pub served: bool,
     /// Who holds it, when `in_use`.
     pub holder: Option<String>,
     /// Why the volume could not be opened, other than being in use.
@@ -85,6 +90,7 @@ impl From<&VolumeInfo> for InfoJson {
             metadata_bytes: v.metadata_bytes,
             target_file_bytes: v.target_file_bytes,
             preserved_chunks: v.preserved_chunks,
+            pending_preserve_bytes: v.pending_preserve_bytes,
             snapshots: v.snapshots.iter().map(SnapshotJson::from).collect(),
         }
     }

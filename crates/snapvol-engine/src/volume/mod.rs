@@ -131,6 +131,10 @@ pub struct VolumeInfo {
     pub copies_since_open: u64,
     /// Dirty bytes in the cache right now.
     pub dirty_bytes: u64,
+    /// Bytes of originals that writes still in the cache will preserve once destaged: the
+    /// target slots promised to them. `target_used_bytes` plus this is what the target will
+    /// hold once the cache is empty (fewer if snapshots are deleted first).
+    pub pending_preserve_bytes: u64,
 }
 
 /// Metadata that changes only on commit; guarded by one mutex that the data path never takes.
@@ -220,6 +224,10 @@ struct Inner {
     journal_wake_lock: Mutex<bool>,
     journal_wake: Condvar,
     shutdown: AtomicBool,
+    /// Opened to be looked at: nothing is written, ever.
+    read_only: bool,
+    /// The journal's device, for `check` to read beside the journal writer.
+    journal_dev: Arc<dyn Vlun>,
 }
 
 /// An open volume. Dropping it flushes and closes it; [`Volume::close`] does the same and
@@ -333,6 +341,28 @@ impl Volume {
         Ok(v)
     }
 
+    /// Opens a volume on files at `paths` for reading only (see [`Volume::open_read_only_on`]).
+    pub fn open_read_only(name: &str, paths: &VolumePaths, lock: VolumeLock) -> Result<Self> {
+        let mut v = Self::open_read_only_on(name, paths.open_read_only()?)?;
+        v._lock = Some(lock);
+        Ok(v)
+    }
+
+    /// Opens a volume on any set of VLUNs for reading only: nothing is ever written to them.
+    /// What the cache journal holds (a volume that was not closed) is replayed into the RAM
+    /// cache and read from there, not destaged; writes, snapshot changes and `destage_all`
+    /// fail with [`Error::ReadOnly`]. Live and snapshot reads, block status, `info` and the
+    /// snapshot list work as on a volume opened for writing.
+    pub fn open_read_only_on(name: &str, vluns: Vluns) -> Result<Self> {
+        let opts = VolumeOptions {
+            // The replay must fit whatever the journal holds; it is bounded by the journal.
+            cache_size: u64::MAX,
+            background_destage: false,
+            ..VolumeOptions::default()
+        };
+        Self::open_with(name, vluns, opts, true)
+    }
+
     /// Creates a volume on any set of VLUNs: writes both superblock copies to the target and
     /// formats the journal.
     pub fn create_on(
@@ -405,6 +435,10 @@ impl Volume {
     /// Opens a volume on any set of VLUNs: reads the superblock, replays the metadata log, and
     /// recovers what the cache journal holds (claim 25).
     pub fn open_on(name: &str, vluns: Vluns, opts: VolumeOptions) -> Result<Self> {
+        Self::open_with(name, vluns, opts, false)
+    }
+
+    fn open_with(name: &str, vluns: Vluns, opts: VolumeOptions, read_only: bool) -> Result<Self> {
         let Vluns {
             source,
             target,
@@ -434,7 +468,12 @@ impl Volume {
             pos: loaded.sb.journal_head,
             seq: loaded.sb.journal_head_seq,
         };
-        let (journal, records) = Journal::open(journal, loaded.sb.volume_id, head)?;
+        let journal_dev: Arc<dyn Vlun> = Arc::from(journal);
+        let (journal, records) = Journal::open(
+            Box::new(Arc::clone(&journal_dev)),
+            loaded.sb.volume_id,
+            head,
+        )?;
         let ring = journal.ring_len();
         let mut alloc = loaded.alloc;
         alloc.set_limit(
@@ -489,10 +528,16 @@ impl Volume {
             journal_wake_lock: Mutex::new(false),
             journal_wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            read_only,
             source,
             target,
+            journal_dev,
         });
-        inner.recover(records, loaded.created_seq)?;
+        if read_only {
+            inner.replay(records, loaded.created_seq)?;
+        } else {
+            inner.recover(records, loaded.created_seq)?;
+        }
         let mut destager = Vec::new();
         if opts.background_destage {
             let bg = Arc::clone(&inner);
@@ -635,7 +680,18 @@ impl Volume {
             preserved_chunks: i.index.len() as u64,
             copies_since_open: i.stats.copies_made.load(Ordering::Relaxed),
             dirty_bytes: i.cache.dirty_bytes(),
+            pending_preserve_bytes: i.reserved.load(Ordering::SeqCst) * i.geo.chunk(),
         }
+    }
+
+    /// Checks the volume as it is durably now (see [`crate::check`]) while it stays open: the
+    /// metadata log is held still meanwhile (destage batches and snapshot deletions wait for
+    /// the check; writes, flushes and snapshot creations go on). Changes nothing.
+    pub fn check(&self) -> Result<crate::check::CheckReport> {
+        let i = &self.inner;
+        let _no_batch = i.destage_lock.lock();
+        let _no_commit = i.meta.lock();
+        crate::check::check(&*i.source, &*i.target, &*i.journal_dev, false)
     }
 
     /// Destages everything, empties the journal and releases the volume.
@@ -668,6 +724,9 @@ impl Volume {
             return Ok(());
         }
         self.stop_destager();
+        if self.inner.read_only {
+            return Ok(());
+        }
         self.inner.check_writable()?;
         self.inner.drain().inspect_err(|e| self.inner.fail(e))
     }
@@ -683,6 +742,9 @@ impl Drop for Volume {
 
 impl Inner {
     fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
         match self.failed.get() {
             Some(why) => Err(Error::Failed(why.clone())),
             None => Ok(()),

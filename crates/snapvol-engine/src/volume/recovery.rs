@@ -23,6 +23,30 @@ impl Inner {
     /// first, pending, and reach the metadata log with the first commit. Each write's epoch
     /// puts it on the right side of them.
     pub(super) fn recover(&self, records: Vec<JournalRecord>, created_seq: u64) -> Result<()> {
+        let (n, bytes, snapshots) = self.replay(records, created_seq)?;
+        while self.destage_batch()? > 0 {}
+        // Persist a head past everything replayed, with the journal's new sequence numbers
+        // (and the recovered snapshots in the metadata log).
+        let mut journal = self.journal.lock();
+        let head = journal.tail_head();
+        self.persist_journal_head(head)?;
+        journal.reset_to(head);
+        if n > 0 || snapshots > 0 {
+            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovery complete");
+        }
+        Ok(())
+    }
+
+    /// Puts what the journal holds back into the table and the cache: the snapshots taken
+    /// since the metadata log's last creation, and every write, each in its epoch. On a
+    /// volume opened for writing, the cache is destaged whenever it fills; read-only, it
+    /// keeps everything (and only counts the preservations the writes will need). Returns
+    /// the number of writes, their bytes and the number of snapshots.
+    pub(super) fn replay(
+        &self,
+        records: Vec<JournalRecord>,
+        created_seq: u64,
+    ) -> Result<(usize, u64, usize)> {
         let mut writes = Vec::with_capacity(records.len());
         let mut snapshots = 0;
         for r in records {
@@ -95,21 +119,20 @@ impl Inner {
                 epoch,
                 journaled: Some(0),
             };
-            self.land(&req, &mut |n| self.reserve(n), |_| ())?;
-            if self.cache.dirty_bytes() > self.cache.limit() / 2 {
-                while self.destage_batch()? > 0 {}
+            if self.read_only {
+                let mut count = |n: u64| {
+                    self.reserved
+                        .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                };
+                self.land(&req, &mut count, |_| ())?;
+            } else {
+                self.land(&req, &mut |n| self.reserve(n), |_| ())?;
+                if self.cache.dirty_bytes() > self.cache.limit() / 2 {
+                    while self.destage_batch()? > 0 {}
+                }
             }
         }
-        while self.destage_batch()? > 0 {}
-        // Persist a head past everything replayed, with the journal's new sequence numbers
-        // (and the recovered snapshots in the metadata log).
-        let mut journal = self.journal.lock();
-        let head = journal.tail_head();
-        self.persist_journal_head(head)?;
-        journal.reset_to(head);
-        if n > 0 || snapshots > 0 {
-            tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovery complete");
-        }
-        Ok(())
+        Ok((n, bytes, snapshots))
     }
 }

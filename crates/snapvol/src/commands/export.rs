@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use snapvol_engine::units::SnapshotSeq;
-use snapvol_engine::{parse_volume_or_snapshot, Store, Volume, VolumeOptions};
+use snapvol_engine::{parse_volume_or_snapshot, Store, Volume};
 
-use super::{open_volume, qualify, with_volume};
+use super::{open_error, qualify, with_volume};
 use crate::cli::ExportArgs;
 use crate::output::progress;
 use crate::size::format_size;
@@ -23,7 +23,10 @@ pub fn run(store: &Store, args: ExportArgs) -> Result<()> {
     } else {
         args.file.display().to_string()
     };
-    let vol = open_volume(store, volume, VolumeOptions::default())?;
+    // Read-only: an export writes nothing to the volume's files.
+    let vol = store
+        .open_read_only(volume)
+        .map_err(|e| open_error(store, e))?;
     let size = with_volume(vol, |vol| {
         // Resolve the snapshot before touching the output, so a typo clobbers nothing.
         let seq = match snapshot {

@@ -4,9 +4,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use anyhow::{bail, Context, Result};
-use snapvol_engine::Store;
+use snapvol_engine::{Error, Store};
 
-use super::{open_volume, parse_volume, volume_options, with_volume};
+use super::{is_served, open_error, parse_volume, volume_options, with_volume};
 use crate::cli::ImportArgs;
 use crate::output::progress;
 use crate::size::format_size;
@@ -29,7 +29,15 @@ pub fn run(store: &Store, args: ImportArgs) -> Result<()> {
     file.rewind()
         .with_context(|| format!("cannot rewind {path}"))?;
 
-    let vol = open_volume(store, name, volume_options(args.cache_size))?;
+    let vol = match store.open(name, volume_options(args.cache_size)) {
+        Ok(vol) => vol,
+        Err(Error::Locked { .. }) if is_served(store) => bail!(
+            "volume '{name}' is being served by snapvol serve; write the image through NBD \
+             instead, e.g. qemu-img convert -n -f raw -O raw {path} nbd://127.0.0.1:10809/{name} \
+             (with the address serve listens on)"
+        ),
+        Err(e) => return Err(open_error(store, e)),
+    };
     with_volume(vol, |vol| {
         let size = vol.size();
         if len > size {

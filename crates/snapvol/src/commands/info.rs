@@ -5,14 +5,14 @@ use std::io::Write;
 use anyhow::Result;
 use snapvol_engine::{SnapshotInfo, Store, VolumeInfo};
 
-use super::{access, parse_volume, remote, with_volume, Access};
+use super::{access_read_only, parse_volume, remote, with_volume, Access};
 use crate::output::{key_values, print_json, rfc3339, Align, InfoJson, Table};
 use crate::serve::control::Request;
 use crate::size::format_size;
 
 pub fn run(store: &Store, volume: &str, json: bool) -> Result<()> {
     let name = parse_volume(volume)?;
-    let info = match access(store, name)? {
+    let info = match access_read_only(store, name)? {
         Access::Local(vol) => with_volume(vol, |vol| Ok(vol.info()))?,
         Access::Served => remote(
             store,
@@ -36,7 +36,7 @@ pub fn render(info: &VolumeInfo) -> String {
         Some(cap) => format_size(cap),
         None => "unlimited (grows as needed)".to_owned(),
     };
-    let mut text = key_values(&[
+    let mut lines = vec![
         ("volume", info.name.clone()),
         (
             "size",
@@ -54,9 +54,19 @@ pub fn render(info: &VolumeInfo) -> String {
                 if info.preserved_chunks == 1 { "" } else { "s" }
             ),
         ),
-        ("metadata", format_size(info.metadata_bytes)),
-        ("target file", format_size(info.target_file_bytes)),
-    ]);
+    ];
+    if info.pending_preserve_bytes > 0 {
+        lines.push((
+            "pending",
+            format!(
+                "{} of originals to preserve once the cache is destaged",
+                format_size(info.pending_preserve_bytes)
+            ),
+        ));
+    }
+    lines.push(("metadata", format_size(info.metadata_bytes)));
+    lines.push(("target file", format_size(info.target_file_bytes)));
+    let mut text = key_values(&lines);
     if !info.snapshots.is_empty() {
         text.push('\n');
         text.push_str(&snapshot_table(&info.snapshots));

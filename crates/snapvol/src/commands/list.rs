@@ -3,9 +3,11 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use snapvol_engine::{Error, Store, VolumeOptions};
+use snapvol_engine::{Error, Store, VolumeInfo};
 
+use super::{is_served, remote};
 use crate::output::{print_json, Align, ListEntryJson, Table};
+use crate::serve::control::Request;
 use crate::size::format_size;
 
 pub fn run(store: &Store, json: bool) -> Result<()> {
@@ -33,8 +35,9 @@ pub fn run(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Opens a volume to read its figures. A volume held by another process is listed as in use;
-/// one that vanished meanwhile is left out; any other failure is listed with its error.
+/// Opens a volume read-only to read its figures; one that `snapvol serve` holds is asked
+/// through the control socket. Any other holder is listed as in use; a volume that vanished
+/// meanwhile is left out; any other failure is listed with its error.
 fn inspect(store: &Store, name: String) -> Option<ListEntryJson> {
     let mut entry = ListEntryJson {
         name,
@@ -42,20 +45,34 @@ fn inspect(store: &Store, name: String) -> Option<ListEntryJson> {
         chunk_size: None,
         snapshots: None,
         in_use: false,
+        served: false,
         holder: None,
         error: None,
     };
-    match store.open(&entry.name, VolumeOptions::default()) {
+    let mut fill = |info: &VolumeInfo| {
+        entry.size = Some(info.size);
+        entry.chunk_size = Some(info.chunk_size);
+        entry.snapshots = Some(info.snapshots.len());
+    };
+    match store.open_read_only(&entry.name) {
         Ok(vol) => {
-            let info = vol.info();
-            entry.size = Some(info.size);
-            entry.chunk_size = Some(info.chunk_size);
-            entry.snapshots = Some(info.snapshots.len());
+            fill(&vol.info());
             if let Err(e) = vol.close() {
                 entry.error = Some(e.to_string());
             }
         }
         Err(Error::Locked { holder, .. }) => {
+            let req = Request::Info {
+                volume: entry.name.clone(),
+            };
+            match is_served(store).then(|| remote::<VolumeInfo>(store, req)) {
+                Some(Ok(info)) => {
+                    fill(&info);
+                    entry.served = true;
+                }
+                Some(Err(e)) => entry.error = Some(e.to_string()),
+                None => {}
+            }
             entry.in_use = true;
             entry.holder = Some(holder);
         }
@@ -76,8 +93,9 @@ fn render(entries: &[ListEntryJson]) -> String {
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     for e in entries {
         let status = match (&e.holder, &e.error) {
-            (Some(holder), _) => format!("in use by {holder}"),
-            (None, Some(error)) => format!("error: {error}"),
+            (_, Some(error)) => format!("error: {error}"),
+            _ if e.served => "served".to_owned(),
+            (Some(holder), None) => format!("in use by {holder}"),
             (None, None) => String::new(),
         };
         table.row(vec![
@@ -96,7 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn volumes_in_use_show_dashes_and_their_holder() {
+    fn served_volumes_show_their_figures_and_others_in_use_dashes_and_their_holder() {
         let entries = vec![
             ListEntryJson {
                 name: "a".into(),
@@ -104,7 +122,18 @@ mod tests {
                 chunk_size: Some(65536),
                 snapshots: Some(3),
                 in_use: false,
+                served: false,
                 holder: None,
+                error: None,
+            },
+            ListEntryJson {
+                name: "live".into(),
+                size: Some(10 << 30),
+                chunk_size: Some(65536),
+                snapshots: Some(0),
+                in_use: true,
+                served: true,
+                holder: Some("process 7 (snapvol serve)".into()),
                 error: None,
             },
             ListEntryJson {
@@ -113,6 +142,7 @@ mod tests {
                 chunk_size: None,
                 snapshots: None,
                 in_use: true,
+                served: false,
                 holder: Some("process 42 (snapvol import busy x)".into()),
                 error: None,
             },
@@ -121,6 +151,7 @@ mod tests {
             render(&entries),
             "NAME  SIZE  CHUNK  SNAPSHOTS  STATUS\n\
              a       1G    64K          3\n\
+             live   10G    64K          0  served\n\
              busy     -      -          -  in use by process 42 (snapvol import busy x)\n"
         );
     }

@@ -60,11 +60,7 @@ fn volume_options(cache_size: Option<u64>) -> VolumeOptions {
     opts
 }
 
-/// Opens a volume, saying which store it was looked for in when it is not there.
-fn open_volume(store: &Store, name: &str, opts: VolumeOptions) -> Result<Volume> {
-    store.open(name, opts).map_err(|e| open_error(store, e))
-}
-
+/// An error opening a volume, saying which store it was looked for in when it is not there.
 fn open_error(store: &Store, e: Error) -> anyhow::Error {
     match e {
         Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.root().display()),
@@ -79,17 +75,28 @@ enum Access {
     Served,
 }
 
-/// Opens `name` here, or finds the server that has it open.
+/// Opens `name` here to change it, or finds the server that has it open.
 fn access(store: &Store, name: &str) -> Result<Access> {
-    match store.open(name, VolumeOptions::default()) {
+    served_if_locked(store, store.open(name, VolumeOptions::default()))
+}
+
+/// Opens `name` here to look at it (writing nothing, so this works on a store mounted
+/// read-only), or finds the server that has it open.
+fn access_read_only(store: &Store, name: &str) -> Result<Access> {
+    served_if_locked(store, store.open_read_only(name))
+}
+
+fn served_if_locked(store: &Store, opened: Result<Volume, Error>) -> Result<Access> {
+    match opened {
         Ok(v) => Ok(Access::Local(v)),
-        Err(Error::Locked { .. })
-            if crate::serve::control::is_live(&crate::serve::control::socket_path(store)) =>
-        {
-            Ok(Access::Served)
-        }
+        Err(Error::Locked { .. }) if is_served(store) => Ok(Access::Served),
         Err(e) => Err(open_error(store, e)),
     }
+}
+
+/// Whether a `snapvol serve` answers on the store's control socket.
+fn is_served(store: &Store) -> bool {
+    crate::serve::control::is_live(&crate::serve::control::socket_path(store))
 }
 
 /// Runs `req` in the server that holds the store.

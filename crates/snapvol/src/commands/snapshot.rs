@@ -6,7 +6,7 @@ use anyhow::Result;
 use snapvol_engine::{parse_snapshot_name, SnapshotInfo, Store};
 
 use super::info::snapshot_table;
-use super::{access, parse_volume, qualify, remote, with_volume, Access};
+use super::{access, access_read_only, parse_volume, qualify, remote, with_volume, Access};
 use crate::output::{print_json, SnapshotJson};
 use crate::serve::control::Request;
 
@@ -60,7 +60,7 @@ pub fn delete(store: &Store, spec: &str) -> Result<()> {
 
 pub fn list(store: &Store, volume: &str, json: bool) -> Result<()> {
     let name = parse_volume(volume)?;
-    let snapshots: Vec<SnapshotInfo> = match access(store, name)? {
+    let snapshots: Vec<SnapshotInfo> = match access_read_only(store, name)? {
         Access::Local(vol) => with_volume(vol, |vol| Ok(vol.snapshots()))?,
         Access::Served => remote(
             store,

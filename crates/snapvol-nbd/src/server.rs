@@ -270,6 +270,14 @@ impl Server {
         }
         {
             let mut conns = self.shared.conns.lock();
+            if !conns.streams.is_empty() {
+                info!(
+                    tcp = ?self.local_addr,
+                    unix = ?self.unix_path,
+                    connections = conns.streams.len(),
+                    "waiting for connections to finish their requests in flight"
+                );
+            }
             while !conns.streams.is_empty() {
                 self.shared.conns_cv.wait(&mut conns);
             }

@@ -9,34 +9,54 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::exports::Exports;
 use crate::handshake::{self, HandshakeEnd};
-use crate::stream::{FrameReader, Stream};
+use crate::stream::{Deadline, FrameReader, Stream};
 use crate::transmission::{self, TransmissionEnd};
 
 /// Default bound on requests in flight per connection (qemu's client sends up to 16).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
-/// A client must finish the handshake within this time; clients do it in milliseconds, and
-/// a silent connection would otherwise hold a thread forever.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a client has, from connecting, to finish the handshake. Clients do it in
+/// milliseconds; a connection that has not entered transmission by then is closed, so that
+/// neither a silent client nor one that sends a byte now and then holds a thread and a
+/// connection slot for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A reply that cannot be sent for this long (the client stopped reading) ends the
 /// connection, so that one stuck client cannot stall a graceful shutdown forever. Idle
 /// connections in transmission have no read timeout: the kernel client may idle for hours.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What the server allows its clients.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Requests in flight on one connection.
+    max_in_flight: usize,
+    /// Time from connecting to the end of the handshake.
+    handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
 /// Configures and binds a [`Server`].
 pub struct ServerBuilder {
     exports: Arc<dyn Exports>,
     tcp: Option<SocketAddr>,
     unix: Option<PathBuf>,
-    max_in_flight: usize,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -44,7 +64,7 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field("tcp", &self.tcp)
             .field("unix", &self.unix)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -65,7 +85,15 @@ impl ServerBuilder {
 
     /// Bounds the requests in flight on one connection (default 16, at least 1).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.limits.max_in_flight = n.max(1);
+        self
+    }
+
+    /// The time a client has from connecting to the end of the handshake (default
+    /// [`HANDSHAKE_TIMEOUT`]); the connection is closed when it runs out, however steadily
+    /// the client trickles bytes in.
+    pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        self.limits.handshake_timeout = limit;
         self
     }
 
@@ -86,7 +114,7 @@ impl ServerBuilder {
             unix,
             local_addr,
             unix_path: self.unix,
-            max_in_flight: self.max_in_flight,
+            limits: self.limits,
             shared: Arc::new(Shared::default()),
         })
     }
@@ -130,7 +158,7 @@ pub struct Server {
     unix: Option<UnixListener>,
     local_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
-    max_in_flight: usize,
+    limits: Limits,
     shared: Arc<Shared>,
 }
 
@@ -139,7 +167,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
             .field("unix_path", &self.unix_path)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -198,7 +226,7 @@ impl Server {
             exports,
             tcp: None,
             unix: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            limits: Limits::default(),
         }
     }
 
@@ -309,7 +337,7 @@ impl Server {
         ConnCtx {
             shared: self.shared.clone(),
             exports: self.exports.clone(),
-            max_in_flight: self.max_in_flight,
+            limits: self.limits,
         }
     }
 
@@ -382,12 +410,14 @@ impl Drop for RunningServer {
 struct ConnCtx {
     shared: Arc<Shared>,
     exports: Arc<dyn Exports>,
-    max_in_flight: usize,
+    limits: Limits,
 }
 
 fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
     loop {
         let stream = accept();
+        // The handshake's time limit counts from here.
+        let connected = Instant::now();
         if ctx.shared.stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -399,7 +429,7 @@ fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
                 let ctx2 = ctx.clone();
                 let spawned = thread::Builder::new()
                     .name("nbd-conn".into())
-                    .spawn(move || run_connection(ctx2, id, stream));
+                    .spawn(move || run_connection(ctx2, id, stream, connected));
                 if let Err(e) = spawned {
                     warn!(error = %e, "cannot start a connection thread");
                     deregister(&ctx.shared, id);
@@ -445,27 +475,29 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-fn run_connection(ctx: ConnCtx, id: u64, stream: Stream) {
+fn run_connection(ctx: ConnCtx, id: u64, stream: Stream, connected: Instant) {
     let _guard = ConnGuard {
         shared: &ctx.shared,
         id,
     };
     let peer = stream.peer();
-    if let Err(e) = stream.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(WRITE_TIMEOUT)) {
-        warn!(peer, error = %e, "cannot set socket timeouts");
-        return;
-    }
-    let (read_half, mut write_half) = match (stream.try_clone(), stream.try_clone()) {
+    let (read_half, write_half) = match (stream.try_clone(), stream.try_clone()) {
         (Ok(r), Ok(w)) => (r, w),
         (Err(e), _) | (_, Err(e)) => {
             warn!(peer, error = %e, "cannot clone a connection's socket");
             return;
         }
     };
-    let mut reader = FrameReader::new(read_half);
+    // Both halves share one deadline, so that a client can stretch the handshake neither by
+    // trickling its options in nor by not reading the replies.
+    let limit = ctx.limits.handshake_timeout;
+    let mut reader = FrameReader::new(Deadline::new(read_half, connected, limit));
+    let mut write_half = Deadline::new(write_half, connected, limit);
     match handshake::run(&mut reader, &mut write_half, &*ctx.exports) {
         Ok(neg) => {
             debug!(peer, export = %neg.name, structured = neg.structured, "transmission starts");
+            reader.get_mut().lift();
+            // Idle connections in transmission have no read timeout (see WRITE_TIMEOUT).
             if let Err(e) = stream.set_timeouts(None, Some(WRITE_TIMEOUT)) {
                 warn!(peer, error = %e, "cannot clear the handshake timeout");
                 return;
@@ -473,9 +505,9 @@ fn run_connection(ctx: ConnCtx, id: u64, stream: Stream) {
             let kill = || stream.shutdown(Shutdown::Both);
             match transmission::serve(
                 &mut reader,
-                write_half,
+                write_half.into_inner(),
                 &neg,
-                transmission::Dispatch::Pool(ctx.max_in_flight),
+                transmission::Dispatch::Pool(ctx.limits.max_in_flight),
                 &peer,
                 &kill,
             ) {

@@ -22,6 +22,11 @@ use crate::transmission::{self, TransmissionEnd};
 /// Default bound on requests in flight per connection (qemu's client sends up to 16).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
+/// Default bound on connections served at once: far more than clients open (nbdcopy opens up
+/// to 4, every fio job one), while bounding the threads a flood of connections can start (a
+/// reader and up to [`DEFAULT_MAX_IN_FLIGHT`] workers each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// Default time a client has, from connecting, to finish the handshake. Clients do it in
 /// milliseconds; a connection that has not entered transmission by then is closed, so that
 /// neither a silent client nor one that sends a byte now and then holds a thread and a
@@ -36,6 +41,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the server allows its clients.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// Connections served at once, over every listener.
+    max_connections: usize,
     /// Requests in flight on one connection.
     max_in_flight: usize,
     /// Time from connecting to the end of the handshake.
@@ -45,6 +52,7 @@ struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         }
@@ -86,6 +94,15 @@ impl ServerBuilder {
     /// Bounds the requests in flight on one connection (default 16, at least 1).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.limits.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Bounds the connections served at once, TCP and Unix together (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). A connection beyond the limit is closed at
+    /// once, before the server's greeting, with a warning in the log; the connections already
+    /// served are not affected.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n.max(1);
         self
     }
 
@@ -180,6 +197,15 @@ struct Shared {
     stop_cv: Condvar,
     conns: Mutex<Conns>,
     conns_cv: Condvar,
+    refusals: Mutex<Refusals>,
+}
+
+/// Connections refused for the limit and not yet logged: a flood of them logs one warning a
+/// second, not one per connection.
+#[derive(Default)]
+struct Refusals {
+    last_warning: Option<Instant>,
+    unlogged: u64,
 }
 
 #[derive(Default)]
@@ -423,8 +449,22 @@ fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
         }
         match stream {
             Ok(stream) => {
-                let Some(id) = register(&ctx.shared, &stream) else {
-                    return;
+                // A clone to stop the connection's reads at shutdown. Without one (out of file
+                // descriptors) the connection is closed, and the acceptor carries on.
+                let clone = match stream.try_clone() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "cannot record a new connection: closing it");
+                        continue;
+                    }
+                };
+                let id = match register(&ctx.shared, clone, ctx.limits.max_connections) {
+                    Admission::Admitted(id) => id,
+                    Admission::Full => {
+                        refuse(&ctx.shared, stream, ctx.limits.max_connections);
+                        continue;
+                    }
+                    Admission::Stopping => return,
                 };
                 let ctx2 = ctx.clone();
                 let spawned = thread::Builder::new()
@@ -444,18 +484,62 @@ fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
     }
 }
 
-/// Records a live connection; `None` when the server is already stopping.
-fn register(shared: &Shared, stream: &Stream) -> Option<u64> {
-    let clone = stream.try_clone().ok()?;
+/// Whether an accepted connection is served.
+enum Admission {
+    /// Yes, under this id.
+    Admitted(u64),
+    /// No: the server serves as many connections as it may.
+    Full,
+    /// No: the server is stopping.
+    Stopping,
+}
+
+/// Records a live connection (`clone` is its socket) if the server is not stopping and has
+/// room for it.
+fn register(shared: &Shared, clone: Stream, max_connections: usize) -> Admission {
     let mut conns = shared.conns.lock();
     // Checked under the lock that shutdown sweeps with, so no connection slips past it.
     if shared.stopping.load(Ordering::SeqCst) {
-        return None;
+        return Admission::Stopping;
+    }
+    if conns.streams.len() >= max_connections {
+        return Admission::Full;
     }
     let id = conns.next_id;
     conns.next_id += 1;
     conns.streams.insert(id, clone);
-    Some(id)
+    Admission::Admitted(id)
+}
+
+/// Closes a connection beyond the limit before sending it anything, as nbdkit's limit filter
+/// does. Answering its first option with `NBD_REP_ERR_SHUTDOWN` would read the client's
+/// messages first, which takes a thread and up to the handshake timeout for each refused
+/// connection — what the limit is there to bound — and that error means "the server is
+/// shutting down", which it is not. Nor does it leave the connection waiting in the listen
+/// queue as qemu-nbd does when full: a client would hang without knowing why. Clients report
+/// the closed connection at once (qemu: "Failed to read initial magic", libnbd: "server
+/// disconnected unexpectedly"), and the server's log says why.
+fn refuse(shared: &Shared, stream: Stream, limit: usize) {
+    // Logged before the close, so that a client that sees the close finds the reason logged.
+    {
+        let mut r = shared.refusals.lock();
+        r.unlogged += 1;
+        let now = Instant::now();
+        let recently = r
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        if !recently {
+            warn!(
+                peer = stream.peer(),
+                limit,
+                refused = r.unlogged,
+                "too many NBD connections: closed a new one before its handshake"
+            );
+            r.last_warning = Some(now);
+            r.unlogged = 0;
+        }
+    }
+    stream.shutdown(Shutdown::Both);
 }
 
 fn deregister(shared: &Shared, id: u64) {

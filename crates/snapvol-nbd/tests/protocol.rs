@@ -1058,3 +1058,56 @@ fn a_client_trickling_its_handshake_is_closed_at_the_deadline_while_others_are_s
     let mut fresh = Client::tcp(addr);
     assert_eq!(fresh.go("vol", false, &[]).0, 4096);
 }
+
+/// Connects and waits for the server's first byte, left unread; `None` when the server
+/// closes the connection instead of greeting it.
+fn greeted(addr: SocketAddr) -> Option<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    match s.peek(&mut [0u8; 1]) {
+        Ok(0) => None,
+        Ok(_) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("waiting for the greeting: {e}"),
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_carry_on() {
+    let (exports, vol, _) = volume_and_snapshot(8192, vec![0; 4096]);
+    let (_server, addr) = serve_with(exports, |b| b.max_connections(2));
+    let mut a = Client::tcp(addr);
+    a.go("vol", true, &[]);
+    // A connection still in its handshake counts too.
+    let mut b = Client::tcp(addr);
+    assert!(greeted(addr).is_none(), "a third connection was greeted");
+    b.go("vol", false, &[]);
+    a.write(1, 0, &[1; 4096], 0);
+    assert_eq!(a.reply().error, None);
+    b.write(1, 4096, &[2; 4096], 0);
+    assert_eq!(b.reply().error, None);
+    b.request(Command::Read, 0, 2, 0, 8192);
+    let data = b.reply().data;
+    assert!(data[..4096].iter().all(|&x| x == 1) && data[4096..].iter().all(|&x| x == 2));
+    assert_eq!(&vol.contents()[..4096], &[1; 4096][..]);
+
+    // Once a client has gone and the server has noticed, a new one is served.
+    a.disc();
+    assert!(a.closed());
+    let start = Instant::now();
+    let s = loop {
+        if let Some(s) = greeted(addr) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no connection accepted after a client left"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let peer = s.local_addr().unwrap().to_string();
+    let mut c = Client::over(Box::new(s), peer);
+    c.go("vol", false, &[]);
+    c.request(Command::Read, 0, 3, 4096, 16);
+    assert_eq!(c.reply().data, vec![2; 16]);
+}

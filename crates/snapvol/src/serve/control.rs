@@ -470,10 +470,14 @@ pub fn request(store: &Store, req: &Request) -> anyhow::Result<Option<Response>>
     };
     let mut text = serde_json::to_string(req)?;
     text.push('\n');
-    stream.write_all(text.as_bytes())?;
+    // A server with too many connections answers without reading and closes, so the write
+    // may fail while its answer waits to be read: the answer, when there is one, says more.
+    let sent = stream.write_all(text.as_bytes());
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    let read = BufReader::new(&stream).read_line(&mut line);
     if line.trim().is_empty() {
+        sent?;
+        read?;
         anyhow::bail!(
             "the server on {} closed the control connection",
             path.display()

@@ -9,34 +9,62 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::exports::Exports;
 use crate::handshake::{self, HandshakeEnd};
-use crate::stream::{FrameReader, Stream};
+use crate::stream::{Deadline, FrameReader, Stream};
 use crate::transmission::{self, TransmissionEnd};
 
 /// Default bound on requests in flight per connection (qemu's client sends up to 16).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
-/// A client must finish the handshake within this time; clients do it in milliseconds, and
-/// a silent connection would otherwise hold a thread forever.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound on connections served at once: far more than clients open (nbdcopy opens up
+/// to 4, every fio job one), while bounding the threads a flood of connections can start (a
+/// reader and up to [`DEFAULT_MAX_IN_FLIGHT`] workers each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Default time a client has, from connecting, to finish the handshake. Clients do it in
+/// milliseconds; a connection that has not entered transmission by then is closed, so that
+/// neither a silent client nor one that sends a byte now and then holds a thread and a
+/// connection slot for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A reply that cannot be sent for this long (the client stopped reading) ends the
 /// connection, so that one stuck client cannot stall a graceful shutdown forever. Idle
 /// connections in transmission have no read timeout: the kernel client may idle for hours.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What the server allows its clients.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections served at once, over every listener.
+    max_connections: usize,
+    /// Requests in flight on one connection.
+    max_in_flight: usize,
+    /// Time from connecting to the end of the handshake.
+    handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
 /// Configures and binds a [`Server`].
 pub struct ServerBuilder {
     exports: Arc<dyn Exports>,
     tcp: Option<SocketAddr>,
     unix: Option<PathBuf>,
-    max_in_flight: usize,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -44,7 +72,7 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field("tcp", &self.tcp)
             .field("unix", &self.unix)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -65,7 +93,24 @@ impl ServerBuilder {
 
     /// Bounds the requests in flight on one connection (default 16, at least 1).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.limits.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Bounds the connections served at once, TCP and Unix together (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). A connection beyond the limit is closed at
+    /// once, before the server's greeting, with a warning in the log; the connections already
+    /// served are not affected.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n.max(1);
+        self
+    }
+
+    /// The time a client has from connecting to the end of the handshake (default
+    /// [`HANDSHAKE_TIMEOUT`]); the connection is closed when it runs out, however steadily
+    /// the client trickles bytes in.
+    pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        self.limits.handshake_timeout = limit;
         self
     }
 
@@ -86,7 +131,7 @@ impl ServerBuilder {
             unix,
             local_addr,
             unix_path: self.unix,
-            max_in_flight: self.max_in_flight,
+            limits: self.limits,
             shared: Arc::new(Shared::default()),
         })
     }
@@ -130,7 +175,7 @@ pub struct Server {
     unix: Option<UnixListener>,
     local_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
-    max_in_flight: usize,
+    limits: Limits,
     shared: Arc<Shared>,
 }
 
@@ -139,7 +184,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
             .field("unix_path", &self.unix_path)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -152,6 +197,15 @@ struct Shared {
     stop_cv: Condvar,
     conns: Mutex<Conns>,
     conns_cv: Condvar,
+    refusals: Mutex<Refusals>,
+}
+
+/// Connections refused for the limit and not yet logged: a flood of them logs one warning a
+/// second, not one per connection.
+#[derive(Default)]
+struct Refusals {
+    last_warning: Option<Instant>,
+    unlogged: u64,
 }
 
 #[derive(Default)]
@@ -198,7 +252,7 @@ impl Server {
             exports,
             tcp: None,
             unix: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            limits: Limits::default(),
         }
     }
 
@@ -270,6 +324,14 @@ impl Server {
         }
         {
             let mut conns = self.shared.conns.lock();
+            if !conns.streams.is_empty() {
+                info!(
+                    tcp = ?self.local_addr,
+                    unix = ?self.unix_path,
+                    connections = conns.streams.len(),
+                    "waiting for connections to finish their requests in flight"
+                );
+            }
             while !conns.streams.is_empty() {
                 self.shared.conns_cv.wait(&mut conns);
             }
@@ -301,7 +363,7 @@ impl Server {
         ConnCtx {
             shared: self.shared.clone(),
             exports: self.exports.clone(),
-            max_in_flight: self.max_in_flight,
+            limits: self.limits,
         }
     }
 
@@ -374,24 +436,40 @@ impl Drop for RunningServer {
 struct ConnCtx {
     shared: Arc<Shared>,
     exports: Arc<dyn Exports>,
-    max_in_flight: usize,
+    limits: Limits,
 }
 
 fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
     loop {
         let stream = accept();
+        // The handshake's time limit counts from here.
+        let connected = Instant::now();
         if ctx.shared.stopping.load(Ordering::SeqCst) {
             return;
         }
         match stream {
             Ok(stream) => {
-                let Some(id) = register(&ctx.shared, &stream) else {
-                    return;
+                // A clone to stop the connection's reads at shutdown. Without one (out of file
+                // descriptors) the connection is closed, and the acceptor carries on.
+                let clone = match stream.try_clone() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "cannot record a new connection: closing it");
+                        continue;
+                    }
+                };
+                let id = match register(&ctx.shared, clone, ctx.limits.max_connections) {
+                    Admission::Admitted(id) => id,
+                    Admission::Full => {
+                        refuse(&ctx.shared, stream, ctx.limits.max_connections);
+                        continue;
+                    }
+                    Admission::Stopping => return,
                 };
                 let ctx2 = ctx.clone();
                 let spawned = thread::Builder::new()
                     .name("nbd-conn".into())
-                    .spawn(move || run_connection(ctx2, id, stream));
+                    .spawn(move || run_connection(ctx2, id, stream, connected));
                 if let Err(e) = spawned {
                     warn!(error = %e, "cannot start a connection thread");
                     deregister(&ctx.shared, id);
@@ -406,18 +484,62 @@ fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
     }
 }
 
-/// Records a live connection; `None` when the server is already stopping.
-fn register(shared: &Shared, stream: &Stream) -> Option<u64> {
-    let clone = stream.try_clone().ok()?;
+/// Whether an accepted connection is served.
+enum Admission {
+    /// Yes, under this id.
+    Admitted(u64),
+    /// No: the server serves as many connections as it may.
+    Full,
+    /// No: the server is stopping.
+    Stopping,
+}
+
+/// Records a live connection (`clone` is its socket) if the server is not stopping and has
+/// room for it.
+fn register(shared: &Shared, clone: Stream, max_connections: usize) -> Admission {
     let mut conns = shared.conns.lock();
     // Checked under the lock that shutdown sweeps with, so no connection slips past it.
     if shared.stopping.load(Ordering::SeqCst) {
-        return None;
+        return Admission::Stopping;
+    }
+    if conns.streams.len() >= max_connections {
+        return Admission::Full;
     }
     let id = conns.next_id;
     conns.next_id += 1;
     conns.streams.insert(id, clone);
-    Some(id)
+    Admission::Admitted(id)
+}
+
+/// Closes a connection beyond the limit before sending it anything, as nbdkit's limit filter
+/// does. Answering its first option with `NBD_REP_ERR_SHUTDOWN` would read the client's
+/// messages first, which takes a thread and up to the handshake timeout for each refused
+/// connection — what the limit is there to bound — and that error means "the server is
+/// shutting down", which it is not. Nor does it leave the connection waiting in the listen
+/// queue as qemu-nbd does when full: a client would hang without knowing why. Clients report
+/// the closed connection at once (qemu: "Failed to read initial magic", libnbd: "server
+/// disconnected unexpectedly"), and the server's log says why.
+fn refuse(shared: &Shared, stream: Stream, limit: usize) {
+    // Logged before the close, so that a client that sees the close finds the reason logged.
+    {
+        let mut r = shared.refusals.lock();
+        r.unlogged += 1;
+        let now = Instant::now();
+        let recently = r
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        if !recently {
+            warn!(
+                peer = stream.peer(),
+                limit,
+                refused = r.unlogged,
+                "too many NBD connections: closed a new one before its handshake"
+            );
+            r.last_warning = Some(now);
+            r.unlogged = 0;
+        }
+    }
+    stream.shutdown(Shutdown::Both);
 }
 
 fn deregister(shared: &Shared, id: u64) {
@@ -437,27 +559,29 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-fn run_connection(ctx: ConnCtx, id: u64, stream: Stream) {
+fn run_connection(ctx: ConnCtx, id: u64, stream: Stream, connected: Instant) {
     let _guard = ConnGuard {
         shared: &ctx.shared,
         id,
     };
     let peer = stream.peer();
-    if let Err(e) = stream.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(WRITE_TIMEOUT)) {
-        warn!(peer, error = %e, "cannot set socket timeouts");
-        return;
-    }
-    let (read_half, mut write_half) = match (stream.try_clone(), stream.try_clone()) {
+    let (read_half, write_half) = match (stream.try_clone(), stream.try_clone()) {
         (Ok(r), Ok(w)) => (r, w),
         (Err(e), _) | (_, Err(e)) => {
             warn!(peer, error = %e, "cannot clone a connection's socket");
             return;
         }
     };
-    let mut reader = FrameReader::new(read_half);
+    // Both halves share one deadline, so that a client can stretch the handshake neither by
+    // trickling its options in nor by not reading the replies.
+    let limit = ctx.limits.handshake_timeout;
+    let mut reader = FrameReader::new(Deadline::new(read_half, connected, limit));
+    let mut write_half = Deadline::new(write_half, connected, limit);
     match handshake::run(&mut reader, &mut write_half, &*ctx.exports) {
         Ok(neg) => {
             debug!(peer, export = %neg.name, structured = neg.structured, "transmission starts");
+            reader.get_mut().lift();
+            // Idle connections in transmission have no read timeout (see WRITE_TIMEOUT).
             if let Err(e) = stream.set_timeouts(None, Some(WRITE_TIMEOUT)) {
                 warn!(peer, error = %e, "cannot clear the handshake timeout");
                 return;
@@ -465,9 +589,9 @@ fn run_connection(ctx: ConnCtx, id: u64, stream: Stream) {
             let kill = || stream.shutdown(Shutdown::Both);
             match transmission::serve(
                 &mut reader,
-                write_half,
+                write_half.into_inner(),
                 &neg,
-                transmission::Dispatch::Pool(ctx.max_in_flight),
+                transmission::Dispatch::Pool(ctx.limits.max_in_flight),
                 &peer,
                 &kill,
             ) {

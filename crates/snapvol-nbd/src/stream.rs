@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use crate::codec::Decoded;
 
@@ -104,6 +105,11 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// The stream the bytes come from.
+    pub(crate) fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Reads and drops the next `n` bytes of the stream.
     pub(crate) fn discard<E>(&mut self, mut n: u64) -> Result<(), ReadError<E>> {
         let mut scratch = vec![0u8; READ_CHUNK.min(n as usize)];
@@ -141,18 +147,24 @@ impl Stream {
 
     pub(crate) fn set_timeouts(
         &self,
-        read: Option<std::time::Duration>,
-        write: Option<std::time::Duration>,
+        read: Option<Duration>,
+        write: Option<Duration>,
     ) -> io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-            Stream::Unix(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
         }
     }
 
@@ -189,6 +201,82 @@ impl Write for Stream {
             Stream::Tcp(s) => s.flush(),
             Stream::Unix(s) => s.flush(),
         }
+    }
+}
+
+/// One half of a connection's socket whose reads and writes fail with `TimedOut` once a
+/// deadline has passed. A socket timeout alone limits each read, not their sum: a client
+/// sending one byte every few seconds would never trip it. So before every call the socket's
+/// timeout is set to the time left.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    stream: Stream,
+    /// When the time is up, and the limit it was derived from (for the error message);
+    /// `None` once lifted.
+    until: Option<(Instant, Duration)>,
+}
+
+impl Deadline {
+    /// `stream`, which must be done with within `limit` of `start`.
+    pub(crate) fn new(stream: Stream, start: Instant, limit: Duration) -> Self {
+        Deadline {
+            stream,
+            until: Some((start + limit, limit)),
+        }
+    }
+
+    /// From now on calls go straight to the socket, with whatever timeouts it has.
+    pub(crate) fn lift(&mut self) {
+        self.until = None;
+    }
+
+    /// The socket.
+    pub(crate) fn into_inner(self) -> Stream {
+        self.stream
+    }
+
+    /// Runs `op` with the socket timeout (set by `set`) no longer than the time left, retrying
+    /// when the socket timed out early; fails with `TimedOut` once the time is up.
+    fn call<T>(
+        &mut self,
+        set: fn(&Stream, Option<Duration>) -> io::Result<()>,
+        mut op: impl FnMut(&mut Stream) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let Some((until, limit)) = self.until else {
+            return op(&mut self.stream);
+        };
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the time limit of {limit:?} is up"),
+                ));
+            }
+            set(&self.stream, Some(left))?;
+            match op(&mut self.stream) {
+                // A timed-out socket call reports EAGAIN; the loop decides whether the time
+                // is really up.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.call(Stream::set_read_timeout, |s| s.read(buf))
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.call(Stream::set_write_timeout, |s| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 
@@ -247,6 +335,53 @@ mod tests {
             r.read_exact::<()>(&mut out),
             Err(ReadError::Truncated)
         ));
+    }
+
+    #[test]
+    fn a_deadline_ends_a_stream_that_trickles_in_faster_than_any_read_timeout() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let trickler = std::thread::spawn(move || {
+            // At most 10 s of bytes: the deadline must end the reads long before.
+            for _ in 0..500 {
+                if (&theirs).write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let start = Instant::now();
+        let limit = Duration::from_millis(300);
+        let mut d = Deadline::new(Stream::Unix(ours), start, limit);
+        let mut got = 0;
+        let err = loop {
+            match d.read(&mut [0u8; 16]) {
+                Ok(n) => got += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(start.elapsed() >= limit);
+        assert!(got > 0, "the bytes that came in time were read");
+        // Once the time is up, writes fail too.
+        let err = d.write(b"late").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        d.into_inner().shutdown(Shutdown::Both);
+        trickler.join().unwrap();
+    }
+
+    #[test]
+    fn a_lifted_deadline_no_longer_limits_reads() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut d = Deadline::new(Stream::Unix(ours), Instant::now(), Duration::ZERO);
+        assert_eq!(
+            d.read(&mut [0u8; 1]).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        d.lift();
+        (&theirs).write_all(b"ok").unwrap();
+        let mut buf = [0u8; 2];
+        d.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ struct Client {
     /// Lengths of reads in flight, to find simple-reply payloads.
     reads: HashMap<u64, u32>,
     structured: bool,
+    /// The client's address as the server logs it (`peer`), for [`wait_for_event`].
+    peer: String,
 }
 
 /// A complete reply to one request.
@@ -46,15 +48,17 @@ impl Client {
     fn tcp(addr: SocketAddr) -> Client {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Client::over(Box::new(s))
+        let peer = s.local_addr().unwrap().to_string();
+        Client::over(Box::new(s), peer)
     }
 
-    fn over(s: Box<dyn Socket>) -> Client {
+    fn over(s: Box<dyn Socket>, peer: String) -> Client {
         let mut c = Client {
             s,
             buf: Vec::new(),
             reads: HashMap::new(),
             structured: false,
+            peer,
         };
         let flags = c.frame(hf::parse_greeting);
         assert_eq!(flags, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
@@ -600,13 +604,20 @@ fn block_status_without_a_selected_context_gets_einval() {
     assert_eq!(c.reply().error, Some(Errno::EINVAL));
 }
 
-/// A device whose reads and writes at chosen offsets wait until released.
+/// A device whose reads and writes at chosen offsets wait until released, and that tells
+/// the test when such a request has arrived and when the device was flushed.
 struct GatedDevice {
     inner: MemDevice,
     gate_offset: u64,
-    open: Mutex<bool>,
+    gate: Mutex<Gate>,
     cv: std::sync::Condvar,
-    entered: AtomicBool,
+}
+
+#[derive(Default)]
+struct Gate {
+    open: bool,
+    entered: bool,
+    flushes: u64,
 }
 
 impl GatedDevice {
@@ -614,36 +625,38 @@ impl GatedDevice {
         GatedDevice {
             inner: MemDevice::new(size),
             gate_offset,
-            open: Mutex::new(false),
+            gate: Mutex::new(Gate::default()),
             cv: std::sync::Condvar::new(),
-            entered: AtomicBool::new(false),
         }
     }
     fn release(&self) {
-        *self.open.lock().unwrap() = true;
+        self.gate.lock().unwrap().open = true;
         self.cv.notify_all();
+    }
+    /// Waits (at most 20 s, else fails the test) until `cond` holds.
+    fn wait(&self, what: &str, cond: impl Fn(&Gate) -> bool) {
+        let gate = self.gate.lock().unwrap();
+        let (_gate, timeout) = self
+            .cv
+            .wait_timeout_while(gate, Duration::from_secs(20), |g| !cond(g))
+            .unwrap();
+        assert!(!timeout.timed_out(), "{what}");
     }
     fn wait_gate(&self, offset: u64) {
         if offset != self.gate_offset {
             return;
         }
-        self.entered.store(true, Ordering::SeqCst);
-        let open = self.open.lock().unwrap();
-        let (open, timeout) = self
-            .cv
-            .wait_timeout_while(open, Duration::from_secs(20), |o| !*o)
-            .unwrap();
-        assert!(*open && !timeout.timed_out(), "the gate was never released");
+        self.gate.lock().unwrap().entered = true;
+        self.cv.notify_all();
+        self.wait("the gate was never released", |g| g.open);
     }
+    /// Waits until a request at the gated offset is in the device.
     fn wait_entered(&self) {
-        let start = Instant::now();
-        while !self.entered.load(Ordering::SeqCst) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "request never arrived"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait("the request never arrived", |g| g.entered);
+    }
+    /// Waits until the device has been flushed.
+    fn wait_flushed(&self) {
+        self.wait("the device was never flushed", |g| g.flushes > 0);
     }
 }
 
@@ -660,7 +673,10 @@ impl BlockDevice for GatedDevice {
         self.inner.write(offset, data, fua)
     }
     fn flush(&self) -> Result<(), DevError> {
-        self.inner.flush()
+        self.inner.flush()?;
+        self.gate.lock().unwrap().flushes += 1;
+        self.cv.notify_all();
+        Ok(())
     }
 }
 
@@ -789,19 +805,13 @@ fn disc_answers_requests_in_flight_then_closes_and_flushes_written_data() {
     c.write(1, 0, &[4; 4096], 0);
     dev.wait_entered();
     c.disc();
-    std::thread::sleep(Duration::from_millis(50));
+    // The server has read the DISC while the write is still held in the device.
+    wait_for_event("NBD_CMD_DISC", &[("peer", &c.peer)]);
     dev.release();
     let r = c.reply();
     assert_eq!((r.cookie, r.error), (1, None));
     assert!(c.closed());
-    let start = Instant::now();
-    while dev.inner.flush_count() == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no flush at disconnect"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    dev.wait_flushed();
     assert_eq!(&dev.inner.contents()[..4096], &[4; 4096][..]);
 }
 
@@ -813,34 +823,54 @@ fn graceful_shutdown_finishes_requests_in_flight_and_flushes_written_devices() {
     c.go("g", true, &[]);
     c.write(1, 0, &[8; 4096], 0);
     dev.wait_entered();
-    let stopped = Arc::new(AtomicBool::new(false));
+    let handle = h.server.shutdown_handle();
     let (tx, rx) = mpsc::channel();
     let server = h.server;
     let stopper = {
-        let stopped = stopped.clone();
+        let dev = dev.clone();
         std::thread::spawn(move || {
             let r = server.stop();
-            stopped.store(true, Ordering::SeqCst);
-            tx.send(r.is_ok()).unwrap();
+            // What the device had been through when the server said it had stopped.
+            tx.send((r.is_ok(), dev.inner.flush_count())).unwrap();
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !stopped.load(Ordering::SeqCst),
-        "the server stopped with a request in flight"
-    );
+    let asked = Instant::now();
+    while !handle.is_triggered() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "the shutdown never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // New connections are refused or closed at once while shutting down.
     if let Ok(s) = TcpStream::connect(h.addr) {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut b = [0u8; 32];
         assert_eq!((&s).read(&mut b).unwrap_or(0), 0);
     }
+    // The server has reached the point where it waits for the connections, and this one's
+    // write is still held in the device: it must not have stopped.
+    wait_for_event(
+        "waiting for connections to finish their requests in flight",
+        &[
+            ("tcp", &format!("{:?}", Some(h.addr))),
+            ("connections", "1"),
+        ],
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "the server stopped with a request in flight"
+    );
     dev.release();
     let r = c.reply();
     assert_eq!((r.cookie, r.error), (1, None));
-    assert!(rx.recv_timeout(Duration::from_secs(20)).unwrap());
+    let (stopped_ok, flushes_when_stopped) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(stopped_ok);
     stopper.join().unwrap();
-    assert!(dev.inner.flush_count() >= 1, "written device not flushed");
+    assert!(
+        flushes_when_stopped >= 1,
+        "the server stopped before flushing the written device"
+    );
     assert!(c.closed());
 }
 
@@ -878,7 +908,7 @@ fn a_unix_socket_serves_the_same_protocol() {
         .unwrap();
     let s = UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut c = Client::over(Box::new(s));
+    let mut c = Client::over(Box::new(s), "unix".into());
     c.go("vol@snap", true, &[]);
     c.request(Command::Read, 0, 1, 100, 10);
     assert_eq!(c.reply().data, vec![2; 10]);
@@ -922,4 +952,162 @@ fn fua_writes_reach_the_device_with_fua_set() {
     c.reply();
     c.reply();
     assert_eq!(dev.fua.load(Ordering::SeqCst), 1);
+}
+
+/// A server on 127.0.0.1 with a port the kernel picks, configured by `configure`.
+fn serve_with(
+    exports: Arc<ExportMap>,
+    configure: impl FnOnce(snapvol_nbd::ServerBuilder) -> snapvol_nbd::ServerBuilder,
+) -> (snapvol_nbd::RunningServer, SocketAddr) {
+    init_tracing();
+    let server = configure(Server::builder(exports).tcp("127.0.0.1:0".parse().unwrap()))
+        .bind()
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    (server.spawn().unwrap(), addr)
+}
+
+/// True when the server has closed `s` (end of stream or reset), false when it is still
+/// open; waits at most `wait` for the answer.
+fn closed_within(s: &TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match (&*s).read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(e) => panic!("reading from the server: {e}"),
+        }
+    }
+}
+
+/// What broke: the handshake had only a read timeout (60 s without a byte), so a client that
+/// sent its option one byte at a time held a connection and a thread for as long as it
+/// kept sending.
+#[test]
+fn a_client_trickling_its_handshake_is_closed_at_the_deadline_while_others_are_served() {
+    let limit = Duration::from_secs(2);
+    let (exports, _, _) = volume_and_snapshot(4096, vec![0; 4096]);
+    let (_server, addr) = serve_with(exports, |b| b.handshake_timeout(limit));
+
+    // A valid NBD_OPT_GO that asks for the export name 100 times: 229 bytes with the client
+    // flags, which at one byte every 50 ms would take more than 11 s.
+    let mut trickle = Vec::new();
+    hf::encode_client_flags(
+        &mut trickle,
+        NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES,
+    );
+    hf::encode_option(
+        &mut trickle,
+        NBD_OPT_GO,
+        &hf::encode_info_request(&InfoRequest {
+            name: "vol".into(),
+            requests: vec![NBD_INFO_NAME; 100],
+        }),
+    );
+    let total = trickle.len();
+    let s = TcpStream::connect(addr).unwrap();
+    let connected = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut greeting = [0u8; 18];
+    (&s).read_exact(&mut greeting).unwrap();
+    let writer = s.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        for (sent, b) in trickle.iter().enumerate() {
+            if (&writer).write_all(&[*b]).is_err() {
+                return sent;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        trickle.len()
+    });
+
+    // Meanwhile another client goes through the whole handshake and is served.
+    let mut other = Client::tcp(addr);
+    other.go("vol", true, &[]);
+    other.write(1, 0, &[7; 512], 0);
+    assert_eq!(other.reply().error, None);
+    other.request(Command::Read, 0, 2, 0, 512);
+    assert_eq!(other.reply().data, vec![7; 512]);
+    assert!(
+        !closed_within(&s, Duration::from_millis(1)),
+        "the trickling client was closed before the other one was served"
+    );
+
+    assert!(
+        closed_within(&s, Duration::from_secs(20)),
+        "the trickling client was still connected 20 s after its {limit:?} deadline"
+    );
+    assert!(
+        connected.elapsed() >= limit,
+        "closed before the deadline, after {:?}",
+        connected.elapsed()
+    );
+    let sent = trickler.join().unwrap();
+    assert!(sent < total, "the whole option got through ({sent} bytes)");
+    // The server still serves new clients.
+    let mut fresh = Client::tcp(addr);
+    assert_eq!(fresh.go("vol", false, &[]).0, 4096);
+}
+
+/// Connects and waits for the server's first byte, left unread; `None` when the server
+/// closes the connection instead of greeting it.
+fn greeted(addr: SocketAddr) -> Option<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    match s.peek(&mut [0u8; 1]) {
+        Ok(0) => None,
+        Ok(_) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("waiting for the greeting: {e}"),
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_carry_on() {
+    let (exports, vol, _) = volume_and_snapshot(8192, vec![0; 4096]);
+    let (_server, addr) = serve_with(exports, |b| b.max_connections(2));
+    let mut a = Client::tcp(addr);
+    a.go("vol", true, &[]);
+    // A connection still in its handshake counts too.
+    let mut b = Client::tcp(addr);
+    assert!(greeted(addr).is_none(), "a third connection was greeted");
+    b.go("vol", false, &[]);
+    a.write(1, 0, &[1; 4096], 0);
+    assert_eq!(a.reply().error, None);
+    b.write(1, 4096, &[2; 4096], 0);
+    assert_eq!(b.reply().error, None);
+    b.request(Command::Read, 0, 2, 0, 8192);
+    let data = b.reply().data;
+    assert!(data[..4096].iter().all(|&x| x == 1) && data[4096..].iter().all(|&x| x == 2));
+    assert_eq!(&vol.contents()[..4096], &[1; 4096][..]);
+
+    // Once a client has gone and the server has noticed, a new one is served.
+    a.disc();
+    assert!(a.closed());
+    let start = Instant::now();
+    let s = loop {
+        if let Some(s) = greeted(addr) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no connection accepted after a client left"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let peer = s.local_addr().unwrap().to_string();
+    let mut c = Client::over(Box::new(s), peer);
+    c.go("vol", false, &[]);
+    c.request(Command::Read, 0, 3, 4096, 16);
+    assert_eq!(c.reply().data, vec![2; 16]);
 }

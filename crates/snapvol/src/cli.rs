@@ -88,6 +88,7 @@ const SERVE_EXAMPLES: &str = "\
 Examples:
   snapvol serve                                 every volume on nbd://127.0.0.1:10809/
   snapvol serve --listen 0.0.0.0:10809 --unix /run/snapvol.sock
+  snapvol serve --max-connections 16            at most 16 NBD connections at once
   qemu-img info nbd://127.0.0.1:10809/vol       the live volume (read-write)
   qemu-io -f raw -c 'write -P 0xaa 0 1M' nbd://127.0.0.1:10809/vol
   snapvol snapshot create vol@s1                taken by the server, consistent under I/O
@@ -172,6 +173,23 @@ pub struct ServeArgs {
     /// Also listen on a Unix socket at this path.
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
+
+    /// Serve at most N NBD connections at once, TCP and Unix together. A connection beyond
+    /// them is closed before the NBD greeting (the client reports that the server closed the
+    /// connection) and the server logs a warning; connected clients are not affected. Count
+    /// every connection clients open: each fio job opens one, nbdcopy up to four.
+    #[arg(long, value_name = "N", default_value_t = snapvol_nbd::server::DEFAULT_MAX_CONNECTIONS,
+          value_parser = at_least_one)]
+    pub max_connections: usize,
+}
+
+/// Parses a count that must be 1 or more.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `snapvol create`.
@@ -344,6 +362,20 @@ mod tests {
             Command::Create(a) => assert_eq!(a.chunk_size, 64 << 10),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn serve_takes_256_connections_unless_told_otherwise_and_never_0() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["snapvol", "serve"].iter().chain(args)).map(|c| match c.command {
+                Command::Serve(a) => a.max_connections,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(parse(&[]).expect("no flag"), 256);
+        assert_eq!(parse(&["--max-connections", "2"]).expect("2"), 2);
+        let err = parse(&["--max-connections", "0"]).expect_err("0");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

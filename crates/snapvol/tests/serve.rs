@@ -581,13 +581,30 @@ fn an_ext4_filesystem_on_the_live_export_is_read_back_intact_from_a_snapshot_aft
 // ---------------------------------------------------------------------------------------------
 // 7. SIGKILL
 
-/// Starts fio B in the background: `fio_job(uri, offset, len, jobs, seed)` for up to a minute,
-/// a FLUSH every 16 writes, no verification (it dies with the server); checks it is still
-/// running after `settle`.
-fn start_load(env: &Env, uri: &str, job: (u64, u64, u32, u64), settle: Duration) -> Background {
+/// Hashes of each MiB of `[offset, offset + len)` of `export`, read over NBD.
+fn region_digest(server: &Server, export: &str, offset: u64, len: u64) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut conn = RawNbd::connect(server.port(), export).expect("open the export");
+    (offset..offset + len)
+        .step_by(MIB as usize)
+        .map(|at| {
+            let data = conn.read(at, MIB as u32).expect("read a MiB");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            h.finish()
+        })
+        .collect()
+}
+
+/// Starts fio B in the background on `export`: `fio_job(uri, offset, len, jobs, seed)` for up
+/// to a minute, a FLUSH every 16 writes, no verification (it dies with the server). Returns
+/// once B's writes are reaching the volume (its first job's region no longer reads as it did
+/// before B started) and B is still running.
+fn start_load(env: &Env, server: &Server, export: &str, job: (u64, u64, u32, u64)) -> Background {
     let (offset, len, jobs, seed) = job;
+    let before = region_digest(server, export, offset, len);
     let args = with(
-        fio_job(uri, offset, len, jobs, seed),
+        fio_job(&server.uri(export), offset, len, jobs, seed),
         &[
             "--time_based",
             "--runtime=60",
@@ -600,7 +617,20 @@ fn start_load(env: &Env, uri: &str, job: (u64, u64, u32, u64), settle: Duration)
         env.dir(),
         "fio-b",
     );
-    thread::sleep(settle);
+    let start = Instant::now();
+    while region_digest(server, export, offset, len) == before {
+        assert!(
+            b.is_running(),
+            "fio B stopped before writing anything:\n{}",
+            b.output_so_far()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "fio B wrote nothing in 60 s:\n{}",
+            b.output_so_far()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         b.is_running(),
         "fio B stopped early:\n{}",
@@ -632,12 +662,7 @@ fn after_sigkill_under_fio_load_flushed_writes_and_earlier_snapshots_are_intact_
 
     // B: load over [64M, 192M) — every write preserves v@s1's original — with a flush every
     // 16 writes, until the crash.
-    let mut b = start_load(
-        &env,
-        &live,
-        (64 * MIB, 128 * MIB, 1, 2),
-        Duration::from_secs(1),
-    );
+    let mut b = start_load(&env, &server, "v", (64 * MIB, 128 * MIB, 1, 2));
     // A snapshot taken under that load, and read out while the load goes on.
     env.snapvol_ok(&["snapshot", "create", "v@s2"]);
     let s2_img = env.path("s2.img");
@@ -711,12 +736,7 @@ fn sigterm_with_requests_in_flight_exits_0_and_flushed_data_is_there_after_resta
     );
     qemu_io_write(&live, &[(0x77, 200 * MIB, MIB)]);
 
-    let b = start_load(
-        &env,
-        &live,
-        (64 * MIB, 64 * MIB, 2, 2),
-        Duration::from_millis(1500),
-    );
+    let b = start_load(&env, &server, "v", (64 * MIB, 64 * MIB, 2, 2));
 
     let status = server.terminate();
     assert_eq!(

@@ -1,13 +1,19 @@
 //! Shared test scaffolding: a server on 127.0.0.1 with an ephemeral port over in-memory
-//! devices, and helpers to run external clients.
+//! devices, a record of what the server logged, and helpers to run external clients.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use snapvol_nbd::{Export, ExportMap, MemDevice, RunningServer, Server};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// A running server and the catalogue it serves.
 pub struct Harness {
@@ -23,14 +29,95 @@ impl Harness {
     }
 }
 
+/// Logs to the test output (filtered by `RUST_LOG`) and records every event of the server,
+/// whatever `RUST_LOG` says, for [`wait_for_event`].
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "snapvol_nbd=debug".into()),
+    let printed = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "snapvol_nbd=debug".into());
+    let recorded = tracing_subscriber::filter::Targets::new()
+        .with_target("snapvol_nbd", tracing::Level::DEBUG);
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(printed),
         )
-        .with_test_writer()
+        .with(Recorder.with_filter(recorded))
         .try_init();
+}
+
+/// One event the server logged: its message and its other fields, as text.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub message: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Visit for Event {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.fields
+            .insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.fields.insert(field.name().to_owned(), text);
+        }
+    }
+}
+
+/// Every event recorded so far, in order, by every test of this binary.
+#[derive(Default)]
+struct Events {
+    seen: Mutex<Vec<Event>>,
+    cv: Condvar,
+}
+
+fn events() -> &'static Events {
+    static EVENTS: OnceLock<Events> = OnceLock::new();
+    EVENTS.get_or_init(Events::default)
+}
+
+struct Recorder;
+
+impl<S: tracing::Subscriber> Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut e = Event::default();
+        event.record(&mut e);
+        let events = events();
+        events.seen.lock().unwrap().push(e);
+        events.cv.notify_all();
+    }
+}
+
+/// Waits until the server logs an event with `message` whose fields include every pair of
+/// `fields`: the way a test learns that the server reached a point that its socket does not
+/// show (it has read a request, it is waiting for connections to finish). Fails the test
+/// after 20 s.
+pub fn wait_for_event(message: &str, fields: &[(&str, &str)]) -> Event {
+    let matches = |e: &Event| {
+        e.message == message
+            && fields
+                .iter()
+                .all(|(k, v)| e.fields.get(*k).map(String::as_str) == Some(*v))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = events();
+    let mut seen = events.seen.lock().unwrap();
+    loop {
+        if let Some(e) = seen.iter().find(|e| matches(e)) {
+            return e.clone();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the server never logged {message:?} with {fields:?}"
+        );
+        seen = events.cv.wait_timeout(seen, left).unwrap().0;
+    }
 }
 
 /// Serves `exports` on 127.0.0.1 with a port the kernel picks.

@@ -3,15 +3,26 @@
 //! live I/O is taken by the process that owns the volume's cache.
 //!
 //! The protocol is one JSON request per connection, one line, answered by one JSON line.
+//!
+//! Whoever can connect can take and delete snapshots, so the socket is its owner's alone
+//! (mode 0600). Even so, one stuck or misbehaving client must not keep management from the
+//! others: each connection is served on a thread of its own, at most [`MAX_CONNECTIONS`] at
+//! once; a request must be at most [`MAX_REQUEST`] bytes and arrive whole within
+//! [`REQUEST_DEADLINE`] of connecting, or the connection is answered with an error and closed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, Permissions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use snapvol_engine::{Error, Store};
 
@@ -19,6 +30,23 @@ use super::devices::StoreExports;
 
 /// Name of the control socket inside the store.
 pub const SOCKET: &str = "control.sock";
+
+/// Control connections served at once; one more is answered "too many control connections"
+/// and closed. Management commands are short and few, so this is only reached by a client
+/// that opens connections and leaves them, each of which [`REQUEST_DEADLINE`] ends.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Longest request line, in bytes. Real requests are a few hundred bytes (names are short);
+/// a client sending more without a newline is answered `bad_request` once this much is read,
+/// so it cannot make the server buffer without bound.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// Time from connecting to a complete request line. A total, not a limit on each read: a
+/// client trickling one byte at a time is cut off too.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Time the client has to take the answer; a client that does not read it is abandoned.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the control socket of `store` is.
 pub fn socket_path(store: &Store) -> PathBuf {
@@ -66,7 +94,9 @@ pub enum Response {
     },
     /// Refused or failed.
     Error {
-        /// The engine error's kind, for the client to rebuild it.
+        /// The engine error's kind, for the client to rebuild it, or the server's own:
+        /// `bad_request` (malformed or too long), `timeout` (not complete in time), `busy`
+        /// (too many control connections).
         kind: String,
         /// The name it concerns, for kinds that carry one.
         name: Option<String>,
@@ -76,6 +106,15 @@ pub enum Response {
 }
 
 impl Response {
+    /// An error of the server's own (not the engine's) with its kind.
+    fn error(kind: &str, message: String) -> Self {
+        Response::Error {
+            kind: kind.to_owned(),
+            name: None,
+            message,
+        }
+    }
+
     fn from_error(e: Error) -> Self {
         let (kind, name) = match &e {
             Error::SnapshotExists(n) => ("snapshot_exists", Some(n.clone())),
@@ -138,8 +177,26 @@ fn json<T: Serialize>(value: &T) -> serde_json::Value {
 /// The listening side, run by `serve`.
 pub struct ControlServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// State shared by the accept loop, the connection threads and `stop`.
+#[derive(Default)]
+struct Shared {
+    stopping: AtomicBool,
+    conns: Mutex<Conns>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    /// A clone of every live connection's socket, to cut its read short at `stop`.
+    live: HashMap<u64, UnixStream>,
+    /// When a refused connection was last logged: a flood of them logs once a second.
+    last_refusal_warning: Option<Instant>,
 }
 
 impl ControlServer {
@@ -157,61 +214,251 @@ impl ControlServer {
             }
             std::fs::remove_file(&path)?;
         }
-        let listener = UnixListener::bind(&path)
+        let listener = bind_owner_only(&path)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(Shared::default());
+        let accepting = shared.clone();
         let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match conn {
-                        Ok(stream) => serve_one(&exports, stream),
-                        Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&listener, &accepting, &exports))?;
         Ok(Self {
             path,
-            stop,
+            shared,
             thread: Some(thread),
         })
     }
 
-    /// Stops listening and removes the socket file.
+    /// Stops listening, cuts short the requests still being read, waits for those being
+    /// answered, and removes the socket file.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop.
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        let mut conns = self.shared.conns.lock();
+        for s in conns.live.values() {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        while !conns.live.is_empty() {
+            self.shared.ended.wait(&mut conns);
+        }
+        drop(conns);
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve_one(exports: &StoreExports, stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = String::new();
-    let mut reader = BufReader::new(&stream);
-    if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
-        return;
+/// Binds a Unix socket at `path` that only its owner can connect to. The socket is bound in
+/// a new directory of mode 0700, made 0600, then moved into place: binding at `path` and then
+/// changing the mode would leave a moment in which the socket has the umask's mode (0775
+/// under a umask of 002) and anyone of the group could connect.
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // '+' is not allowed in volume names, so this is never a volume's directory. Short, so the
+    // temporary path is not much longer than `path` (a socket address holds 107 bytes).
+    let private = dir.join(format!(".ctl+{}", std::process::id()));
+    let temporary = private.join("s");
+    // Left by a server with this process id that was killed while binding.
+    let _ = fs::remove_file(&temporary);
+    let _ = fs::remove_dir(&private);
+    DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = UnixListener::bind(&temporary).and_then(|l| {
+        fs::set_permissions(&temporary, Permissions::from_mode(0o600))?;
+        fs::rename(&temporary, path)?;
+        Ok(l)
+    });
+    let _ = fs::remove_file(&temporary);
+    let _ = fs::remove_dir(&private);
+    bound
+}
+
+fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, exports: &Arc<StoreExports>) {
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(stream) => admit(shared, exports, stream),
+            Err(e) => {
+                // E.g. out of file descriptors: wait a little rather than spin.
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(exports, req),
-        Err(e) => Response::Error {
-            kind: "bad_request".into(),
-            name: None,
-            message: format!("bad control request: {e}"),
-        },
+}
+
+/// Serves `stream` on a thread of its own, or refuses it when [`MAX_CONNECTIONS`] are served.
+fn admit(shared: &Arc<Shared>, exports: &Arc<StoreExports>, stream: UnixStream) {
+    let connected = Instant::now();
+    let clone = match stream.try_clone() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve a control connection");
+            return;
+        }
     };
-    let mut out = &stream;
-    if let Ok(mut text) = serde_json::to_string(&response) {
+    let id = {
+        let mut conns = shared.conns.lock();
+        if conns.live.len() >= MAX_CONNECTIONS {
+            let now = Instant::now();
+            if conns
+                .last_refusal_warning
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                conns.last_refusal_warning = Some(now);
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "too many control connections: refused one"
+                );
+            }
+            None
+        } else {
+            let id = conns.next_id;
+            conns.next_id += 1;
+            conns.live.insert(id, clone);
+            Some(id)
+        }
+    };
+    let Some(id) = id else {
+        // Answered without blocking the accept loop: a fresh socket's buffer takes it whole,
+        // and a full one means the client is not listening anyway.
+        let _ = stream.set_nonblocking(true);
+        send(
+            &stream,
+            &Response::error(
+                "busy",
+                format!("too many control connections (at most {MAX_CONNECTIONS}); try again"),
+            ),
+        );
+        return;
+    };
+    let (shared2, exports) = (shared.clone(), exports.clone());
+    let spawned = std::thread::Builder::new()
+        .name("control-conn".into())
+        .spawn(move || {
+            let _guard = ConnGuard {
+                shared: &shared2,
+                id,
+            };
+            serve_one(&exports, &stream, connected);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a control connection thread");
+        end(shared, id);
+    }
+}
+
+fn end(shared: &Shared, id: u64) {
+    shared.conns.lock().live.remove(&id);
+    shared.ended.notify_all();
+}
+
+/// Ends a connection however its thread ends, panics included.
+struct ConnGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        end(self.shared, self.id);
+    }
+}
+
+/// Why no request line was read.
+#[derive(Debug)]
+enum ReadFailure {
+    /// The client closed the connection without sending anything.
+    Closed,
+    /// More than [`MAX_REQUEST`] bytes without a newline.
+    TooLong,
+    /// [`REQUEST_DEADLINE`] passed first.
+    TimedOut,
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// Reads the request line (without its newline). A line cut by the end of the stream counts
+/// as whole, as it did when the server used `read_line`.
+fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadFailure> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadFailure::TimedOut);
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(ReadFailure::Io)?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) if line.is_empty() => return Err(ReadFailure::Closed),
+            Ok(0) => return Ok(line),
+            Ok(n) => n,
+            // The read timed out (EAGAIN) or was interrupted: the loop checks the deadline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(ReadFailure::Io(e)),
+        };
+        let newline = chunk[..n].iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&chunk[..newline.unwrap_or(n)]);
+        if line.len() > MAX_REQUEST {
+            return Err(ReadFailure::TooLong);
+        }
+        if newline.is_some() {
+            return Ok(line);
+        }
+    }
+}
+
+fn serve_one(exports: &StoreExports, stream: &UnixStream, connected: Instant) {
+    let response = match read_request(stream, connected + REQUEST_DEADLINE) {
+        Ok(line) if line.iter().all(u8::is_ascii_whitespace) => return,
+        Ok(line) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => handle(exports, req),
+            Err(e) => Response::error("bad_request", format!("bad control request: {e}")),
+        },
+        Err(ReadFailure::Closed) => return,
+        Err(ReadFailure::TooLong) => {
+            tracing::warn!(limit = MAX_REQUEST, "control request too long: refused");
+            Response::error(
+                "bad_request",
+                format!("control request longer than {MAX_REQUEST} bytes"),
+            )
+        }
+        Err(ReadFailure::TimedOut) => {
+            tracing::warn!("control request not complete in time: closing the connection");
+            Response::error(
+                "timeout",
+                format!(
+                    "no complete control request within {} s of connecting",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            )
+        }
+        Err(ReadFailure::Io(e)) => {
+            tracing::debug!(error = %e, "reading a control request failed");
+            return;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+    send(stream, &response);
+}
+
+/// Writes `response` as one line; a client that went away or does not read is not our
+/// problem.
+fn send(stream: &UnixStream, response: &Response) {
+    if let Ok(mut text) = serde_json::to_string(response) {
         text.push('\n');
-        let _ = out.write_all(text.as_bytes());
+        let _ = (&*stream).write_all(text.as_bytes());
     }
 }
 
@@ -223,10 +470,14 @@ pub fn request(store: &Store, req: &Request) -> anyhow::Result<Option<Response>>
     };
     let mut text = serde_json::to_string(req)?;
     text.push('\n');
-    stream.write_all(text.as_bytes())?;
+    // A server with too many connections answers without reading and closes, so the write
+    // may fail while its answer waits to be read: the answer, when there is one, says more.
+    let sent = stream.write_all(text.as_bytes());
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    let read = BufReader::new(&stream).read_line(&mut line);
     if line.trim().is_empty() {
+        sent?;
+        read?;
         anyhow::bail!(
             "the server on {} closed the control connection",
             path.display()

@@ -68,7 +68,7 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
             args.listen
         )
     })?;
-    builder = builder.tcp(addr);
+    builder = builder.tcp(addr).max_connections(args.max_connections);
     if let Some(path) = &args.unix {
         builder = builder.unix(path);
     }

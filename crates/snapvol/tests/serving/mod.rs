@@ -247,7 +247,12 @@ impl Env {
 
     /// Starts `snapvol serve` on this store.
     pub fn serve(&self) -> Server {
-        Server::start(self)
+        Server::start(self, &[])
+    }
+
+    /// Starts `snapvol serve ARGS` on this store.
+    pub fn serve_with(&self, args: &[&str]) -> Server {
+        Server::start(self, args)
     }
 }
 
@@ -261,9 +266,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `snapvol serve --listen 127.0.0.1:PORT` on a free port and waits until it
+    /// Starts `snapvol serve --listen 127.0.0.1:PORT ARGS` on a free port and waits until it
     /// listens and accepts connections.
-    pub fn start(env: &Env) -> Server {
+    pub fn start(env: &Env, args: &[&str]) -> Server {
         let log = env.path("serve.log");
         for _ in 0..8 {
             let port = free_port();
@@ -276,6 +281,7 @@ impl Server {
             let child = env
                 .snapvol()
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file)
@@ -1029,7 +1035,12 @@ impl RawNbd {
     /// Connects and selects `export` with NBD_OPT_GO; `Err` with the option error type when
     /// the server refuses it.
     pub fn connect(port: u16, export: &str) -> Result<Self, u32> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::over(s, export)
+    }
+
+    /// [`RawNbd::connect`] over a connection already made, whose greeting is not read yet.
+    pub fn over(mut s: TcpStream, export: &str) -> Result<Self, u32> {
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         let mut hello = [0u8; 18];

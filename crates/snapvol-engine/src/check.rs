@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Device, Error, Result};
 use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
@@ -37,7 +37,7 @@ use crate::units::Geometry;
 use crate::vlun::{FileVlun, Vlun};
 
 /// One thing found wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// Where: a structure and its byte offset in hex, e.g. `superblock copy at 0x1000` or
     /// `metadata block at 0x20000 record 3`.
@@ -49,7 +49,7 @@ pub struct Problem {
 }
 
 /// Figures about what was checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSummary {
     /// Live snapshots.
     pub snapshots: usize,
@@ -73,7 +73,7 @@ pub struct CheckSummary {
 }
 
 /// The outcome of a check.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {
     /// Everything found wrong (after repair, if one was asked for: what is still wrong).
     pub problems: Vec<Problem>,

@@ -841,6 +841,93 @@ fn info_and_snapshot_commands_work_while_serving_through_the_control_socket() {
     assert_eq!(info["snapshots"][0]["exclusive_bytes"], MIB, "{info}");
 }
 
+/// Every management command works while `serve` holds the store: exports of the live volume
+/// and of a snapshot while fio keeps writing (the snapshot's export is the snapshot exactly),
+/// `check` (clean, read only), `list` with every volume's figures, and `import`, which is
+/// refused with the NBD way to write instead.
+#[test]
+fn export_check_and_list_work_while_serving_and_import_names_the_nbd_way() {
+    let env = Env::new();
+    env.create("v", "256M");
+    env.create("w", "16M");
+    let server = env.serve();
+    let live = server.uri("v");
+    qemu_io_write(&live, &[(0x11, 0, 4 * MIB)]);
+    env.snapvol_ok(&["snapshot", "create", "v@s1"]);
+    qemu_io_write(&live, &[(0x22, 0, MIB)]);
+
+    // Writes go on over [64M, 128M) while the exports run.
+    let load = start_load(&env, &server, "v", (64 * MIB, 64 * MIB, 2, 7));
+    let s1 = env.path("s1.img");
+    env.snapvol_ok(&["export", "v@s1", s1.to_str().expect("utf-8")]);
+    let image = std::fs::read(&s1).expect("read the export");
+    assert_eq!(image.len() as u64, SIZE);
+    assert!(
+        image[..4 << 20].iter().all(|&b| b == 0x11),
+        "v@s1 holds the first write"
+    );
+    assert!(
+        image[4 << 20..].iter().all(|&b| b == 0),
+        "and nothing written after it"
+    );
+    let now = env.path("live.img");
+    env.snapvol_ok(&["export", "v", now.to_str().expect("utf-8")]);
+    let image = std::fs::read(&now).expect("read the export");
+    assert!(image[..1 << 20].iter().all(|&b| b == 0x22));
+    assert!(image[1 << 20..4 << 20].iter().all(|&b| b == 0x11));
+    let stdout = env
+        .snapvol()
+        .args(["export", "w", "-"])
+        .output()
+        .expect("runs");
+    assert!(stdout.status.success(), "{}", text(&stdout.stderr));
+    assert_eq!(
+        stdout.stdout.len() as u64,
+        16 * MIB,
+        "export to standard output"
+    );
+
+    let report = env.snapvol_json(&["check", "v", "--json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let text_report = env.snapvol_ok(&["check", "v"]);
+    assert!(text_report.contains("volume 'v' is clean"), "{text_report}");
+    let err = env.snapvol_fails(&["check", "v", "--repair"]);
+    assert!(err.contains("stop the server first"), "{err}");
+    drop(load);
+
+    let list = env.snapvol_json(&["list", "--json"]);
+    let entries = list.as_array().expect("a list");
+    for (name, size, snapshots) in [("v", SIZE, 1), ("w", 16 * MIB, 0)] {
+        let e = entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {list}"));
+        assert_eq!(e["size"], size, "{e}");
+        assert_eq!(e["chunk_size"], 65536, "{e}");
+        assert_eq!(e["snapshots"], snapshots, "{e}");
+        assert_eq!(e["served"], true, "{e}");
+    }
+    let table = env.snapvol_ok(&["list"]);
+    assert!(
+        table.contains("served") && table.contains("256M"),
+        "{table}"
+    );
+
+    let missing = env.path("missing.img");
+    let err = env.snapvol_fails(&["export", "v@nope", missing.to_str().expect("utf-8")]);
+    assert!(err.contains("snapshot 'v@nope' not found"), "{err}");
+    assert!(!missing.exists(), "a failed export leaves no file");
+
+    let img = env.path("in.img");
+    std::fs::write(&img, vec![1u8; 4096]).expect("write an image");
+    let err = env.snapvol_fails(&["import", "v", img.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("being served") && err.contains("qemu-img convert"),
+        "{err}"
+    );
+    server.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Snapshot consistency under concurrent writers
 

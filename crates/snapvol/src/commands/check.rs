@@ -3,20 +3,32 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use snapvol_engine::check::CheckReport;
 use snapvol_engine::{Error, Store};
 
-use super::parse_volume;
+use super::{is_served, open_error, parse_volume, remote};
 use crate::cli::CheckArgs;
 use crate::output::print_json;
+use crate::serve::control::Request;
 
 pub fn run(store: &Store, args: CheckArgs) -> Result<()> {
     let name = parse_volume(&args.volume)?;
-    let report = store.check(name, args.repair).map_err(|e| match e {
-        Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.root().display()),
-        e => e.into(),
-    })?;
+    let report = match store.check(name, args.repair) {
+        Ok(report) => report,
+        // A served volume is checked by the server, as it is durably, while it stays served.
+        Err(Error::Locked { .. }) if is_served(store) && !args.repair => remote(
+            store,
+            Request::Check {
+                volume: name.to_owned(),
+            },
+        )?,
+        Err(Error::Locked { .. }) if is_served(store) => bail!(
+            "volume '{name}' is being served by snapvol serve; --repair needs it to itself: stop \
+             the server first (a check without --repair works while it serves)"
+        ),
+        Err(e) => return Err(open_error(store, e)),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         print_json(&mut out, &report)?;

@@ -128,6 +128,14 @@ fn qualify(volume: &str, err: Error) -> anyhow::Error {
     }
 }
 
+/// Engine errors that came back from the server, named the way the user wrote them.
+fn requalify(volume: &str, err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<snapvol_engine::Error>() {
+        Ok(e) => qualify(volume, e),
+        Err(e) => e,
+    }
+}
+
 /// Runs `f` on an open volume and always closes it; the first error wins.
 fn with_volume<T>(vol: Volume, f: impl FnOnce(&Volume) -> Result<T>) -> Result<T> {
     let result = f(&vol);

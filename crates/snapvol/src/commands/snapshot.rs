@@ -6,7 +6,9 @@ use anyhow::Result;
 use snapvol_engine::{parse_snapshot_name, SnapshotInfo, Store};
 
 use super::info::snapshot_table;
-use super::{access, access_read_only, parse_volume, qualify, remote, with_volume, Access};
+use super::{
+    access, access_read_only, parse_volume, qualify, remote, requalify, with_volume, Access,
+};
 use crate::output::{print_json, SnapshotJson};
 use crate::serve::control::Request;
 
@@ -79,12 +81,4 @@ pub fn list(store: &Store, volume: &str, json: bool) -> Result<()> {
         write!(out, "{}", snapshot_table(&snapshots))?;
     }
     Ok(())
-}
-
-/// Engine errors that came back from the server, named the way the user wrote them.
-fn requalify(volume: &str, err: anyhow::Error) -> anyhow::Error {
-    match err.downcast::<snapvol_engine::Error>() {
-        Ok(e) => qualify(volume, e),
-        Err(e) => e,
-    }
 }

@@ -48,6 +48,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Time the client has to take the answer; a client that does not read it is abandoned.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time the client of an export has to take each piece of the image (it may be writing the
+/// previous one to a slow disk).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Where the control socket of `store` is.
 pub fn socket_path(store: &Store) -> PathBuf {
     store.root().join(SOCKET)
@@ -80,6 +84,20 @@ pub enum Request {
     SnapshotList {
         /// The volume.
         volume: String,
+    },
+    /// `snapvol check VOL` (without `--repair`): answered with a `CheckReport` of the volume
+    /// as it is durably, checked while it stays served.
+    Check {
+        /// The volume.
+        volume: String,
+    },
+    /// `snapvol export VOL[@SNAP] FILE`: answered with `{"size": BYTES}`, then the image as
+    /// the frames of [`super::image_stream`].
+    Export {
+        /// The volume.
+        volume: String,
+        /// The snapshot, or `None` for the live volume.
+        snapshot: Option<String>,
     },
 }
 
@@ -162,6 +180,8 @@ fn handle(exports: &StoreExports, req: Request) -> Response {
                 serde_json::Value::Null
             }
             Request::SnapshotList { volume } => json(&exports.volume(&volume)?.snapshots()),
+            Request::Check { volume } => json(&exports.volume(&volume)?.check()?),
+            Request::Export { .. } => unreachable!("export streams its answer (serve_one)"),
         })
     })();
     match result {
@@ -423,6 +443,9 @@ fn serve_one(exports: &StoreExports, stream: &UnixStream, connected: Instant) {
     let response = match read_request(stream, connected + REQUEST_DEADLINE) {
         Ok(line) if line.iter().all(u8::is_ascii_whitespace) => return,
         Ok(line) => match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::Export { volume, snapshot }) => {
+                return stream_export(exports, stream, &volume, snapshot.as_deref())
+            }
             Ok(req) => handle(exports, req),
             Err(e) => Response::error("bad_request", format!("bad control request: {e}")),
         },
@@ -451,6 +474,58 @@ fn serve_one(exports: &StoreExports, stream: &UnixStream, connected: Instant) {
     };
     let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
     send(stream, &response);
+}
+
+/// Answers an export: the image's size, then the image in frames, read piece by piece from
+/// the served volume (a snapshot's reads never see writes made after it). A read that fails
+/// (EIO, or the snapshot deleted meanwhile) ends the stream with an error frame, so the client
+/// never takes a short image for a whole one.
+fn stream_export(
+    exports: &StoreExports,
+    stream: &UnixStream,
+    volume: &str,
+    snapshot: Option<&str>,
+) {
+    use super::image_stream::{write_data, write_end, write_error};
+    use crate::transfer::{pieces, PIECE};
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+    let opened = exports.volume(volume).and_then(|vol| {
+        let seq = snapshot
+            .map(|s| vol.snapshot(s).map(|i| i.seq))
+            .transpose()?;
+        Ok((vol, seq))
+    });
+    let (vol, seq) = match opened {
+        Ok(found) => found,
+        Err(e) => return send(stream, &Response::from_error(e)),
+    };
+    let size = vol.size();
+    send(
+        stream,
+        &Response::Ok {
+            value: serde_json::json!({ "size": size }),
+        },
+    );
+    let _ = stream.set_write_timeout(Some(STREAM_TIMEOUT));
+    let mut out = stream;
+    let mut buf = vec![0u8; PIECE];
+    for (offset, n) in pieces(size, PIECE) {
+        let piece = &mut buf[..n];
+        let read = match seq {
+            Some(s) => vol.read_snapshot(s, offset, piece),
+            None => vol.read(offset, piece),
+        };
+        if let Err(e) = read {
+            tracing::warn!(volume, snapshot, offset, error = %e, "export through the control socket failed");
+            let answer = serde_json::to_vec(&Response::from_error(e)).unwrap_or_default();
+            let _ = write_error(&mut out, &answer);
+            return;
+        }
+        if write_data(&mut out, piece).is_err() {
+            return; // The client went away.
+        }
+    }
+    let _ = write_end(&mut out);
 }
 
 /// Writes `response` as one line; a client that went away or does not read is not our
@@ -484,6 +559,53 @@ pub fn request(store: &Store, req: &Request) -> anyhow::Result<Option<Response>>
         );
     }
     Ok(Some(serde_json::from_str(&line)?))
+}
+
+/// An image coming from the server: its size, then frames to read with
+/// [`super::image_stream::read_frame`].
+pub struct ImageStream {
+    /// The image's size in bytes.
+    pub size: u64,
+    /// The rest of the connection.
+    pub frames: BufReader<UnixStream>,
+}
+
+/// Asks the server holding `store` for the image of `volume` (or of its snapshot); `None`
+/// when no server answers there. An error answer (no such volume or snapshot) is returned
+/// before any of the image is sent.
+pub fn export(
+    store: &Store,
+    volume: &str,
+    snapshot: Option<&str>,
+) -> anyhow::Result<Option<ImageStream>> {
+    let path = socket_path(store);
+    let Ok(mut stream) = UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let req = Request::Export {
+        volume: volume.to_owned(),
+        snapshot: snapshot.map(str::to_owned),
+    };
+    let mut text = serde_json::to_string(&req)?;
+    text.push('\n');
+    let sent = stream.write_all(text.as_bytes());
+    let mut frames = BufReader::with_capacity(1 << 20, stream);
+    let mut line = String::new();
+    let read = (&mut frames).take(MAX_REQUEST as u64).read_line(&mut line);
+    if line.trim().is_empty() {
+        sent?;
+        read?;
+        anyhow::bail!(
+            "the server on {} closed the control connection",
+            path.display()
+        );
+    }
+    let response: Response = serde_json::from_str(&line)?;
+    let value = response.into_result()?;
+    let size = value["size"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("the server's export answer has no size: {value}"))?;
+    Ok(Some(ImageStream { size, frames }))
 }
 
 /// Whether the socket at `path` is answered.

@@ -2,6 +2,9 @@
 
 use crate::error::{Error, Result};
 
+/// Names of the store's own entries, beside the volumes' directories.
+const RESERVED: &[&str] = &["control.sock"];
+
 /// Checks a volume or snapshot name: 1 to 128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |reason| {
@@ -19,6 +22,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name == "." || name == ".." {
         return bad("'.' and '..' are reserved");
     }
+    if RESERVED.contains(&name) {
+        return bad("the store uses that name for itself");
+    }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -26,4 +32,17 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad("names may contain only letters, digits, '.', '_' and '-'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What broke: a volume named `control.sock` took the place of the control socket, and
+    /// `snapvol serve` failed with "Is a directory".
+    #[test]
+    fn the_control_sockets_name_is_not_a_volume_name() {
+        assert!(validate_name("control.sock").is_err());
+        assert!(validate_name("control.sock2").is_ok());
+    }
 }

@@ -1075,3 +1075,58 @@ fn commands_that_only_read_change_no_byte_and_work_on_a_store_mounted_read_only(
     drop(mount);
     assert!(before == fingerprint(&env.store()));
 }
+
+/// What broke: when the server died while taking a snapshot, the CLI reported a plain error,
+/// yet the snapshot could exist after a restart. A broken connection after the request went
+/// out now says that the outcome is unknown and how to find it out.
+#[test]
+fn a_server_that_dies_during_snapshot_create_leaves_an_error_that_says_the_outcome_is_unknown() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+    let env = Env::new();
+    env.create("v");
+    // A stand-in for a server that holds the volume, reads the request and dies before
+    // answering.
+    let mut holder = Command::new("flock")
+        .args([
+            "-x",
+            path_str(&env.store().join("v").join("lock")),
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .expect("flock(1) runs");
+    // Until flock(1) has the lock, `info` (a reader) succeeds; then it says the volume is in use.
+    while env.run(&["info", "v"]).status.success() {
+        std::thread::yield_now();
+    }
+    assert!(text(&env.run(&["info", "v"]).stderr).contains("in use"));
+    let listener = UnixListener::bind(env.store().join("control.sock")).expect("bind");
+    let dying = std::thread::spawn(move || {
+        // The CLI connects once to see the server is there, then once with its request.
+        let mut requests = Vec::new();
+        for conn in listener.incoming().take(2) {
+            let conn = conn.expect("accept");
+            let mut line = String::new();
+            std::io::BufReader::new(&conn)
+                .read_line(&mut line)
+                .expect("read");
+            requests.push(line);
+        }
+        requests
+    });
+    let err = env.fails(&["snapshot", "create", "v@s1"]);
+    assert!(
+        err.contains("may or may not have been taken") && err.contains("snapvol snapshot list v"),
+        "{err}"
+    );
+    let requests = dying.join().expect("the stand-in server");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("snapshot_create") && r.contains("s1")),
+        "{requests:?}"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

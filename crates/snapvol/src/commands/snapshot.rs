@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use snapvol_engine::{parse_snapshot_name, SnapshotInfo, Store};
 
 use super::info::snapshot_table;
@@ -10,7 +10,7 @@ use super::{
     access, access_read_only, parse_volume, qualify, remote, requalify, with_volume, Access,
 };
 use crate::output::{print_json, SnapshotJson};
-use crate::serve::control::Request;
+use crate::serve::control::{self, Request};
 
 pub fn create(store: &Store, spec: &str) -> Result<()> {
     let (volume, snapshot) = parse_snapshot_name(spec)?;
@@ -26,7 +26,13 @@ pub fn create(store: &Store, spec: &str) -> Result<()> {
                 volume: volume.to_owned(),
                 snapshot: snapshot.to_owned(),
             };
-            remote::<SnapshotInfo>(store, req).map_err(|e| requalify(volume, e))?;
+            remote_change::<SnapshotInfo>(
+                store,
+                volume,
+                req,
+                &format!("{volume}@{snapshot}"),
+                "taken",
+            )?;
         }
     }
     writeln!(
@@ -50,7 +56,13 @@ pub fn delete(store: &Store, spec: &str) -> Result<()> {
                 volume: volume.to_owned(),
                 snapshot: snapshot.to_owned(),
             };
-            remote::<()>(store, req).map_err(|e| requalify(volume, e))?;
+            remote_change::<()>(
+                store,
+                volume,
+                req,
+                &format!("{volume}@{snapshot}"),
+                "deleted",
+            )?;
         }
     }
     writeln!(
@@ -81,4 +93,30 @@ pub fn list(store: &Store, volume: &str, json: bool) -> Result<()> {
         write!(out, "{}", snapshot_table(&snapshots))?;
     }
     Ok(())
+}
+
+/// Sends a request that changes `volume` to the server. Once the request may have reached the
+/// server, a broken connection (the server stopped or was killed before answering) leaves the
+/// outcome unknown: the error says so, and how to find out.
+fn remote_change<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    volume: &str,
+    req: Request,
+    spec: &str,
+    done: &str,
+) -> Result<T> {
+    match control::request(store, &req) {
+        Ok(Some(response)) => {
+            let value = response.into_result().map_err(|e| requalify(volume, e))?;
+            Ok(serde_json::from_value(value)?)
+        }
+        Ok(None) => Err(anyhow!(
+            "the snapvol server holding the store stopped answering; snapshot {spec} was not {done}"
+        )),
+        Err(e) => Err(anyhow!(
+            "the snapvol server stopped before answering ({e}): snapshot {spec} may or may not \
+             have been {done}; `snapvol snapshot list {volume}` shows which, once the server \
+             runs again (or with it stopped)"
+        )),
+    }
 }

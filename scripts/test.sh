@@ -21,6 +21,8 @@ install_missing() {
     for entry in "${NEEDED[@]}"; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
     done
+    # The scripted NBD clients of the serve tests: Debian's Python with its libnbd bindings.
+    /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd)
     if ((${#missing[@]} > 0)); then
         step "installing ${missing[*]}"
         apt-get update

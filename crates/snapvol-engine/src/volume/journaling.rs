@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crate::error::{Device, Error, Result};
 use crate::journal::{Journal, JournalHead, Request};
+use crate::metadata::SnapshotMeta;
 use crate::units::Epoch;
 
-use super::{Inner, JOURNAL_EAGER};
+use super::{millis, Inner, JOURNAL_EAGER};
 
 impl Inner {
     /// The journal writer: appends what is staged once a few MiB have gathered, so that the
@@ -98,7 +99,7 @@ impl Inner {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                     Some(b.saturating_sub(taken))
                 });
-            let mut requests: Vec<_> = staged
+            let writes = staged
                 .iter()
                 .map(|s| Request::Write {
                     epoch: s.epoch,
@@ -106,8 +107,15 @@ impl Inner {
                     len: s.len,
                     data: s.data.clone(),
                 })
-                .collect();
-            requests.extend(extra);
+                .chain(extra.clone().filter(|r| matches!(r, Request::Write { .. })));
+            let up_to = match &extra {
+                Some(Request::Snapshot { seq, .. }) => *seq,
+                _ => 0,
+            };
+            let requests = self.with_snapshot_records(writes, up_to);
+            if requests.is_empty() {
+                return Ok(None);
+            }
             let needed = Journal::space_needed(&requests);
             if needed > journal.free() {
                 // Make room: destage everything already journaled and move the head past it.
@@ -124,9 +132,15 @@ impl Inner {
             let generation = journal.append(&requests)?;
             // Snapshots whose records are now durable may enter the metadata log; before the
             // journal lock is released, so no head move can pass a record not yet marked.
-            if let Some(Request::Snapshot { seq, .. }) = requests.last() {
-                let mut pending = self.pending.lock();
-                if let Some(p) = pending.iter_mut().find(|p| p.meta.seq.0 == *seq) {
+            let journaled: Vec<u64> = requests
+                .iter()
+                .filter_map(|r| match r {
+                    Request::Snapshot { seq, .. } => Some(*seq),
+                    Request::Write { .. } => None,
+                })
+                .collect();
+            for p in self.pending.lock().iter_mut() {
+                if journaled.contains(&p.meta.seq.0) {
                     p.durable = true;
                 }
             }
@@ -142,6 +156,40 @@ impl Inner {
             Ok(Some(generation))
         })();
         r.inspect_err(|e| self.fail(e))
+    }
+
+    /// The records of an append: `writes` (in request order, so in epoch order), with the
+    /// record of every snapshot taken but not yet journaled put before the first write of its
+    /// epoch, and those up to snapshot `up_to` at the end if no write of their epoch came.
+    ///
+    /// A snapshot's record precedes every write of its epoch in the journal, whichever append
+    /// journals it (a FLUSH may come between a snapshot's epoch advancing and its own append).
+    /// A write of its epoch may then reach the destager, which preserves originals for the
+    /// snapshot and names it in the metadata log, only once the snapshot's creation is durable
+    /// and goes into the log first (`write_chain`); and recovery never finds a preservation
+    /// for a snapshot it does not know.
+    fn with_snapshot_records(
+        &self,
+        writes: impl Iterator<Item = Request>,
+        up_to: u64,
+    ) -> Vec<Request> {
+        let waiting: Vec<Request> = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|p| !p.durable)
+            .map(|p| snapshot_request(&p.meta))
+            .collect();
+        let mut waiting = waiting.into_iter().peekable();
+        let mut requests = Vec::new();
+        for w in writes {
+            while let Some(s) = waiting.next_if(|s| s.epoch() <= w.epoch()) {
+                requests.push(s);
+            }
+            requests.push(w);
+        }
+        requests.extend(waiting.take_while(|s| s.epoch() <= up_to));
+        requests
     }
 
     /// Moves the journal's head past every append whose data is all on the source: syncs the
@@ -191,5 +239,14 @@ impl Inner {
         meta.sb.journal_head_seq = head.seq;
         // The head may pass snapshot records: their snapshots go to the metadata log with it.
         self.write_chain(&mut meta, Vec::new())
+    }
+}
+
+/// The journal record of a snapshot's creation.
+pub(super) fn snapshot_request(meta: &SnapshotMeta) -> Request {
+    Request::Snapshot {
+        seq: meta.seq.0,
+        created_ms: millis(meta.created),
+        name: meta.name.clone(),
     }
 }

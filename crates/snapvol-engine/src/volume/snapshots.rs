@@ -4,14 +4,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::journaling::snapshot_request;
 use crate::error::{Error, Result};
 use crate::format::Record;
-use crate::journal::Request;
 use crate::metadata::SnapshotMeta;
 use crate::names::validate_name;
 use crate::units::SnapshotSeq;
 
-use super::{millis, Inner, PendingSnapshot, SnapshotInfo};
+use super::{Inner, PendingSnapshot, SnapshotInfo};
 
 impl Inner {
     pub(super) fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
@@ -48,15 +48,13 @@ impl Inner {
         let advanced = self.gate.advance();
         debug_assert_eq!(advanced, seq.0);
         // One journal append makes it durable with every write acknowledged before it: the
-        // staged writes, then the snapshot's record. Its record reaches the metadata log later,
-        // with the next destage batch or journal head move (`write_chain`).
-        let r = self.check_writable().and_then(|()| {
-            self.journal_append(Some(Request::Snapshot {
-                seq: seq.0,
-                created_ms: millis(meta.created),
-                name: name.to_owned(),
-            }))
-        });
+        // staged writes, then the snapshot's record (unless a FLUSH since the epoch advanced
+        // journaled the record already, ahead of the first write of its epoch). Its record
+        // reaches the metadata log later, with the next destage batch or journal head move
+        // (`write_chain`).
+        let r = self
+            .check_writable()
+            .and_then(|()| self.journal_append(Some(snapshot_request(&meta))));
         if let Err(e) = r {
             self.pending.lock().retain(|p| p.meta.seq != seq);
             let mut back = (**self.table.load()).clone();

@@ -59,6 +59,29 @@ pub fn require(tool: &str) -> PathBuf {
     );
 }
 
+/// A command running one of the Python clients in `tests/clients/` with Debian's Python and
+/// its libnbd bindings, which must be installed.
+pub fn python_client(script: &str) -> Command {
+    let python = PathBuf::from("/usr/bin/python3");
+    let has_libnbd = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import nbd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    assert!(
+        has_libnbd,
+        "Python's libnbd bindings are not installed, and this test drives the server with \
+         them: install the Debian package `python3-libnbd` (apt-get install python3-libnbd)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(script),
+    );
+    cmd
+}
+
 /// A command running `tool`, which must be installed.
 pub fn tool(name: &str) -> Command {
     Command::new(require(name))

@@ -235,6 +235,13 @@ fn run(ops: &[Op], size: u64, chunk: u32, cache: u64, background: bool) {
         src == h.live,
         "source VLUN is not the live volume after close"
     );
+    let report = snapvol_engine::check::check(&*h.source, &*h.target, &*h.journal, false)
+        .expect("check runs");
+    assert!(
+        report.is_clean(),
+        "check after the run: {:?}",
+        report.problems
+    );
 }
 
 proptest! {

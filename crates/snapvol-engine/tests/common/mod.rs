@@ -12,9 +12,32 @@ pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 
 /// A store in a fresh temporary directory, removed when the fixture is dropped.
+///
+/// Every scenario ends with the checker: when the fixture goes (after the test's volumes,
+/// which are declared after it and so dropped first), every volume of the store must check
+/// clean.
 pub struct Fixture {
     _dir: TempDir,
     pub store: Store,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for name in self.store.list().expect("list the store") {
+            let report = self
+                .store
+                .check(&name, false)
+                .unwrap_or_else(|e| panic!("check of volume {name} at the end: {e}"));
+            assert!(
+                report.is_clean(),
+                "volume {name} does not check clean at the end of the scenario: {:?}",
+                report.problems
+            );
+        }
+    }
 }
 
 impl Fixture {

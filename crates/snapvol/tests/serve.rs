@@ -855,6 +855,15 @@ fn export_check_and_list_work_while_serving_and_import_names_the_nbd_way() {
     qemu_io_write(&live, &[(0x11, 0, 4 * MIB)]);
     env.snapvol_ok(&["snapshot", "create", "v@s1"]);
     qemu_io_write(&live, &[(0x22, 0, MIB)]);
+    // The MiB overwritten after s1 needs its original preserved once: either the target holds
+    // it already, or the cache will preserve it when destaged; info counts both.
+    let info = env.snapvol_json(&["info", "v", "--json"]);
+    assert_eq!(
+        info["target_used_bytes"].as_u64().unwrap()
+            + info["pending_preserve_bytes"].as_u64().unwrap(),
+        MIB,
+        "{info}"
+    );
 
     // Writes go on over [64M, 128M) while the exports run.
     let load = start_load(&env, &server, "v", (64 * MIB, 64 * MIB, 2, 7));

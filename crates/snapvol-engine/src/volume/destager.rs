@@ -128,6 +128,7 @@ impl Inner {
                     detail: format!("the target cannot hold {copies} more preserved chunks"),
                 })?;
                 self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+                self.stats.preserving.fetch_add(copies, Ordering::SeqCst);
                 self.unreserve(held);
                 runs
             };
@@ -193,6 +194,7 @@ impl Inner {
             for &(c, slot, lo, hi) in &placed {
                 self.index.insert(c, Entry { lo, hi, slot });
             }
+            self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
             self.maybe_checkpoint(&mut meta)?;
             drop(meta);
             self.stats.copies_made.fetch_add(copies, Ordering::Relaxed);

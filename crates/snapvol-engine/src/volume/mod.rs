@@ -168,6 +168,10 @@ struct PendingSnapshot {
 #[derive(Debug, Default)]
 struct Stats {
     copies_made: AtomicU64,
+    /// Copies a destage batch has allocated slots for (its writes' reservations taken back)
+    /// and not yet published in the index; changed under the metadata lock, so `info` sees
+    /// every copy either pending, under way, or in the index.
+    preserving: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -665,22 +669,26 @@ impl Volume {
     /// Figures about the volume.
     pub fn info(&self) -> VolumeInfo {
         let i = &self.inner;
+        // Under the metadata lock: a destage batch moves copies from reserved to under way
+        // to the index under it, so none is counted twice or missed.
         let meta = i.meta.lock();
         let metadata_bytes = 2 * BLOCK_SIZE as u64 + meta.chain_slots.len() as u64 * i.geo.chunk();
+        let preserved = i.index.len() as u64;
+        let pending = i.reserved.load(Ordering::SeqCst) + i.stats.preserving.load(Ordering::SeqCst);
         drop(meta);
         VolumeInfo {
             name: i.name.clone(),
             size: i.geo.size,
             chunk_size: i.geo.chunk_size,
             target_size: i.target_cap,
-            target_used_bytes: i.index.len() as u64 * i.geo.chunk(),
+            target_used_bytes: preserved * i.geo.chunk(),
             metadata_bytes,
             target_file_bytes: i.target.len().unwrap_or(0),
             snapshots: i.accounting(),
-            preserved_chunks: i.index.len() as u64,
+            preserved_chunks: preserved,
             copies_since_open: i.stats.copies_made.load(Ordering::Relaxed),
             dirty_bytes: i.cache.dirty_bytes(),
-            pending_preserve_bytes: i.reserved.load(Ordering::SeqCst) * i.geo.chunk(),
+            pending_preserve_bytes: pending * i.geo.chunk(),
         }
     }
 

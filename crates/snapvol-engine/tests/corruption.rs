@@ -1182,3 +1182,64 @@ fn snapshot_sequence_numbers_no_volume_reaches_are_corruption_with_their_record(
         assert!(detail.starts_with("record 0:"), "{what}: {detail}");
     }
 }
+
+/// What broke (issue 9, defect 5): open read the metadata block a pointer names without asking
+/// whether the target holds it, so a pointer near u64::MAX overflowed the offset arithmetic of
+/// the read (the in-memory VLUN panicked, in release too) instead of being reported.
+#[test]
+fn a_chain_pointer_past_the_end_of_the_target_is_corruption_not_a_panic() {
+    let img = build();
+    // 4 KiB aligned from the data area, so only its distance from the target is wrong.
+    let far = u64::MAX - 0xfff;
+
+    // The superblock's meta_head.
+    let (s, t, j) = mem_vluns(&img);
+    let (mut sb, _) = layout_of(&img.target);
+    sb.meta_head = far;
+    sb.generation += 1;
+    let sb_off = format::superblock_offset(sb.generation);
+    t.write_at(&sb.encode(), sb_off).expect("write");
+    let r = check(&s, &t, &j, false).expect("check");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.location == format!("superblock copy at {sb_off:#x}")
+                && p.detail.contains("meta_head")),
+        "{}",
+        describe(&r)
+    );
+    let (location, detail) = open_corrupt("meta_head", s, t, j);
+    assert_eq!(location, format!("superblock copy at {sb_off:#x}"));
+    assert!(
+        detail.contains("meta_head") && detail.contains("beyond the end of the target"),
+        "{detail}"
+    );
+
+    // A block's prev pointer.
+    let (s, t, j) = mem_vluns(&img);
+    let (mut sb, _) = layout_of(&img.target);
+    let off = (img.target.len() as u64).next_multiple_of(CHUNK);
+    let mut blk = MetaBlock::pack(&[], sb.meta_head_seq + 1).remove(0);
+    blk.prev = far;
+    t.write_at(&blk.encode(&sb.volume_id), off).expect("write");
+    sb.meta_head = off;
+    sb.meta_head_seq = blk.seq;
+    sb.generation += 1;
+    t.write_at(&sb.encode(), format::superblock_offset(sb.generation))
+        .expect("write");
+    let r = check(&s, &t, &j, false).expect("check");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.location == format!("metadata block at {off:#x}")
+                && p.detail.contains("prev pointer")),
+        "{}",
+        describe(&r)
+    );
+    let (location, detail) = open_corrupt("prev", s, t, j);
+    assert_eq!(location, format!("metadata block at {off:#x}"));
+    assert!(
+        detail.contains("prev pointer") && detail.contains("beyond the end of the target"),
+        "{detail}"
+    );
+}

@@ -1243,3 +1243,42 @@ fn a_chain_pointer_past_the_end_of_the_target_is_corruption_not_a_panic() {
         "{detail}"
     );
 }
+
+/// What broke (issue 9, defect 5): open bounded a preserve record's slots by the target size
+/// cap only, and a target without a cap by nothing: a record could name slots past the end of
+/// the target (a snapshot then read zeroes no copy ever held, as its data), and its count drove
+/// that many index insertions, up to 2^32 per record, whatever the target held.
+#[test]
+fn a_preserve_record_past_the_end_of_the_target_is_refused_by_open_as_by_check() {
+    let img = build();
+    let (copies, seqs) = live_copies(&img);
+    let newest = *seqs.last().expect("a live snapshot");
+    let free_chunk = (0..CHUNKS)
+        .find(|c| copies.iter().all(|x| x.0 != *c))
+        .expect("a chunk without copies");
+    let data_start = format::data_start(CHUNK as u32);
+    let past_end = ((img.target.len() as u64).next_multiple_of(CHUNK) - data_start) / CHUNK + 1000;
+    let (s, t, j) = mem_vluns(&img);
+    let off = append_block(
+        &t,
+        vec![Record::Preserve {
+            chunk: ChunkIndex(free_chunk),
+            count: 1,
+            slot: TargetSlot(past_end),
+            lo: SnapshotSeq(newest),
+            hi: SnapshotSeq(newest),
+        }],
+    );
+    let r = check(&s, &t, &j, false).expect("check");
+    assert!(
+        r.problems.iter().any(
+            |p| p.location == format!("metadata block at {off:#x} record 0")
+                && p.detail.contains("beyond the end of the target")
+        ),
+        "{}",
+        describe(&r)
+    );
+    let (location, detail) = open_corrupt("slot past the end", s, t, j);
+    assert_eq!(location, format!("metadata block at {off:#x}"));
+    assert!(detail.contains("beyond the end of the target"), "{detail}");
+}

@@ -147,6 +147,17 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
     let chain = read_chain(target, &sb)?;
     let chunk = u64::from(sb.chunk_size);
     let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
+    // A pointer becomes durable only after the copy it points to (I2), so every slot a record
+    // names lies inside the target as well as under its cap. This also bounds the index
+    // insertions a record's count drives by what the target really holds.
+    let target_len = target
+        .len()
+        .map_err(|e| Error::io("size", Device::Target, 0, e))?;
+    let (slot_limit, limit_name) = match sb.target_cap {
+        cap if cap != 0 && cap < target_len => (cap, "the target size cap"),
+        _ => (target_len, "the end of the target VLUN"),
+    };
+    let max_slots = slot_limit.saturating_sub(sb.data_start) / chunk;
     let index = Index::default();
     let mut table = SnapshotTable::default();
     let mut last_seq = sb.last_snapshot_seq;
@@ -192,22 +203,17 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
                             format!("preserve record for {c} x{count} lies beyond the volume"),
                         ));
                     }
-                    let max_slots = match sb.target_cap {
-                        0 => (u64::MAX - sb.data_start) / chunk,
-                        cap => cap.saturating_sub(sb.data_start) / chunk,
-                    };
+                    if slot
+                        .0
+                        .checked_add(u64::from(*count))
+                        .is_none_or(|e| e > max_slots)
                     {
-                        let cap_slots = max_slots;
-                        if slot
-                            .0
-                            .checked_add(u64::from(*count))
-                            .is_none_or(|e| e > cap_slots)
-                        {
-                            return Err(Error::corrupt(
-                                format!("metadata block at {off:#x}"),
-                                format!("{slot} x{count} lies beyond the target size"),
-                            ));
-                        }
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!(
+                                "{slot} x{count} lies beyond {limit_name} ({slot_limit:#x} bytes)"
+                            ),
+                        ));
                     }
                     last_seq = last_seq.max(hi.0);
                     for i in 0..u64::from(*count) {

@@ -16,8 +16,9 @@
 //!   ranges (no snapshot has two pointers for one chunk);
 //! - the derived allocator: no slot referenced by two live copies, no live copy in a slot of
 //!   the metadata chain;
-//! - the cache journal: a valid header of this volume, a head inside the ring, and records
-//!   from the head that lie inside the volume (a torn tail is the journal's normal end).
+//! - the cache journal: a valid header of this volume whose ring the device holds, a head
+//!   inside the ring, and records from the head that lie inside the volume (a torn tail is the
+//!   journal's normal end).
 //!
 //! Repair: a bad superblock copy is rewritten from the good one, with the next generation (the
 //! copy a generation lives in is fixed by its parity, so the same generation cannot go in the
@@ -732,6 +733,9 @@ fn check_journal_header(
             ),
             false,
         );
+        // Open refuses such a ring, and its records are not worth reading: the header's length
+        // is all that bounds them.
+        return Ok(None);
     }
     Ok(Some(header.ring_len))
 }

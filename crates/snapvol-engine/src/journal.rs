@@ -39,7 +39,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::error::{Device, Error, Result};
-use crate::format::BLOCK_SIZE;
+use crate::format::{BLOCK_SIZE, MAX_SEQ};
 use crate::vlun::Vlun;
 
 const HEADER_MAGIC: &[u8; 8] = b"SVJOURNL";
@@ -555,8 +555,8 @@ pub struct Scan {
 /// Reads every live record from `head` — each with the right magic, volume id, the next
 /// sequence number, a matching checksum, and inside the ring — stopping at the first that is
 /// not (a torn or never-written tail, or a stale record of an earlier life). A sealed record
-/// carrying the last sequence number there is, u64::MAX, is corruption, reported with its
-/// location. Never panics.
+/// that says something impossible (an epoch above [`MAX_SEQ`], the last sequence number there
+/// is) is corruption, reported with its location. Never panics.
 pub fn scan(
     dev: &dyn Vlun,
     volume_id: &[u8; 16],
@@ -611,6 +611,22 @@ pub fn scan(
             .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
         if !header_crc_ok(&hdr, &data, h.crc) {
             break;
+        }
+        if h.epoch > MAX_SEQ {
+            // Sealed, so not a torn write; the engine counts on from the largest epoch it
+            // replays (the next snapshot is that + 1), so it must not take this one.
+            let what = if h.kind == KIND_SNAPSHOT {
+                "snapshot sequence number"
+            } else {
+                "epoch"
+            };
+            return Err(Error::corrupt(
+                record_loc(pos),
+                format!(
+                    "{what} {} of record {} is beyond any a volume reaches (at most {MAX_SEQ})",
+                    h.epoch, h.seq
+                ),
+            ));
         }
         let request = match h.kind {
             KIND_SNAPSHOT => match String::from_utf8(data) {

@@ -786,10 +786,22 @@ fn a_broken_prev_pointer_and_a_bad_meta_head_are_located() {
 
 /// Encodes a zeroing journal record the way `journal.rs` documents it.
 fn zero_record(seq: u64, offset: u64, len: u64, volume_id: &[u8; 16]) -> [u8; 64] {
+    zero_record_in_epoch(seq, 0, offset, len, volume_id)
+}
+
+/// A zeroing journal record issued in `epoch`.
+fn zero_record_in_epoch(
+    seq: u64,
+    epoch: u64,
+    offset: u64,
+    len: u64,
+    volume_id: &[u8; 16],
+) -> [u8; 64] {
     let mut h = [0u8; 64];
     h[0..4].copy_from_slice(b"SVJR");
     h[4] = 2;
     h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&epoch.to_le_bytes());
     h[24..32].copy_from_slice(&offset.to_le_bytes());
     h[32..40].copy_from_slice(&len.to_le_bytes());
     h[48..56].copy_from_slice(&volume_id[..8]);
@@ -1281,4 +1293,32 @@ fn a_preserve_record_past_the_end_of_the_target_is_refused_by_open_as_by_check()
     let (location, detail) = open_corrupt("slot past the end", s, t, j);
     assert_eq!(location, format!("metadata block at {off:#x}"));
     assert!(detail.contains("beyond the end of the target"), "{detail}");
+}
+
+/// What broke (issue 9, defect 5): replay took a sealed journal record's epoch as it came; one
+/// at u64::MAX became the epoch open restarts at, and the next snapshot overflowed it. `check`
+/// found nothing wrong.
+#[test]
+fn a_journal_record_from_an_epoch_no_volume_reaches_is_corruption_with_its_location() {
+    let img = build();
+    let (sb, _) = layout_of(&img.target);
+    let head = RING_OFFSET + sb.journal_head;
+    let (s, t, j) = mem_vluns(&img);
+    j.write_at(
+        &zero_record_in_epoch(sb.journal_head_seq, u64::MAX, 0, CHUNK, &sb.volume_id),
+        head,
+    )
+    .expect("write");
+    let want = format!("journal record at {head:#x}");
+    let r = check(&s, &t, &j, false).expect("check");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.location == want && p.detail.contains("epoch")),
+        "{}",
+        describe(&r)
+    );
+    let (location, detail) = open_corrupt("epoch u64::MAX", s, t, j);
+    assert_eq!(location, want);
+    assert!(detail.contains("epoch"), "{detail}");
 }

@@ -16,8 +16,9 @@
 //!   ranges (no snapshot has two pointers for one chunk);
 //! - the derived allocator: no slot referenced by two live copies, no live copy in a slot of
 //!   the metadata chain;
-//! - the cache journal: a valid header of this volume, a head inside the ring, and records
-//!   from the head that lie inside the volume (a torn tail is the journal's normal end).
+//! - the cache journal: a valid header of this volume whose ring the device holds, a head
+//!   inside the ring, and records from the head that lie inside the volume, with epochs and
+//!   sequence numbers a volume reaches (a torn tail is the journal's normal end).
 //!
 //! Repair: a bad superblock copy is rewritten from the good one, with the next generation (the
 //! copy a generation lives in is fixed by its parity, so the same generation cannot go in the
@@ -732,6 +733,9 @@ fn check_journal_header(
             ),
             false,
         );
+        // Open refuses such a ring, and its records are not worth reading: the header's length
+        // is all that bounds them.
+        return Ok(None);
     }
     Ok(Some(header.ring_len))
 }
@@ -761,7 +765,14 @@ fn check_journal_records(
         pos: sb.journal_head,
         seq: sb.journal_head_seq,
     };
-    let scan = journal::scan(journal, &sb.volume_id, ring_len, head)?;
+    let scan = match journal::scan(journal, &sb.volume_id, ring_len, head) {
+        Ok(scan) => scan,
+        Err(e) => {
+            // A sealed record that says something impossible: open refuses it, check reports it.
+            p.add_corrupt(e, false)?;
+            return Ok(0);
+        }
+    };
     for (pos, r) in &scan.records {
         let journal::Request::Write { offset, len, .. } = r.request else {
             continue;

@@ -17,6 +17,12 @@ use crate::units::{ChunkIndex, SnapshotSeq, TargetSlot};
 
 /// Size of a superblock copy and of a metadata block.
 pub const BLOCK_SIZE: usize = 4096;
+/// Largest generation, sequence number or epoch a valid structure holds: 2^63 - 1.
+///
+/// Counting one a nanosecond, a volume needs 292 years to get there, so a larger value is
+/// corruption, and a counter that starts at a valid value has 2^63 steps of room before it
+/// could overflow: the engine counts on from these values with plain `+ 1`.
+pub const MAX_SEQ: u64 = u64::MAX >> 1;
 /// Current format version.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -181,6 +187,19 @@ impl Superblock {
         {
             return Err(Error::corrupt(loc(), "impossible geometry"));
         }
+        for (field, value) in [
+            ("generation", sb.generation),
+            ("meta_head_seq", sb.meta_head_seq),
+            ("last_snapshot_seq", sb.last_snapshot_seq),
+            ("journal head seq", sb.journal_head_seq),
+        ] {
+            if value > MAX_SEQ {
+                return Err(Error::corrupt(
+                    loc(),
+                    format!("{field} {value} is beyond any a volume reaches (at most {MAX_SEQ})"),
+                ));
+            }
+        }
         Ok(sb)
     }
 }
@@ -229,6 +248,17 @@ const TAG_PRESERVE: u8 = 3;
 
 /// Largest encoded record: a `SnapshotCreate` with a 128-byte name.
 pub const MAX_RECORD_LEN: usize = 1 + 8 + 8 + 1 + 128;
+/// Smallest encoded record: a `SnapshotDelete`.
+const MIN_RECORD_LEN: usize = 1 + 8;
+
+/// A snapshot sequence number as a record may hold it: 1..=[`MAX_SEQ`].
+fn snapshot_seq(seq: u64) -> std::result::Result<SnapshotSeq, &'static str> {
+    match seq {
+        0 => Err("snapshot sequence number 0"),
+        1..=MAX_SEQ => Ok(SnapshotSeq(seq)),
+        _ => Err("snapshot sequence number beyond any a volume reaches"),
+    }
+}
 
 impl Record {
     /// Encoded length in bytes.
@@ -294,13 +324,9 @@ impl Record {
                 if crate::names::validate_name(name).is_err() {
                     return Err("invalid snapshot name");
                 }
-                let seq = get_u64(b, 1);
-                if seq == 0 {
-                    return Err("snapshot sequence number 0");
-                }
                 Ok((
                     Record::SnapshotCreate {
-                        seq: SnapshotSeq(seq),
+                        seq: snapshot_seq(get_u64(b, 1))?,
                         created_ms: get_u64(b, 9),
                         name: name.to_owned(),
                     },
@@ -309,9 +335,13 @@ impl Record {
             }
             TAG_DELETE => {
                 need(9)?;
+                let seq = get_u64(b, 1);
+                if seq > MAX_SEQ {
+                    return Err("deletes a snapshot sequence number beyond any a volume reaches");
+                }
                 Ok((
                     Record::SnapshotDelete {
-                        seq: SnapshotSeq(get_u64(b, 1)),
+                        seq: SnapshotSeq(seq),
                     },
                     9,
                 ))
@@ -328,6 +358,11 @@ impl Record {
                 if let Record::Preserve { count, lo, hi, .. } = &r {
                     if *count == 0 || lo.0 == 0 || lo > hi {
                         return Err("empty preserve record");
+                    }
+                    if hi.0 > MAX_SEQ {
+                        return Err(
+                            "shared up to a snapshot sequence number beyond any a volume reaches",
+                        );
                     }
                 }
                 Ok((r, 37))
@@ -430,6 +465,13 @@ impl MetaBlock {
         let len = get_u16(b, 34) as usize;
         if len > META_PAYLOAD {
             return Err(Error::corrupt(loc(), "payload length out of range"));
+        }
+        // Checked before `with_capacity` reserves room for that many records.
+        if count > len / MIN_RECORD_LEN {
+            return Err(Error::corrupt(
+                loc(),
+                format!("record count {count} does not fit {len} bytes of payload"),
+            ));
         }
         let mut payload = &b[36..36 + len];
         let mut records = Vec::with_capacity(count);
@@ -573,6 +615,49 @@ mod tests {
                 MetaBlock::decode(&c, 0, &id).is_err(),
                 "flip at byte {i} not detected"
             );
+        }
+    }
+
+    /// What broke (issue 9, defect 5): decode reserved room for as many records as the block's
+    /// count field said (up to 65535, about 3 MiB) before it had decoded one.
+    #[test]
+    fn a_record_count_the_payload_cannot_hold_is_refused_before_room_is_reserved() {
+        let id = [1u8; 16];
+        let blk = MetaBlock::pack(
+            &[Record::SnapshotDelete {
+                seq: SnapshotSeq(3),
+            }],
+            1,
+        )
+        .remove(0);
+        let mut b = blk.encode(&id);
+        put_u16(&mut b, 32, u16::MAX);
+        seal(&mut b);
+        let e = MetaBlock::decode(&b, 0x2000, &id).unwrap_err();
+        assert!(e.to_string().contains("record count 65535"), "{e}");
+    }
+
+    #[test]
+    fn superblock_counters_above_max_seq_are_refused() {
+        for (field, set) in [
+            (
+                "generation",
+                (|s, v| s.generation = v) as fn(&mut Superblock, u64),
+            ),
+            ("meta_head_seq", |s, v| s.meta_head_seq = v),
+            ("last_snapshot_seq", |s, v| s.last_snapshot_seq = v),
+            ("journal head seq", |s, v| s.journal_head_seq = v),
+        ] {
+            let mut s = sb();
+            // An odd generation keeps the copy at 0x1000.
+            set(&mut s, MAX_SEQ);
+            s.generation |= 1;
+            let off = superblock_offset(s.generation);
+            assert!(Superblock::decode(&s.encode(), off).is_ok(), "{field}");
+            set(&mut s, MAX_SEQ + 2);
+            s.generation |= 1;
+            let e = Superblock::decode(&s.encode(), off).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
         }
     }
 

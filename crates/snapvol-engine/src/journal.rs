@@ -39,7 +39,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::error::{Device, Error, Result};
-use crate::format::BLOCK_SIZE;
+use crate::format::{BLOCK_SIZE, MAX_SEQ};
 use crate::vlun::Vlun;
 
 const HEADER_MAGIC: &[u8; 8] = b"SVJOURNL";
@@ -244,6 +244,7 @@ impl JournalHeader {
             || ring_off != RING_OFFSET
             || ring_len < MIN_JOURNAL_SIZE
             || ring_len % SECTOR != 0
+            || RING_OFFSET.checked_add(ring_len).is_none()
         {
             return Err(Error::corrupt(
                 loc,
@@ -343,6 +344,20 @@ impl Journal {
                 "the journal belongs to another volume",
             ));
         }
+        // `format` sized the device to hold the ring. A ring the device cannot hold is not one
+        // this engine wrote, and would let a forged record header ask for a buffer as large
+        // as its data length (up to 4 GiB) before its checksum is looked at.
+        let ring_end = RING_OFFSET + header.ring_len; // `decode` checked it fits
+        let dev_len = dev.len().map_err(|e| jerr("size", 0, e))?;
+        if dev_len < ring_end {
+            return Err(Error::corrupt(
+                "journal header at 0x0",
+                format!(
+                    "the ring ends at {ring_end:#x}, past the end of the journal device \
+                     ({dev_len:#x} bytes)"
+                ),
+            ));
+        }
         if head.pos >= header.ring_len || head.pos % SECTOR != 0 {
             return Err(Error::corrupt(
                 "superblock",
@@ -355,8 +370,19 @@ impl Journal {
         let records = scan.records.into_iter().map(|(_, r)| r).collect();
         // Records of an earlier life of the ring beyond this point must never match a sequence
         // number we hand out later, or a crash right after a short new append would "replay"
-        // them. Skip past every sequence number the ring could possibly hold.
-        let next_seq = seq + ring_len / SECTOR + 1;
+        // them. Skip past every sequence number the ring could possibly hold; a head sequence
+        // number too close to u64::MAX for that is corrupt (wrapping would reuse numbers).
+        let next_seq = seq.checked_add(ring_len / SECTOR + 1).ok_or_else(|| {
+            Error::corrupt(
+                "superblock",
+                format!(
+                    "journal head sequence number {} leaves no room for the {} records the \
+                     ring can hold",
+                    head.seq,
+                    ring_len / SECTOR
+                ),
+            )
+        })?;
         let journal = Journal {
             dev,
             volume_id,
@@ -528,13 +554,31 @@ pub struct Scan {
 
 /// Reads every live record from `head` — each with the right magic, volume id, the next
 /// sequence number, a matching checksum, and inside the ring — stopping at the first that is
-/// not (a torn or never-written tail, or a stale record of an earlier life). Never panics.
+/// not (a torn or never-written tail, or a stale record of an earlier life). A sealed record
+/// that says something impossible (an epoch above [`MAX_SEQ`], the last sequence number there
+/// is) is corruption, reported with its location. Never panics.
 pub fn scan(
     dev: &dyn Vlun,
     volume_id: &[u8; 16],
     ring_len: u64,
     head: JournalHead,
 ) -> Result<Scan> {
+    if RING_OFFSET.checked_add(ring_len).is_none() {
+        return Err(Error::corrupt(
+            "journal header at 0x0",
+            format!("a ring of {ring_len:#x} bytes does not fit a device"),
+        ));
+    }
+    let record_loc = |pos: u64| format!("journal record at {:#x}", RING_OFFSET + pos);
+    // The sequence number the record after `seq` (at `pos`) would carry.
+    let after = |seq: u64, pos: u64| {
+        seq.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                record_loc(pos),
+                format!("sequence number {seq} leaves none for the record after it"),
+            )
+        })
+    };
     let mut records = Vec::new();
     let mut pos = head.pos;
     let mut seq = head.seq;
@@ -553,13 +597,13 @@ pub fn scan(
             if !header_crc_ok(&hdr, &[], h.crc) {
                 break;
             }
+            seq = after(seq, pos)?;
             used += ring_len - pos;
             pos = 0;
-            seq += 1;
             continue;
         }
         let size = record_size(u64::from(h.data_len));
-        if pos + size > ring_len {
+        if pos.checked_add(size).is_none_or(|end| end > ring_len) {
             break;
         }
         let mut data = vec![0u8; h.data_len as usize];
@@ -567,6 +611,22 @@ pub fn scan(
             .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
         if !header_crc_ok(&hdr, &data, h.crc) {
             break;
+        }
+        if h.epoch > MAX_SEQ {
+            // Sealed, so not a torn write; the engine counts on from the largest epoch it
+            // replays (the next snapshot is that + 1), so it must not take this one.
+            let what = if h.kind == KIND_SNAPSHOT {
+                "snapshot sequence number"
+            } else {
+                "epoch"
+            };
+            return Err(Error::corrupt(
+                record_loc(pos),
+                format!(
+                    "{what} {} of record {} is beyond any a volume reaches (at most {MAX_SEQ})",
+                    h.epoch, h.seq
+                ),
+            ));
         }
         let request = match h.kind {
             KIND_SNAPSHOT => match String::from_utf8(data) {
@@ -592,9 +652,9 @@ pub fn scan(
                 request,
             },
         ));
+        seq = after(seq, pos)?;
         used += size;
         pos = (pos + size) % ring_len;
-        seq += 1;
     }
     Ok(Scan {
         records,
@@ -766,6 +826,80 @@ mod tests {
             "the stale record must not come back after the new one"
         );
         assert_eq!(data(&recs[0]), Some(&b"new"[..]));
+    }
+
+    /// What broke (issue 9, defect 5): open skipped the next sequence number past the ring with
+    /// `seq + ring_len / SECTOR + 1`, unchecked, on a head sequence number read from the
+    /// superblock: near u64::MAX it panicked in a debug build and in release wrapped to a
+    /// small number, which stale records of the ring could carry.
+    #[test]
+    fn a_head_sequence_number_without_room_after_it_is_refused_not_wrapped() {
+        let (dev, _, head) = fresh();
+        let late = JournalHead {
+            pos: head.pos,
+            seq: u64::MAX - 1,
+        };
+        match Journal::open(Box::new(dev.clone()), [7; 16], late) {
+            Err(Error::Corrupt { location, detail }) => {
+                assert_eq!(location, "superblock");
+                assert!(detail.contains("sequence number"), "{detail}");
+            }
+            Err(e) => panic!("open failed otherwise: {e}"),
+            Ok((j, _)) => panic!("open accepted it; next sequence number {}", j.next_seq),
+        }
+    }
+
+    /// What broke (issue 9, defect 5): replay counted `seq += 1` after every record, so a sealed
+    /// record carrying sequence number u64::MAX overflowed the count (a panic in a debug build,
+    /// the next expected number 0 in release) instead of being reported.
+    #[test]
+    fn a_sealed_record_with_the_last_sequence_number_is_reported_not_wrapped() {
+        let (dev, _, head) = fresh();
+        let r = req(1, 0, b"last");
+        let at = RING_OFFSET + head.pos;
+        dev.write_at(&encode_header(u64::MAX, Some(&r), &[7; 16]), at)
+            .unwrap();
+        dev.write_at(b"last", at + RECORD_HEADER as u64).unwrap();
+        let last = JournalHead {
+            pos: head.pos,
+            seq: u64::MAX,
+        };
+        match scan(&*dev, &[7; 16], MIN_JOURNAL_SIZE, last) {
+            Err(Error::Corrupt { location, detail }) => {
+                assert_eq!(location, format!("journal record at {at:#x}"));
+                assert!(detail.contains("sequence number"), "{detail}");
+            }
+            Err(e) => panic!("scan failed otherwise: {e}"),
+            Ok(s) => panic!("scan accepted it; it ends at {:?}", s.end),
+        }
+    }
+
+    /// What broke (issue 9, defect 5): the ring length came from the journal header and was
+    /// trusted: one near u64::MAX made `RING_OFFSET + position` overflow, and one longer than
+    /// the device let a forged record header ask for a buffer of up to 4 GiB (its data length)
+    /// before its checksum was looked at.
+    #[test]
+    fn a_ring_the_journal_device_cannot_hold_is_refused() {
+        let huge = JournalHeader {
+            volume_id: [7; 16],
+            ring_len: u64::MAX - (SECTOR - 1),
+        };
+        assert!(JournalHeader::decode(&huge.encode()).is_err());
+
+        let (dev, _, head) = fresh();
+        let long = JournalHeader {
+            volume_id: [7; 16],
+            ring_len: 1 << 40,
+        };
+        dev.write_at(&long.encode(), 0).unwrap();
+        match Journal::open(Box::new(dev.clone()), [7; 16], head) {
+            Err(Error::Corrupt { location, detail }) => {
+                assert_eq!(location, "journal header at 0x0");
+                assert!(detail.contains("past the end"), "{detail}");
+            }
+            Err(e) => panic!("open failed otherwise: {e}"),
+            Ok(_) => panic!("open accepted a ring longer than its device"),
+        }
     }
 
     #[test]

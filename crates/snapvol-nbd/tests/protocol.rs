@@ -466,6 +466,97 @@ fn requests_past_the_end_get_einval_and_the_connection_stays_usable() {
     }
 }
 
+/// A device that counts the calls that reach it.
+struct Counting {
+    inner: MemDevice,
+    calls: AtomicU64,
+}
+
+impl Counting {
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl BlockDevice for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.count();
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError> {
+        self.count();
+        self.inner.write(offset, data, fua)
+    }
+    fn flush(&self) -> Result<(), DevError> {
+        self.inner.flush()
+    }
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DevError> {
+        self.count();
+        self.inner.trim(offset, len, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DevError> {
+        self.count();
+        self.inner.write_zeroes(offset, len, fua)
+    }
+    fn cache(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        self.count();
+        self.inner.cache(offset, len)
+    }
+    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
+        self.count();
+        self.inner.block_status(offset, len)
+    }
+}
+
+/// Pins what the audit of issue 9 (defect 5) found already right on the wire side: the server
+/// checks `offset + length` with checked arithmetic before it calls the device, for every
+/// command that takes a range, so a request whose end overflows u64 gets EINVAL (proto.md
+/// "Error values": a range past the end), never reaches the device, and leaves the connection
+/// usable.
+#[test]
+fn a_request_whose_end_overflows_u64_gets_einval_and_never_reaches_the_device() {
+    for structured in [false, true] {
+        let dev = Arc::new(Counting {
+            inner: MemDevice::new(8192),
+            calls: AtomicU64::new(0),
+        });
+        let h = serve(one_export("d", dev.clone()));
+        let mut c = Client::tcp(h.addr);
+        let contexts: &[&str] = if structured { &[BASE_ALLOCATION] } else { &[] };
+        c.go("d", structured, contexts);
+        let mut commands = vec![
+            Command::Read,
+            Command::Trim,
+            Command::WriteZeroes,
+            Command::Cache,
+        ];
+        if structured {
+            commands.push(Command::BlockStatus);
+        }
+        for (cookie, &command) in (1..).zip(&commands) {
+            for (offset, length) in [(u64::MAX, 1), (u64::MAX - 1, 4), (u64::MAX - 0xfff, 0x2000)] {
+                c.request(command, 0, cookie, offset, length);
+                let r = c.reply();
+                assert_eq!(
+                    (r.cookie, r.error),
+                    (cookie, Some(Errno::EINVAL)),
+                    "{command:?} at {offset:#x}+{length:#x}"
+                );
+            }
+        }
+        c.write(99, u64::MAX - 1, &[1, 2, 3, 4], 0);
+        assert_eq!(c.reply().error, Some(Errno::EINVAL));
+        assert_eq!(dev.calls.load(Ordering::SeqCst), 0);
+        c.request(Command::Read, 0, 100, 8188, 4);
+        assert_eq!(c.reply().error, None);
+        assert_eq!(dev.calls.load(Ordering::SeqCst), 1);
+        c.disc();
+    }
+}
+
 #[test]
 fn simple_replies_carry_read_data_and_zero_length_reads_succeed() {
     for structured in [false, true] {

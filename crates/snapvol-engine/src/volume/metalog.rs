@@ -64,14 +64,38 @@ pub(crate) fn read_superblock(target: &dyn Vlun) -> Result<Superblock> {
 /// Reads the metadata chain backwards from the superblock's head; returns the blocks oldest
 /// first with their offsets.
 pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64, MetaBlock)>> {
+    let target_len = target
+        .len()
+        .map_err(|e| Error::io("size", Device::Target, 0, e))?;
     let mut chain = Vec::new();
     let mut off = sb.meta_head;
     let mut expect_seq = sb.meta_head_seq;
+    // Where the pointer being followed was read, for the error that names it.
+    let mut pointer_at = format!(
+        "superblock copy at {:#x}",
+        format::superblock_offset(sb.generation)
+    );
+    let mut pointer_name = "meta_head";
     while off != 0 {
         if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
             return Err(Error::corrupt(
-                format!("metadata chain before block seq {}", expect_seq + 1),
-                format!("pointer {off:#x} is not a metadata block position"),
+                pointer_at,
+                format!("{pointer_name} {off:#x} is not a metadata block position"),
+            ));
+        }
+        // A block is written before any pointer to it, so the target holds it; reading past
+        // the end would read zeroes at best, and near u64::MAX the offset arithmetic of the
+        // read overflows.
+        if off
+            .checked_add(BLOCK_SIZE as u64)
+            .is_none_or(|end| end > target_len)
+        {
+            return Err(Error::corrupt(
+                pointer_at,
+                format!(
+                    "{pointer_name} {off:#x} lies beyond the end of the target VLUN \
+                     ({target_len:#x} bytes)"
+                ),
             ));
         }
         let mut b = [0u8; BLOCK_SIZE];
@@ -85,9 +109,26 @@ pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64,
                 format!("sequence {} where {expect_seq} was expected", blk.seq),
             ));
         }
+        pointer_at = format!("metadata block at {off:#x}");
+        pointer_name = "prev pointer";
         off = blk.prev;
-        expect_seq = expect_seq.wrapping_sub(1);
-        // Sequence numbers strictly decrease along the chain, so it cannot loop.
+        if off != 0 {
+            // Sequence numbers strictly decrease along the chain, from 1 up, so it cannot loop
+            // and no block comes before block 1.
+            expect_seq = match blk.seq.checked_sub(1) {
+                Some(prev_seq) if prev_seq > 0 => prev_seq,
+                _ => {
+                    return Err(Error::corrupt(
+                        pointer_at,
+                        format!(
+                            "block {} names a previous block at {off:#x}; none comes before \
+                             sequence number 1",
+                            blk.seq
+                        ),
+                    ))
+                }
+            };
+        }
         chain.push((off, blk));
     }
     // `chain` holds (prev offset, block); rebuild (own offset, block) oldest first.
@@ -106,6 +147,17 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
     let chain = read_chain(target, &sb)?;
     let chunk = u64::from(sb.chunk_size);
     let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
+    // A pointer becomes durable only after the copy it points to (I2), so every slot a record
+    // names lies inside the target as well as under its cap. This also bounds the index
+    // insertions a record's count drives by what the target really holds.
+    let target_len = target
+        .len()
+        .map_err(|e| Error::io("size", Device::Target, 0, e))?;
+    let (slot_limit, limit_name) = match sb.target_cap {
+        cap if cap != 0 && cap < target_len => (cap, "the target size cap"),
+        _ => (target_len, "the end of the target VLUN"),
+    };
+    let max_slots = slot_limit.saturating_sub(sb.data_start) / chunk;
     let index = Index::default();
     let mut table = SnapshotTable::default();
     let mut last_seq = sb.last_snapshot_seq;
@@ -151,22 +203,17 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
                             format!("preserve record for {c} x{count} lies beyond the volume"),
                         ));
                     }
-                    let max_slots = match sb.target_cap {
-                        0 => (u64::MAX - sb.data_start) / chunk,
-                        cap => cap.saturating_sub(sb.data_start) / chunk,
-                    };
+                    if slot
+                        .0
+                        .checked_add(u64::from(*count))
+                        .is_none_or(|e| e > max_slots)
                     {
-                        let cap_slots = max_slots;
-                        if slot
-                            .0
-                            .checked_add(u64::from(*count))
-                            .is_none_or(|e| e > cap_slots)
-                        {
-                            return Err(Error::corrupt(
-                                format!("metadata block at {off:#x}"),
-                                format!("{slot} x{count} lies beyond the target size"),
-                            ));
-                        }
+                        return Err(Error::corrupt(
+                            format!("metadata block at {off:#x}"),
+                            format!(
+                                "{slot} x{count} lies beyond {limit_name} ({slot_limit:#x} bytes)"
+                            ),
+                        ));
                     }
                     last_seq = last_seq.max(hi.0);
                     for i in 0..u64::from(*count) {

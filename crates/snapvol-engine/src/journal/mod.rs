@@ -39,11 +39,17 @@ use std::io;
 use std::sync::Arc;
 
 use crate::error::{Device, Error, Result};
-use crate::format::{BLOCK_SIZE, MAX_SEQ};
+use crate::format::BLOCK_SIZE;
 use crate::vlun::Vlun;
 
+mod record;
+mod scan;
+
+pub use record::{decode_header, Header};
+use record::{encode_header, header_crc_ok, record_size};
+pub use scan::{scan, Scan};
+
 const HEADER_MAGIC: &[u8; 8] = b"SVJOURNL";
-const RECORD_MAGIC: &[u8; 4] = b"SVJR";
 const VERSION: u32 = 1;
 /// Records are placed at multiples of this.
 pub const SECTOR: u64 = 512;
@@ -59,13 +65,6 @@ pub const MIN_JOURNAL_SIZE: u64 = 4 << 20;
 
 /// Records with at least this much data are written from the request's own buffer.
 const DIRECT_WRITE: usize = 64 << 10;
-
-const KIND_WRITE: u8 = 1;
-const KIND_ZERO: u8 = 2;
-const KIND_WRAP: u8 = 3;
-const KIND_SNAPSHOT: u8 = 4;
-/// Longest snapshot name a record holds (names are at most 128 bytes).
-const MAX_NAME: u32 = 255;
 
 /// What one journal record holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,90 +117,6 @@ pub struct JournalRecord {
     pub seq: u64,
     /// What it holds.
     pub request: Request,
-}
-
-fn record_size(data_len: u64) -> u64 {
-    (RECORD_HEADER as u64 + data_len).next_multiple_of(SECTOR)
-}
-
-/// The header of record `seq` holding `r` (`None`: a wrap record).
-fn encode_header(seq: u64, r: Option<&Request>, volume_id: &[u8; 16]) -> [u8; 64] {
-    let (kind, a, b, len) = match r {
-        None => (KIND_WRAP, 0, 0, 0),
-        Some(Request::Write {
-            epoch,
-            offset,
-            len,
-            data,
-        }) => (
-            if data.is_some() {
-                KIND_WRITE
-            } else {
-                KIND_ZERO
-            },
-            *epoch,
-            *offset,
-            *len,
-        ),
-        Some(Request::Snapshot {
-            seq, created_ms, ..
-        }) => (KIND_SNAPSHOT, *seq, *created_ms, 0),
-    };
-    let data = r.map_or(&[][..], Request::payload);
-    let mut h = [0u8; RECORD_HEADER];
-    h[0..4].copy_from_slice(RECORD_MAGIC);
-    h[4] = kind;
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    h[16..24].copy_from_slice(&a.to_le_bytes());
-    h[24..32].copy_from_slice(&b.to_le_bytes());
-    h[32..40].copy_from_slice(&len.to_le_bytes());
-    h[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    h[48..56].copy_from_slice(&volume_id[..8]);
-    let mut crc = crc32c::crc32c(&h[..56]);
-    crc = crc32c::crc32c_append(crc, data);
-    h[56..60].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-/// What a header says, before its data is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    kind: u8,
-    seq: u64,
-    epoch: u64,
-    offset: u64,
-    len: u64,
-    data_len: u32,
-    crc: u32,
-}
-
-/// Parses a record header; `None` if it is not one (end of the journal). Never panics.
-pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
-    if h.len() < RECORD_HEADER || &h[0..4] != RECORD_MAGIC || h[48..56] != volume_id[..8] {
-        return None;
-    }
-    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    let hdr = Header {
-        kind: h[4],
-        seq: u64_at(8),
-        epoch: u64_at(16),
-        offset: u64_at(24),
-        len: u64_at(32),
-        data_len: u32::from_le_bytes(h[40..44].try_into().expect("4 bytes")),
-        crc: u32::from_le_bytes(h[56..60].try_into().expect("4 bytes")),
-    };
-    let ok = match hdr.kind {
-        KIND_WRITE => u64::from(hdr.data_len) == hdr.len && hdr.len > 0,
-        KIND_ZERO => hdr.data_len == 0 && hdr.len > 0,
-        KIND_WRAP => hdr.data_len == 0,
-        KIND_SNAPSHOT => hdr.len == 0 && (1..=MAX_NAME).contains(&hdr.data_len),
-        _ => false,
-    };
-    ok.then_some(hdr)
-}
-
-fn header_crc_ok(h: &[u8], data: &[u8], crc: u32) -> bool {
-    crc32c::crc32c_append(crc32c::crc32c(&h[..56]), data) == crc
 }
 
 /// The journal device's header block.
@@ -539,128 +454,6 @@ impl Journal {
     pub fn generation(&self) -> u64 {
         self.generation
     }
-}
-
-/// What replay finds in the ring from a head.
-#[derive(Debug)]
-pub struct Scan {
-    /// The live records with their ring positions, oldest first.
-    pub records: Vec<(u64, JournalRecord)>,
-    /// Where replay stopped: the position and sequence number the next record would have.
-    pub end: JournalHead,
-    /// Ring bytes the live records (and wrap records) take.
-    pub used: u64,
-}
-
-/// Reads every live record from `head` — each with the right magic, volume id, the next
-/// sequence number, a matching checksum, and inside the ring — stopping at the first that is
-/// not (a torn or never-written tail, or a stale record of an earlier life). A sealed record
-/// that says something impossible (an epoch above [`MAX_SEQ`], the last sequence number there
-/// is) is corruption, reported with its location. Never panics.
-pub fn scan(
-    dev: &dyn Vlun,
-    volume_id: &[u8; 16],
-    ring_len: u64,
-    head: JournalHead,
-) -> Result<Scan> {
-    if RING_OFFSET.checked_add(ring_len).is_none() {
-        return Err(Error::corrupt(
-            "journal header at 0x0",
-            format!("a ring of {ring_len:#x} bytes does not fit a device"),
-        ));
-    }
-    let record_loc = |pos: u64| format!("journal record at {:#x}", RING_OFFSET + pos);
-    // The sequence number the record after `seq` (at `pos`) would carry.
-    let after = |seq: u64, pos: u64| {
-        seq.checked_add(1).ok_or_else(|| {
-            Error::corrupt(
-                record_loc(pos),
-                format!("sequence number {seq} leaves none for the record after it"),
-            )
-        })
-    };
-    let mut records = Vec::new();
-    let mut pos = head.pos;
-    let mut seq = head.seq;
-    let mut used = 0u64;
-    let mut hdr = [0u8; RECORD_HEADER];
-    while used < ring_len && pos < ring_len {
-        dev.read_at(&mut hdr, RING_OFFSET + pos)
-            .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
-        let Some(h) = decode_header(&hdr, volume_id) else {
-            break;
-        };
-        if h.seq != seq {
-            break;
-        }
-        if h.kind == KIND_WRAP {
-            if !header_crc_ok(&hdr, &[], h.crc) {
-                break;
-            }
-            seq = after(seq, pos)?;
-            used += ring_len - pos;
-            pos = 0;
-            continue;
-        }
-        let size = record_size(u64::from(h.data_len));
-        if pos.checked_add(size).is_none_or(|end| end > ring_len) {
-            break;
-        }
-        let mut data = vec![0u8; h.data_len as usize];
-        dev.read_at(&mut data, RING_OFFSET + pos + RECORD_HEADER as u64)
-            .map_err(|e| jerr("read journal", RING_OFFSET + pos, e))?;
-        if !header_crc_ok(&hdr, &data, h.crc) {
-            break;
-        }
-        if h.epoch > MAX_SEQ {
-            // Sealed, so not a torn write; the engine counts on from the largest epoch it
-            // replays (the next snapshot is that + 1), so it must not take this one.
-            let what = if h.kind == KIND_SNAPSHOT {
-                "snapshot sequence number"
-            } else {
-                "epoch"
-            };
-            return Err(Error::corrupt(
-                record_loc(pos),
-                format!(
-                    "{what} {} of record {} is beyond any a volume reaches (at most {MAX_SEQ})",
-                    h.epoch, h.seq
-                ),
-            ));
-        }
-        let request = match h.kind {
-            KIND_SNAPSHOT => match String::from_utf8(data) {
-                Ok(name) => Request::Snapshot {
-                    seq: h.epoch,
-                    created_ms: h.offset,
-                    name,
-                },
-                // Sealed by its checksum yet not a name: not something this engine wrote.
-                Err(_) => break,
-            },
-            kind => Request::Write {
-                epoch: h.epoch,
-                offset: h.offset,
-                len: h.len,
-                data: (kind == KIND_WRITE).then(|| Arc::from(data)),
-            },
-        };
-        records.push((
-            pos,
-            JournalRecord {
-                seq: h.seq,
-                request,
-            },
-        ));
-        seq = after(seq, pos)?;
-        used += size;
-        pos = (pos + size) % ring_len;
-    }
-    Ok(Scan {
-        records,
-        end: JournalHead { pos, seq },
-        used,
-    })
 }
 
 /// Feeds arbitrary bytes to the record decoder, and to replay as a ring of their own (records

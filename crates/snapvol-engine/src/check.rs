@@ -82,6 +82,10 @@ pub struct CheckReport {
     pub repaired: Vec<String>,
     /// With repair: the problems it could not fix, as `location: detail`.
     pub not_repaired: Vec<String>,
+    /// Things worth knowing that are not problems: a damaged last journal append, which
+    /// cannot be told from one a crash cut short (open drops it).
+    #[serde(default)]
+    pub warnings: Vec<Problem>,
     /// Figures.
     pub summary: CheckSummary,
 }
@@ -141,20 +145,62 @@ pub fn check(
     Ok(report)
 }
 
-/// Checks the volume whose devices are at `paths`: opened read-only, unless `repair` (then the
-/// target is opened for writing; the source and the journal stay read-only).
-pub fn check_paths(paths: &VolumePaths, repair: bool) -> Result<CheckReport> {
+/// Checks the volume whose devices are at `paths`: opened read-only, unless `repair`. A
+/// repair rewrites a damaged superblock copy from the good one (the target opened for
+/// writing), then, if the cache journal holds damaged records that later appends follow,
+/// salvages it: the volume is opened replaying every intact record and closed (so the
+/// journal is empty and everything consistent), and each lost record is listed in
+/// `repaired` with what it held.
+pub fn check_paths(name: &str, paths: &VolumePaths, repair: bool) -> Result<CheckReport> {
     // Opened read-only, so a check cannot change a byte even by mistake.
     let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
     let source = ro(&paths.source)?;
     let journal = ro(&paths.journal)?;
-    if repair {
-        let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
-        check(&source, &target, &journal, true)
-    } else {
+    if !repair {
         let target = ro(&paths.target)?;
-        check(&source, &target, &journal, false)
+        return check(&source, &target, &journal, false);
     }
+    let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
+    let mut report = check(&source, &target, &journal, true)?;
+    let salvageable = report
+        .problems
+        .iter()
+        .any(|p| p.repairable && p.location.starts_with("journal record"));
+    if !salvageable {
+        return Ok(report);
+    }
+    drop((source, target, journal));
+    let options = crate::VolumeOptions {
+        background_destage: false,
+        ..Default::default()
+    };
+    let (volume, lost) = crate::Volume::open_salvaging_on(name, paths.open()?, options)?;
+    volume.close()?;
+    let mut repaired = std::mem::take(&mut report.repaired);
+    repaired.push(format!(
+        "cache journal: replayed every intact record; {} damaged record{} lost",
+        lost.len(),
+        if lost.len() == 1 { "" } else { "s" }
+    ));
+    for l in &lost {
+        let at = l
+            .pos
+            .map_or(String::new(), |pos| format!(" at {:#x}", RING_OFFSET + pos));
+        repaired.push(format!(
+            "lost journal record {}{at}: {}",
+            l.seq,
+            describe_held(l.held)
+        ));
+    }
+    let (source, target, journal) = (ro(&paths.source)?, ro(&paths.target)?, ro(&paths.journal)?);
+    let mut after = check(&source, &target, &journal, false)?;
+    after.repaired = repaired;
+    after.not_repaired = after
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.location, p.detail))
+        .collect();
+    Ok(after)
 }
 
 /// What one pass finds, and the superblock rewrite that would fix a bad copy.
@@ -271,13 +317,16 @@ fn scan(source: &dyn Vlun, target: &dyn Vlun, journal: &dyn Vlun) -> Result<Scan
 
     check_source(source, &geo, &mut p)?;
     check_metadata(target, &sb, &geo, &mut p, &mut summary)?;
+    let mut warnings = Vec::new();
     if let Some(ring_len) = check_journal_header(journal, Some(&sb), &mut p)? {
-        summary.journal_records = check_journal_records(journal, &sb, &geo, ring_len, &mut p)?;
+        summary.journal_records =
+            check_journal_records(journal, &sb, &geo, ring_len, &mut p, &mut warnings)?;
     }
     Ok(Scan {
         report: CheckReport {
             problems: p.0,
             summary,
+            warnings,
             ..Default::default()
         },
         superblock_fix,
@@ -741,13 +790,16 @@ fn check_journal_header(
 }
 
 /// Replays the journal from the superblock's head as open would, without applying anything;
-/// returns the number of records.
+/// returns the number of records. A damaged record that intact records of later appends
+/// follow is a problem (acknowledged writes; `--repair` salvages the rest), each lost record
+/// with its location and what it held; a damaged last append is a warning.
 fn check_journal_records(
     journal: &dyn Vlun,
     sb: &Superblock,
     geo: &Geometry,
     ring_len: u64,
     p: &mut Problems,
+    warnings: &mut Vec<Problem>,
 ) -> Result<u64> {
     let cur_off = format::superblock_offset(sb.generation);
     if sb.journal_head >= ring_len || sb.journal_head % SECTOR != 0 {
@@ -765,7 +817,14 @@ fn check_journal_records(
         pos: sb.journal_head,
         seq: sb.journal_head_seq,
     };
-    let scan = match journal::scan(journal, &sb.volume_id, ring_len, head) {
+    let scan = match journal::scan(
+        journal,
+        &sb.volume_id,
+        ring_len,
+        head,
+        sb.clean,
+        journal::Mode::Salvage,
+    ) {
         Ok(scan) => scan,
         Err(e) => {
             // A sealed record that says something impossible: open refuses it, check reports it.
@@ -773,6 +832,37 @@ fn check_journal_records(
             return Ok(0);
         }
     };
+    if let Some(d) = &scan.damage {
+        for lost in &d.lost {
+            let location = match lost.pos {
+                Some(pos) => format!("journal record at {:#x}", RING_OFFSET + pos),
+                None => format!("journal record {}", lost.seq),
+            };
+            let held = describe_held(lost.held);
+            if d.later_appends_follow {
+                p.add(
+                    location,
+                    format!(
+                        "record {} is damaged and intact records of later appends follow it, so \
+                         it was acknowledged: {held} is lost (open refuses the volume; --repair \
+                         replays every intact record)",
+                        lost.seq
+                    ),
+                    true,
+                );
+            } else {
+                warnings.push(Problem {
+                    location,
+                    detail: format!(
+                        "record {} ends the journal damaged: an append cut short by a crash, or \
+                         damage after it was flushed (no byte tells which); open drops {held}",
+                        lost.seq
+                    ),
+                    repairable: false,
+                });
+            }
+        }
+    }
     for (pos, r) in &scan.records {
         let journal::Request::Write { offset, len, .. } = r.request else {
             continue;
@@ -789,6 +879,21 @@ fn check_journal_records(
         }
     }
     Ok(scan.records.len() as u64)
+}
+
+/// What a lost journal record held, in words.
+pub fn describe_held(held: Option<journal::Held>) -> String {
+    match held {
+        Some(journal::Held::Write { offset, len }) => {
+            format!("its write of {len:#x} bytes at {offset:#x}")
+        }
+        Some(journal::Held::Zero { offset, len }) => {
+            format!("its zeroing of {len:#x} bytes at {offset:#x}")
+        }
+        Some(journal::Held::Snapshot { seq }) => format!("its creation of snapshot {seq}"),
+        Some(journal::Held::Wrap) => "nothing (a wrap record)".to_owned(),
+        None => "a request its damaged header no longer names".to_owned(),
+    }
 }
 
 #[cfg(test)]

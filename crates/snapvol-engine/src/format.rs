@@ -24,7 +24,7 @@ pub const BLOCK_SIZE: usize = 4096;
 /// could overflow: the engine counts on from these values with plain `+ 1`.
 pub const MAX_SEQ: u64 = u64::MAX >> 1;
 /// Current format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const SB_MAGIC: &[u8; 8] = b"SNAPVOLT";
 const MB_MAGIC: &[u8; 8] = b"SVMETA\x00\x01";
@@ -74,7 +74,8 @@ fn crc_ok(block: &[u8; BLOCK_SIZE]) -> bool {
 /// off  len  field
 ///   0    8  magic "SNAPVOLT"
 ///   8    4  format version
-///  12    4  flags (0)
+///  12    4  flags: bit 0 = closed cleanly (the journal holds nothing after its head);
+///           the other bits 0
 ///  16    8  generation: +1 on every write; selects the copy (generation % 2)
 ///  24    8  volume size in bytes
 ///  32    4  chunk size in bytes
@@ -117,7 +118,13 @@ pub struct Superblock {
     pub journal_head: u64,
     /// Sequence number the record there must carry.
     pub journal_head_seq: u64,
+    /// The volume was closed cleanly: the journal holds nothing after its head, so replay
+    /// need not look past a break for records of later appends (`journal::scan`).
+    pub clean: bool,
 }
+
+/// Superblock flag: closed cleanly.
+const SB_CLEAN: u32 = 1;
 
 impl Superblock {
     /// Encodes into a sealed block.
@@ -125,6 +132,7 @@ impl Superblock {
         let mut b = [0u8; BLOCK_SIZE];
         b[0..8].copy_from_slice(SB_MAGIC);
         put_u32(&mut b, 8, FORMAT_VERSION);
+        put_u32(&mut b, 12, if self.clean { SB_CLEAN } else { 0 });
         put_u64(&mut b, 16, self.generation);
         put_u64(&mut b, 24, self.volume_size);
         put_u32(&mut b, 32, self.chunk_size);
@@ -154,6 +162,14 @@ impl Superblock {
             return Err(Error::corrupt(loc(), "checksum mismatch"));
         }
         let version = get_u32(b, 8);
+        if version == 1 {
+            return Err(Error::corrupt(
+                loc(),
+                "format 1, written by snapvol before 0.2, which this build does not read: \
+                 export its volumes with that build and import them into a new volume \
+                 (docs/format.md, \"Version log\")",
+            ));
+        }
         if version != FORMAT_VERSION {
             return Err(Error::corrupt(
                 loc(),
@@ -175,7 +191,11 @@ impl Superblock {
             created: get_u64(b, 96),
             journal_head: get_u64(b, 104),
             journal_head_seq: get_u64(b, 112),
+            clean: get_u32(b, 12) & SB_CLEAN != 0,
         };
+        if get_u32(b, 12) & !SB_CLEAN != 0 {
+            return Err(Error::corrupt(loc(), "unknown flags set"));
+        }
         if superblock_offset(sb.generation) != offset {
             return Err(Error::corrupt(
                 loc(),
@@ -524,6 +544,7 @@ mod tests {
             created: 1_700_000_000,
             journal_head: 0x2000,
             journal_head_seq: 17,
+            clean: true,
         }
     }
 

@@ -236,7 +236,7 @@ impl Store {
         } else {
             VolumeLock::acquire_shared(name, &dir)?
         };
-        crate::check::check_paths(&config.paths(&dir), repair)
+        crate::check::check_paths(name, &config.paths(&dir), repair)
     }
 
     /// The directory and configuration of an existing volume.

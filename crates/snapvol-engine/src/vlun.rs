@@ -299,6 +299,14 @@ impl MemVlun {
         }
     }
 
+    /// A growable in-memory VLUN holding `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            data: RwLock::new(bytes),
+            fixed: None,
+        }
+    }
+
     /// A copy of the whole content.
     pub fn contents(&self) -> Vec<u8> {
         self.data.read().clone()

@@ -25,7 +25,7 @@
 //!  24   8 volume byte offset (snapshot: creation time, ms since the Unix epoch)
 //!  32   8 length in bytes (snapshot: 0)
 //!  40   4 data length (= length for a write; snapshot: name length, 1..=255; 0 otherwise)
-//!  44   4 reserved (0)
+//!  44   4 index: the record's place in its append (0 = the first record of the append)
 //!  48   8 first 8 bytes of the volume id
 //!  56   4 CRC-32C of bytes 0..56 and of the data
 //!  60   4 reserved (0)
@@ -33,7 +33,13 @@
 //! ```
 //!
 //! Records start on 512-byte boundaries, so an append never rewrites a sector that holds an
-//! earlier, durable record: a torn append can only lose records of its own.
+//! earlier, durable record: a torn append can only lose records of its own. Reserved bytes
+//! are written as zero and a header with any other value there is not a record.
+//!
+//! The index tells which append a record belongs to (its first record is `seq - index`), and
+//! that is what tells a torn tail from damage (`scan`): an append starts only after the one
+//! before it was synced, so a damaged record followed by an intact record of a *later* append
+//! was durable, and acknowledged, before it was damaged.
 
 use std::io;
 use std::sync::Arc;
@@ -47,10 +53,10 @@ mod scan;
 
 pub use record::{decode_header, Header};
 use record::{encode_header, header_crc_ok, record_size};
-pub use scan::{scan, Scan};
+pub use scan::{scan, Damage, Held, LostRecord, Mode, Scan};
 
 const HEADER_MAGIC: &[u8; 8] = b"SVJOURNL";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Records are placed at multiples of this.
 pub const SECTOR: u64 = 512;
 /// Size of a record header.
@@ -155,6 +161,13 @@ impl JournalHeader {
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
         let ring_off = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes"));
         let ring_len = u64::from_le_bytes(b[40..48].try_into().expect("8 bytes"));
+        if version == 1 {
+            return Err(Error::corrupt(
+                loc,
+                "journal format 1, written by snapvol before 0.2, which this build does not read \
+                 (docs/format.md, \"Version log\")",
+            ));
+        }
         if version != VERSION
             || ring_off != RING_OFFSET
             || ring_len < MIN_JOURNAL_SIZE
@@ -242,13 +255,19 @@ impl Journal {
     }
 
     /// Opens a journal device, checks it belongs to `volume_id`, and reads every live record
-    /// from `head` onwards (stopping at the first one that is missing, torn or stale).
-    /// Returns the journal positioned after the last of them, and the records.
+    /// from `head` onwards (see [`scan()`] for where the journal ends; `closed_cleanly` is the
+    /// superblock's flag). Returns the journal positioned after the last of them, the records,
+    /// and any damage found: with [`Mode::Replay`], damage that intact records of later
+    /// appends follow is refused as corruption (acknowledged writes would be lost); damage in
+    /// the last append is returned for the caller to report. With [`Mode::Salvage`] every
+    /// intact record is returned and the damage lists the records lost.
     pub fn open(
         dev: Box<dyn Vlun>,
         volume_id: [u8; 16],
         head: JournalHead,
-    ) -> Result<(Journal, Vec<JournalRecord>)> {
+        closed_cleanly: bool,
+        mode: Mode,
+    ) -> Result<(Journal, Vec<JournalRecord>, Option<Damage>)> {
         let mut hb = [0u8; BLOCK_SIZE];
         dev.read_at(&mut hb, 0)
             .map_err(|e| jerr("read journal header", 0, e))?;
@@ -280,7 +299,21 @@ impl Journal {
             ));
         }
         let ring_len = header.ring_len;
-        let scan = scan(&*dev, &volume_id, ring_len, head)?;
+        let scan = scan(&*dev, &volume_id, ring_len, head, closed_cleanly, mode)?;
+        if let Some(d) = scan.damage.as_ref().filter(|d| d.later_appends_follow) {
+            if mode == Mode::Replay {
+                return Err(Error::corrupt(
+                    format!("journal record at {:#x}", RING_OFFSET + d.at.pos),
+                    format!(
+                        "record {} is damaged and intact records of later appends follow it, so \
+                         it held acknowledged writes; opening would lose them silently. \
+                         `snapvol check VOL --repair` replays every intact record and lists the \
+                         writes lost",
+                        d.at.seq
+                    ),
+                ));
+            }
+        }
         let (pos, seq, used) = (scan.end.pos, scan.end.seq, scan.used);
         let records = scan.records.into_iter().map(|(_, r)| r).collect();
         // Records of an earlier life of the ring beyond this point must never match a sequence
@@ -310,7 +343,7 @@ impl Journal {
             generation: 0,
             buf: Vec::new(),
         };
-        Ok((journal, records))
+        Ok((journal, records, scan.damage))
     }
 
     /// Ring length.
@@ -343,12 +376,15 @@ impl Journal {
         let start_used = self.used;
         let mut segment_start = self.tail;
         self.buf.clear();
+        let first_seq = self.next_seq;
+        // The record's place in this append, which replay uses to tell appends apart.
+        let index = |next_seq: u64| u32::try_from(next_seq - first_seq).unwrap_or(u32::MAX);
         for request in requests {
             let bytes = request.payload();
             let size = record_size(bytes.len() as u64);
             if self.tail + size > self.ring_len {
                 // Wrap: a wrap record where we are, then continue at the ring's start.
-                let h = encode_header(self.next_seq, None, &self.volume_id);
+                let h = encode_header(self.next_seq, None, &self.volume_id, index(self.next_seq));
                 self.buf.extend_from_slice(&h);
                 self.write_buf(segment_start)?;
                 self.used += self.ring_len - self.tail;
@@ -356,7 +392,12 @@ impl Journal {
                 segment_start = 0;
                 self.next_seq += 1;
             }
-            let h = encode_header(self.next_seq, Some(request), &self.volume_id);
+            let h = encode_header(
+                self.next_seq,
+                Some(request),
+                &self.volume_id,
+                index(self.next_seq),
+            );
             self.buf.extend_from_slice(&h);
             if bytes.len() >= DIRECT_WRITE {
                 // Large data goes straight from the request's buffer: no copy.
@@ -471,7 +512,10 @@ pub fn fuzz_decode(data: &[u8]) {
         .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
     let dev = crate::vlun::MemVlun::new(RING_OFFSET + ring_len);
     if dev.write_at(data, RING_OFFSET).is_ok() {
-        let _ = scan(&dev, &id, ring_len, JournalHead { pos: 0, seq });
+        let head = JournalHead { pos: 0, seq };
+        for mode in [Mode::Replay, Mode::Salvage] {
+            let _ = scan(&dev, &id, ring_len, head, false, mode);
+        }
     }
     let mut b = [0u8; BLOCK_SIZE];
     let n = data.len().min(BLOCK_SIZE);
@@ -502,7 +546,9 @@ mod tests {
     }
 
     fn open(dev: &Arc<MemVlun>, head: JournalHead) -> (Journal, Vec<JournalRecord>) {
-        Journal::open(Box::new(dev.clone()), [7; 16], head).expect("open")
+        let (j, records, _) =
+            Journal::open(Box::new(dev.clone()), [7; 16], head, false, Mode::Replay).expect("open");
+        (j, records)
     }
 
     /// A formatted journal, opened the way the volume opens it: the head it would persist.
@@ -632,13 +678,13 @@ mod tests {
             pos: head.pos,
             seq: u64::MAX - 1,
         };
-        match Journal::open(Box::new(dev.clone()), [7; 16], late) {
+        match Journal::open(Box::new(dev.clone()), [7; 16], late, false, Mode::Replay) {
             Err(Error::Corrupt { location, detail }) => {
                 assert_eq!(location, "superblock");
                 assert!(detail.contains("sequence number"), "{detail}");
             }
             Err(e) => panic!("open failed otherwise: {e}"),
-            Ok((j, _)) => panic!("open accepted it; next sequence number {}", j.next_seq),
+            Ok((j, _, _)) => panic!("open accepted it; next sequence number {}", j.next_seq),
         }
     }
 
@@ -650,14 +696,14 @@ mod tests {
         let (dev, _, head) = fresh();
         let r = req(1, 0, b"last");
         let at = RING_OFFSET + head.pos;
-        dev.write_at(&encode_header(u64::MAX, Some(&r), &[7; 16]), at)
+        dev.write_at(&encode_header(u64::MAX, Some(&r), &[7; 16], 0), at)
             .unwrap();
         dev.write_at(b"last", at + RECORD_HEADER as u64).unwrap();
         let last = JournalHead {
             pos: head.pos,
             seq: u64::MAX,
         };
-        match scan(&*dev, &[7; 16], MIN_JOURNAL_SIZE, last) {
+        match scan(&*dev, &[7; 16], MIN_JOURNAL_SIZE, last, false, Mode::Replay) {
             Err(Error::Corrupt { location, detail }) => {
                 assert_eq!(location, format!("journal record at {at:#x}"));
                 assert!(detail.contains("sequence number"), "{detail}");
@@ -685,7 +731,7 @@ mod tests {
             ring_len: 1 << 40,
         };
         dev.write_at(&long.encode(), 0).unwrap();
-        match Journal::open(Box::new(dev.clone()), [7; 16], head) {
+        match Journal::open(Box::new(dev.clone()), [7; 16], head, false, Mode::Replay) {
             Err(Error::Corrupt { location, detail }) => {
                 assert_eq!(location, "journal header at 0x0");
                 assert!(detail.contains("past the end"), "{detail}");

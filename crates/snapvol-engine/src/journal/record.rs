@@ -14,8 +14,14 @@ pub(super) fn record_size(data_len: u64) -> u64 {
     (RECORD_HEADER as u64 + data_len).next_multiple_of(SECTOR)
 }
 
-/// The header of record `seq` holding `r` (`None`: a wrap record).
-pub(super) fn encode_header(seq: u64, r: Option<&Request>, volume_id: &[u8; 16]) -> [u8; 64] {
+/// The header of record `seq` holding `r` (`None`: a wrap record), the `index`-th record of
+/// its append.
+pub(super) fn encode_header(
+    seq: u64,
+    r: Option<&Request>,
+    volume_id: &[u8; 16],
+    index: u32,
+) -> [u8; 64] {
     let (kind, a, b, len) = match r {
         None => (KIND_WRAP, 0, 0, 0),
         Some(Request::Write {
@@ -46,6 +52,7 @@ pub(super) fn encode_header(seq: u64, r: Option<&Request>, volume_id: &[u8; 16])
     h[24..32].copy_from_slice(&b.to_le_bytes());
     h[32..40].copy_from_slice(&len.to_le_bytes());
     h[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    h[44..48].copy_from_slice(&index.to_le_bytes());
     h[48..56].copy_from_slice(&volume_id[..8]);
     let mut crc = crc32c::crc32c(&h[..56]);
     crc = crc32c::crc32c_append(crc, data);
@@ -62,12 +69,25 @@ pub struct Header {
     pub(super) offset: u64,
     pub(super) len: u64,
     pub(super) data_len: u32,
+    /// Its place in its append (0: the append's first record).
+    pub(super) index: u32,
     pub(super) crc: u32,
+}
+
+impl Header {
+    /// Sequence number of the first record of this record's append.
+    pub(super) fn append_first(&self) -> u64 {
+        self.seq.saturating_sub(u64::from(self.index))
+    }
 }
 
 /// Parses a record header; `None` if it is not one (end of the journal). Never panics.
 pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
     if h.len() < RECORD_HEADER || &h[0..4] != RECORD_MAGIC || h[48..56] != volume_id[..8] {
+        return None;
+    }
+    // Reserved bytes are written as zero and checked on read.
+    if h[5..8] != [0; 3] || h[60..64] != [0; 4] {
         return None;
     }
     let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
@@ -78,6 +98,7 @@ pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
         offset: u64_at(24),
         len: u64_at(32),
         data_len: u32::from_le_bytes(h[40..44].try_into().expect("4 bytes")),
+        index: u32::from_le_bytes(h[44..48].try_into().expect("4 bytes")),
         crc: u32::from_le_bytes(h[56..60].try_into().expect("4 bytes")),
     };
     let ok = match hdr.kind {
@@ -87,7 +108,7 @@ pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
         KIND_SNAPSHOT => hdr.len == 0 && (1..=MAX_NAME).contains(&hdr.data_len),
         _ => false,
     };
-    ok.then_some(hdr)
+    (ok && u64::from(hdr.index) <= hdr.seq).then_some(hdr)
 }
 
 pub(super) fn header_crc_ok(h: &[u8], data: &[u8], crc: u32) -> bool {

@@ -440,6 +440,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Records in the superblock that the volume was closed cleanly (after `drain`: the
+    /// journal holds nothing after its head), so the next open need not look past the end of
+    /// the journal for records of later appends.
+    pub(super) fn mark_closed_cleanly(&self) -> Result<()> {
+        let mut meta = self.meta.lock();
+        meta.sb.clean = true;
+        self.write_superblock(&mut meta, 0)
+    }
+
     /// Slots a fresh copy of the live metadata (a checkpoint) would take.
     pub(super) fn live_meta_slots(&self, snapshots: usize) -> u64 {
         let bytes = self.index.len() as u64 * 37 + snapshots as u64 * MAX_RECORD_LEN as u64;

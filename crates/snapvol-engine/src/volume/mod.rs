@@ -55,7 +55,9 @@ use parking_lot::{Condvar, Mutex};
 use crate::cache::{Cache, DirtyChunk, LandedVersion};
 use crate::error::{Device, Error, Result};
 use crate::format::{self, Record, Superblock, BLOCK_SIZE};
-use crate::journal::{Journal, JournalHead, DEFAULT_JOURNAL_SIZE};
+use crate::journal::{
+    Damage, Held, Journal, JournalHead, LostRecord, Mode as JournalMode, DEFAULT_JOURNAL_SIZE,
+};
 use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
 use crate::names::validate_name;
 use crate::paths::{Vluns, VolumePaths};
@@ -263,6 +265,27 @@ const JOURNAL_EAGER: u64 = 4 << 20;
 /// Metadata slots kept free so that deleting a snapshot or compacting the log always fits.
 const META_HEADROOM: u64 = 2;
 
+/// Logs damage the journal scan found: corruption that a salvage skipped, or a damaged last
+/// append, which open drops (it cannot be told from an append a crash cut short).
+fn report_journal_damage(name: &str, d: &Damage) {
+    let at = crate::journal::RING_OFFSET + d.at.pos;
+    for lost in &d.lost {
+        let held = match lost.held {
+            Some(Held::Write { offset, len }) | Some(Held::Zero { offset, len }) => {
+                format!("a write of {len:#x} bytes at {offset:#x}")
+            }
+            Some(Held::Snapshot { seq }) => format!("the creation of snapshot {seq}"),
+            Some(Held::Wrap) => "a wrap record".to_owned(),
+            None => "unknown (its header is damaged)".to_owned(),
+        };
+        if d.later_appends_follow {
+            tracing::error!(volume = name, record = lost.seq, ring_offset = at, lost = %held, "journal record damaged: salvage skips it");
+        } else {
+            tracing::warn!(volume = name, record = lost.seq, ring_offset = at, held = %held, "the journal's last append ends with a damaged record: dropped as cut short by a crash (if it was flushed and then damaged, that write is lost)");
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 for earlier times).
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -364,7 +387,21 @@ impl Volume {
             background_destage: false,
             ..VolumeOptions::default()
         };
-        Self::open_with(name, vluns, opts, true)
+        Self::open_with(name, vluns, opts, true, JournalMode::Replay).map(|(v, _)| v)
+    }
+
+    /// Opens a volume whose cache journal is damaged (a damaged record that intact records of
+    /// later appends follow, which [`Volume::open_on`] refuses): every intact record is
+    /// replayed, the damaged ones are skipped, and the volume is left consistent and its
+    /// journal empty once this returns (recovery persists a head past everything). Returns
+    /// the records lost, with what their headers still say they held.
+    pub fn open_salvaging_on(
+        name: &str,
+        vluns: Vluns,
+        opts: VolumeOptions,
+    ) -> Result<(Self, Vec<LostRecord>)> {
+        let (v, damage) = Self::open_with(name, vluns, opts, false, JournalMode::Salvage)?;
+        Ok((v, damage.map(|d| d.lost).unwrap_or_default()))
     }
 
     /// Creates a volume on any set of VLUNs: writes both superblock copies to the target and
@@ -419,6 +456,7 @@ impl Volume {
             created,
             journal_head: 0,
             journal_head_seq: 1,
+            clean: true,
         };
         // Both copies valid from the start; generation 1 is the current one.
         for g in 0..2 {
@@ -439,10 +477,16 @@ impl Volume {
     /// Opens a volume on any set of VLUNs: reads the superblock, replays the metadata log, and
     /// recovers what the cache journal holds (claim 25).
     pub fn open_on(name: &str, vluns: Vluns, opts: VolumeOptions) -> Result<Self> {
-        Self::open_with(name, vluns, opts, false)
+        Self::open_with(name, vluns, opts, false, JournalMode::Replay).map(|(v, _)| v)
     }
 
-    fn open_with(name: &str, vluns: Vluns, opts: VolumeOptions, read_only: bool) -> Result<Self> {
+    fn open_with(
+        name: &str,
+        vluns: Vluns,
+        opts: VolumeOptions,
+        read_only: bool,
+        mode: JournalMode,
+    ) -> Result<(Self, Option<Damage>)> {
         let Vluns {
             source,
             target,
@@ -473,11 +517,16 @@ impl Volume {
             seq: loaded.sb.journal_head_seq,
         };
         let journal_dev: Arc<dyn Vlun> = Arc::from(journal);
-        let (journal, records) = Journal::open(
+        let (journal, records, damage) = Journal::open(
             Box::new(Arc::clone(&journal_dev)),
             loaded.sb.volume_id,
             head,
+            loaded.sb.clean,
+            mode,
         )?;
+        if let Some(d) = &damage {
+            report_journal_damage(name, d);
+        }
         let ring = journal.ring_len();
         let mut alloc = loaded.alloc;
         alloc.set_limit(
@@ -510,7 +559,12 @@ impl Volume {
             journal: Mutex::new(journal),
             append_lock: Mutex::new(()),
             meta: Mutex::new(MetaState {
-                sb: loaded.sb,
+                // Open for writing: no longer closed cleanly once anything is written (the
+                // recovery below persists this with the journal head).
+                sb: Superblock {
+                    clean: loaded.sb.clean && read_only,
+                    ..loaded.sb
+                },
                 alloc,
                 chain_slots: loaded.chain_slots,
                 next_block: loaded.next_block,
@@ -559,12 +613,15 @@ impl Volume {
                     .map_err(|e| Error::file("journal thread", e))?,
             );
         }
-        Ok(Self {
-            inner,
-            destager,
-            open: true,
-            _lock: None,
-        })
+        Ok((
+            Self {
+                inner,
+                destager,
+                open: true,
+                _lock: None,
+            },
+            damage,
+        ))
     }
 
     /// The volume's name.
@@ -736,7 +793,10 @@ impl Volume {
             return Ok(());
         }
         self.inner.check_writable()?;
-        self.inner.drain().inspect_err(|e| self.inner.fail(e))
+        self.inner
+            .drain()
+            .and_then(|()| self.inner.mark_closed_cleanly())
+            .inspect_err(|e| self.inner.fail(e))
     }
 }
 

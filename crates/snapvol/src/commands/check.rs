@@ -62,6 +62,9 @@ pub fn render(name: &str, report: &CheckReport, repair: bool) -> String {
         }
         text.push('\n');
     }
+    for w in &report.warnings {
+        let _ = writeln!(text, "warning: {}: {}", w.location, w.detail);
+    }
     for r in &report.repaired {
         let _ = writeln!(text, "repaired: {r}");
     }

@@ -59,8 +59,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Metadata on the target VLUN failed a checksum or a consistency rule.
-    #[error("corrupt metadata at {location}: {detail}")]
+    /// A structure on a VLUN (metadata, the journal, preserved data) failed a checksum or a
+    /// consistency rule.
+    #[error("damage found in the {location}: {detail}")]
     Corrupt {
         /// Where: a structure name and a byte offset in the target VLUN.
         location: String,

@@ -1272,3 +1272,119 @@ fn a_chunk_overwritten_again_and_again_without_flush_keeps_the_volume_writable()
     drop(conn);
     server.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. Integrity: a damaged journal, and a volume that cannot be opened
+
+/// The journal records of a journal file: `(file offset, sequence number, data length)` of
+/// every record header (magic "SVJR" at a 512-byte boundary of the ring), by sequence number.
+fn journal_records(journal: &[u8]) -> Vec<(usize, u64, u32)> {
+    let mut found: Vec<(usize, u64, u32)> = (4096..journal.len().saturating_sub(64))
+        .step_by(512)
+        .filter(|&at| &journal[at..at + 4] == b"SVJR")
+        .map(|at| {
+            let seq = u64::from_le_bytes(journal[at + 8..at + 16].try_into().unwrap());
+            let len = u32::from_le_bytes(journal[at + 40..at + 44].try_into().unwrap());
+            (at, seq, len)
+        })
+        .collect();
+    found.sort_by_key(|r| r.1);
+    found
+}
+
+/// What broke (issue 10, findings 1 and 3): a flipped byte in a flushed journal record made
+/// replay silently drop it and every later one, and a volume that could not be opened made
+/// `serve` exit, serving no volume at all. Now the damaged volume is refused with the way out,
+/// left out by `serve` while the other volume is served, and `check --repair` salvages it,
+/// naming the write it lost.
+#[test]
+fn a_damaged_journal_is_refused_left_out_by_serve_and_salvaged_by_check_repair() {
+    let env = Env::new();
+    env.create("bad", "64M");
+    env.create("good", "64M");
+    let server = env.serve();
+    // 40 (4 KiB write, FLUSH) pairs: 40 appends of one record each.
+    let cmds: Vec<String> = (0..40u64)
+        .flat_map(|i| {
+            [
+                format!("write -P {} {} 4096", i + 1, i * 4096),
+                "flush".to_owned(),
+            ]
+        })
+        .collect();
+    let args: Vec<&str> = cmds.iter().flat_map(|c| ["-c", c.as_str()]).collect();
+    let (status, out) = qemu_io(&args, &server.uri("bad"));
+    assert!(status.success(), "{out}");
+    qemu_io_write(&server.uri("good"), &[(0x77, 0, MIB)]);
+    server.kill9();
+
+    let path = env.store().join("bad").join("journal.svj");
+    let mut journal = fs::read(&path).expect("read the journal");
+    let writes: Vec<_> = journal_records(&journal)
+        .into_iter()
+        .filter(|r| r.2 == 4096)
+        .collect();
+    assert_eq!(writes.len(), 40, "every write is in the journal");
+    let (at, seq, _) = writes[19];
+    journal[at + 64 + 1000] ^= 0x40;
+    fs::write(&path, &journal).expect("damage the journal");
+
+    let err = env.snapvol_fails(&["info", "bad"]);
+    assert!(err.contains("check VOL --repair"), "{err}");
+    let out = env.snapvol().args(["check", "bad"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!("journal record at {at:#x}")),
+        "check names the damaged record at {at:#x}:\n{report}"
+    );
+
+    // Served meanwhile: the good volume, not the damaged one.
+    let server = env.serve();
+    let (status, out) = qemu_io(&["-c", "read -P 0x77 0 1M"], &server.uri("good"));
+    assert!(status.success(), "the good volume is served: {out}");
+    let listed = run_ok(tool("nbdinfo").args(["--list", &server.uri("")]));
+    assert!(
+        !text(&listed.stdout).contains("\"bad\""),
+        "{}",
+        text(&listed.stdout)
+    );
+    let (status, _) = qemu_io(&["-c", "read 0 4096"], &server.uri("bad"));
+    assert!(!status.success(), "the damaged volume is not served");
+    assert!(
+        server.log().contains("volume cannot be opened"),
+        "{}",
+        server.log()
+    );
+    // `list` shows it, with why, and fails for it.
+    let out = env.snapvol().arg("list").output().expect("runs");
+    let list = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bad") && l.contains("error: damage found")),
+        "{list}"
+    );
+    server.stop();
+
+    let repaired = env.snapvol_ok(&["check", "bad", "--repair"]);
+    assert!(
+        repaired.contains(&format!("lost journal record {seq} at {at:#x}"))
+            && repaired.contains("write of 0x1000 bytes at 0x13000"),
+        "{repaired}"
+    );
+    let server = env.serve();
+    let reads: Vec<String> = (0..40u64)
+        .filter(|&i| i != 19)
+        .map(|i| format!("read -P {} {} 4096", i + 1, i * 4096))
+        .collect();
+    let args: Vec<&str> = reads.iter().flat_map(|c| ["-c", c.as_str()]).collect();
+    let (status, out) = qemu_io(&args, &server.uri("bad"));
+    assert!(
+        status.success() && !out.contains("Pattern verification failed"),
+        "every other flushed write is there after the salvage: {out}"
+    );
+    server.stop();
+    let report = env.snapvol_ok(&["check", "bad"]);
+    assert!(report.contains("is clean"), "{report}");
+}

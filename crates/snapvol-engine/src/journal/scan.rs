@@ -164,8 +164,8 @@ impl Ring<'_> {
                 // This volume's record magic and id, and a sequence number not from an earlier
                 // lap (those are below the expected one): the expected record, its header
                 // damaged. Anything else is the end of the written ring.
-                let mine = hdr[0..4] == *super::record::RECORD_MAGIC
-                    && hdr[48..56] == self.volume_id[..8];
+                let mine =
+                    hdr[0..4] == *super::record::RECORD_MAGIC && hdr[48..56] == self.volume_id[..8];
                 let seq_at = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
                 return Ok(Step::Break(if mine && seq_at >= seq {
                     Broken::Damaged(None)

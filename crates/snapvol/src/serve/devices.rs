@@ -222,12 +222,16 @@ impl Exports for StoreExports {
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for name in self.store.list().unwrap_or_default() {
-            let snaps = self
-                .volume(&name)
-                .map(|v| v.snapshots())
-                .unwrap_or_default();
+            // A volume that cannot be opened is not an export.
+            let Ok(vol) = self.volume(&name) else {
+                continue;
+            };
             names.push(name.clone());
-            names.extend(snaps.into_iter().map(|s| format!("{name}@{}", s.name)));
+            names.extend(
+                vol.snapshots()
+                    .into_iter()
+                    .map(|s| format!("{name}@{}", s.name)),
+            );
         }
         names
     }

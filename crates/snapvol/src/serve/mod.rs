@@ -44,6 +44,7 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         );
     }
     let mut volumes = BTreeMap::new();
+    let mut unavailable = Vec::new();
     for name in store.list()? {
         match store.open(&name, VolumeOptions::default()) {
             Ok(v) => {
@@ -54,8 +55,12 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
                     "{e}; is another snapvol serve using this store?"
                 ))
             }
+            // One volume that cannot be opened must not keep the others from being served.
+            // It is left out (and opened again the next time a client or a command asks for
+            // it, so that a `check --repair` meanwhile brings it back).
             Err(e) => {
-                return Err(anyhow::Error::from(e).context(format!("opening volume '{name}'")))
+                tracing::error!(volume = %name, error = %e, "volume cannot be opened: not served; the others are");
+                unavailable.push(name);
             }
         }
     }
@@ -102,9 +107,19 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         .map_or(args.listen.clone(), |a| a.to_string());
     eprintln!(
         "snapvol: serving {} from {} on nbd://{local}/ (export names: VOL, VOL@SNAP); Ctrl-C stops",
-        names.join(", "),
+        if names.is_empty() {
+            "no volume".to_owned()
+        } else {
+            names.join(", ")
+        },
         store.root().display()
     );
+    if !unavailable.is_empty() {
+        eprintln!(
+            "snapvol: not serving {}: cannot be opened (see the log above; `snapvol check VOL`)",
+            unavailable.join(", ")
+        );
+    }
     let served = server.serve();
     signal_handle.close();
     let _ = watcher.join();

@@ -71,6 +71,9 @@ pub struct CheckSummary {
     /// Free slots below the high-water mark (holes the allocator reuses): information, not a
     /// problem.
     pub free_slots_below_high_water: u64,
+    /// Preserved copies read back and checked against their checksums (`--data`).
+    #[serde(default)]
+    pub data_chunks_verified: u64,
 }
 
 /// The outcome of a check.
@@ -97,6 +100,20 @@ impl CheckReport {
     }
 }
 
+/// What a check does besides reading the metadata and the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Repair what has a good copy (and, on files, salvage a damaged journal).
+    pub repair: bool,
+    /// Also read every preserved copy and verify its checksum: reads all of the snapshot
+    /// store's data, so it takes as long as reading the target.
+    pub data: bool,
+    /// The volume is open and its journal being appended to (`Volume::check`): the journal
+    /// is read up to its current end, and not searched past it for damage, since appends that
+    /// land during the check would look like records of later appends.
+    pub journal_in_use: bool,
+}
+
 /// Checks a volume's devices without changing them (unless `repair`). Never panics on any
 /// bytes; an error means a device could not be read (or, with `repair`, written).
 pub fn check(
@@ -105,7 +122,26 @@ pub fn check(
     journal: &dyn Vlun,
     repair: bool,
 ) -> Result<CheckReport> {
-    let first = scan(source, target, journal)?;
+    check_with(
+        source,
+        target,
+        journal,
+        CheckOptions {
+            repair,
+            ..CheckOptions::default()
+        },
+    )
+}
+
+/// [`check`] with every option.
+pub fn check_with(
+    source: &dyn Vlun,
+    target: &dyn Vlun,
+    journal: &dyn Vlun,
+    opts: CheckOptions,
+) -> Result<CheckReport> {
+    let repair = opts.repair;
+    let first = scan(source, target, journal, opts)?;
     if !repair {
         return Ok(first.report);
     }
@@ -134,7 +170,7 @@ pub fn check(
     let mut report = if repaired.is_empty() {
         first.report
     } else {
-        scan(source, target, journal)?.report
+        scan(source, target, journal, opts)?.report
     };
     report.repaired = repaired;
     report.not_repaired = report
@@ -151,17 +187,17 @@ pub fn check(
 /// salvages it: the volume is opened replaying every intact record and closed (so the
 /// journal is empty and everything consistent), and each lost record is listed in
 /// `repaired` with what it held.
-pub fn check_paths(name: &str, paths: &VolumePaths, repair: bool) -> Result<CheckReport> {
+pub fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Result<CheckReport> {
     // Opened read-only, so a check cannot change a byte even by mistake.
     let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
     let source = ro(&paths.source)?;
     let journal = ro(&paths.journal)?;
-    if !repair {
+    if !opts.repair {
         let target = ro(&paths.target)?;
-        return check(&source, &target, &journal, false);
+        return check_with(&source, &target, &journal, opts);
     }
     let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
-    let mut report = check(&source, &target, &journal, true)?;
+    let mut report = check_with(&source, &target, &journal, opts)?;
     let salvageable = report
         .problems
         .iter()
@@ -193,7 +229,15 @@ pub fn check_paths(name: &str, paths: &VolumePaths, repair: bool) -> Result<Chec
         ));
     }
     let (source, target, journal) = (ro(&paths.source)?, ro(&paths.target)?, ro(&paths.journal)?);
-    let mut after = check(&source, &target, &journal, false)?;
+    let mut after = check_with(
+        &source,
+        &target,
+        &journal,
+        CheckOptions {
+            repair: false,
+            ..opts
+        },
+    )?;
     after.repaired = repaired;
     after.not_repaired = after
         .problems
@@ -278,7 +322,12 @@ fn target_len(target: &dyn Vlun) -> Result<u64> {
 }
 
 /// One pass over the devices.
-fn scan(source: &dyn Vlun, target: &dyn Vlun, journal: &dyn Vlun) -> Result<Scan> {
+fn scan(
+    source: &dyn Vlun,
+    target: &dyn Vlun,
+    journal: &dyn Vlun,
+    opts: CheckOptions,
+) -> Result<Scan> {
     let mut p = Problems::default();
     let mut summary = CheckSummary::default();
 
@@ -316,11 +365,18 @@ fn scan(source: &dyn Vlun, target: &dyn Vlun, journal: &dyn Vlun) -> Result<Scan
     };
 
     check_source(source, &geo, &mut p)?;
-    check_metadata(target, &sb, &geo, &mut p, &mut summary)?;
+    check_metadata(target, &sb, &geo, opts.data, &mut p, &mut summary)?;
     let mut warnings = Vec::new();
     if let Some(ring_len) = check_journal_header(journal, Some(&sb), &mut p)? {
-        summary.journal_records =
-            check_journal_records(journal, &sb, &geo, ring_len, &mut p, &mut warnings)?;
+        summary.journal_records = check_journal_records(
+            journal,
+            &sb,
+            &geo,
+            ring_len,
+            opts.journal_in_use,
+            &mut p,
+            &mut warnings,
+        )?;
     }
     Ok(Scan {
         report: CheckReport {
@@ -447,15 +503,18 @@ struct Preserved {
     lo: u64,
     hi: u64,
     slot: u64,
+    crc: u32,
     /// Index into the record locations.
     rec: usize,
 }
 
-/// The metadata chain, its records, the bitmaps/logs they describe and the allocator.
+/// The metadata chain, its records, the bitmaps/logs they describe and the allocator; with
+/// `data`, every live preserved copy against its checksum.
 fn check_metadata(
     target: &dyn Vlun,
     sb: &Superblock,
     geo: &Geometry,
+    data: bool,
     p: &mut Problems,
     summary: &mut CheckSummary,
 ) -> Result<()> {
@@ -590,12 +649,12 @@ fn check_metadata(
                 },
                 Record::Preserve {
                     chunk: c,
-                    count,
                     slot,
                     lo,
                     hi,
+                    crcs,
                 } => {
-                    let n = u64::from(*count);
+                    let n = crcs.len() as u64;
                     let mut ok = true;
                     if lo.0 == 0 || lo > hi || n == 0 {
                         p.add(
@@ -646,12 +705,13 @@ fn check_metadata(
                     if ok {
                         let rec = locations.len();
                         locations.push(loc);
-                        for k in 0..n {
+                        for (k, &crc) in (0u64..).zip(crcs) {
                             copies.push(Preserved {
                                 chunk: c.0 + k,
                                 lo: lo.0,
                                 hi: hi.0,
                                 slot: slot.0 + k,
+                                crc,
                                 rec,
                             });
                         }
@@ -737,6 +797,37 @@ fn check_metadata(
             );
         }
     }
+    if data {
+        // Every live copy read back and checked against its checksum.
+        let mut buf = vec![0u8; chunk as usize];
+        for c in &copies {
+            let off = sb.data_start + c.slot * chunk;
+            target
+                .read_at(&mut buf, off)
+                .map_err(|e| Error::io("read preserved chunk", Device::Target, off, e))?;
+            summary.data_chunks_verified += 1;
+            if crc32c::crc32c(&buf) != c.crc {
+                let readers: Vec<String> = alive_in(c.lo, c.hi)
+                    .iter()
+                    .map(|s| live.get(s).map_or_else(|| s.to_string(), Clone::clone))
+                    .collect();
+                p.add(
+                    format!(
+                        "preserved copy of chunk {} in slot {} at {off:#x}",
+                        c.chunk, c.slot
+                    ),
+                    format!(
+                        "checksum mismatch: the copy is damaged; snapshot{} {} read{} it there \
+                         (reads of it fail with EIO)",
+                        if readers.len() == 1 { "" } else { "s" },
+                        readers.join(", "),
+                        if readers.len() == 1 { "s" } else { "" },
+                    ),
+                    false,
+                );
+            }
+        }
+    }
     let mut used: BTreeSet<u64> = copies.iter().map(|c| c.slot).collect();
     used.extend(chain_slots.iter().copied());
     let high_water = used.last().map_or(0, |s| s + 1);
@@ -798,6 +889,7 @@ fn check_journal_records(
     sb: &Superblock,
     geo: &Geometry,
     ring_len: u64,
+    in_use: bool,
     p: &mut Problems,
     warnings: &mut Vec<Problem>,
 ) -> Result<u64> {
@@ -822,7 +914,8 @@ fn check_journal_records(
         &sb.volume_id,
         ring_len,
         head,
-        sb.clean,
+        // An open volume's journal ends where appends have got to.
+        sb.clean || in_use,
         journal::Mode::Salvage,
     ) {
         Ok(scan) => scan,

@@ -2,7 +2,7 @@
 //! 21–24). No I/O here; `volume` performs what the plan says, in the order that keeps I1/I2.
 
 use crate::cache::{BlockMask, Version};
-use crate::format::Record;
+use crate::format::{Record, MAX_PRESERVE_RUN};
 use crate::metadata::SnapshotTable;
 use crate::units::{ChunkIndex, Epoch, SnapshotSeq, TargetSlot, BLOCK};
 
@@ -140,35 +140,53 @@ pub fn source_write(versions: &[Version], nblocks: usize) -> SourceWrite<'_> {
     SourceWrite::Runs(runs)
 }
 
+/// A preserved copy a batch placed: chunk `chunk`'s image for snapshots `lo..=hi`, written to
+/// `slot`, with the CRC-32C of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// Where its copy is.
+    pub slot: TargetSlot,
+    /// Oldest snapshot sequence number reading it.
+    pub lo: u64,
+    /// Newest snapshot sequence number reading it.
+    pub hi: u64,
+    /// CRC-32C of the copy.
+    pub crc: u32,
+}
+
 /// Turns placed preservations into log records, merging runs of consecutive chunks in
-/// consecutive slots that serve the same snapshots into one record.
-pub fn records(placed: &[(ChunkIndex, TargetSlot, u64, u64)]) -> Vec<Record> {
+/// consecutive slots that serve the same snapshots into one record (of at most
+/// [`MAX_PRESERVE_RUN`] copies, so that it fits a metadata block).
+pub fn records(placed: &[Placed]) -> Vec<Record> {
     let mut out: Vec<Record> = Vec::new();
-    for &(chunk, slot, lo, hi) in placed {
+    for p in placed {
         if let Some(Record::Preserve {
             chunk: c0,
-            count,
             slot: s0,
             lo: l0,
             hi: h0,
+            crcs,
         }) = out.last_mut()
         {
-            if c0.0 + u64::from(*count) == chunk.0
-                && s0.0 + u64::from(*count) == slot.0
-                && l0.0 == lo
-                && h0.0 == hi
-                && *count < u32::MAX
+            let n = crcs.len() as u64;
+            if c0.0 + n == p.chunk.0
+                && s0.0 + n == p.slot.0
+                && l0.0 == p.lo
+                && h0.0 == p.hi
+                && crcs.len() < MAX_PRESERVE_RUN
             {
-                *count += 1;
+                crcs.push(p.crc);
                 continue;
             }
         }
         out.push(Record::Preserve {
-            chunk,
-            count: 1,
-            slot,
-            lo: SnapshotSeq(lo),
-            hi: SnapshotSeq(hi),
+            chunk: p.chunk,
+            slot: p.slot,
+            lo: SnapshotSeq(p.lo),
+            hi: SnapshotSeq(p.hi),
+            crcs: vec![p.crc],
         });
     }
     out
@@ -274,15 +292,40 @@ mod tests {
     }
 
     #[test]
-    fn records_merge_sequential_runs_only() {
+    fn records_merge_sequential_runs_only_and_keep_each_copys_checksum() {
+        let at = |chunk, slot, lo, crc| Placed {
+            chunk: ChunkIndex(chunk),
+            slot: TargetSlot(slot),
+            lo,
+            hi: 4,
+            crc,
+        };
         let placed = [
-            (ChunkIndex(10), TargetSlot(0), 1, 4),
-            (ChunkIndex(11), TargetSlot(1), 1, 4),
-            (ChunkIndex(12), TargetSlot(2), 2, 4),
-            (ChunkIndex(14), TargetSlot(3), 2, 4),
+            at(10, 0, 1, 7),
+            at(11, 1, 1, 8),
+            at(12, 2, 2, 9),
+            at(14, 3, 2, 10),
         ];
         let r = records(&placed);
         assert_eq!(r.len(), 3);
-        assert!(matches!(r[0], Record::Preserve { count: 2, .. }));
+        assert!(matches!(&r[0], Record::Preserve { crcs, .. } if crcs == &[7, 8]));
+    }
+
+    #[test]
+    fn a_run_longer_than_a_block_holds_is_split_into_records_that_each_fit() {
+        let placed: Vec<Placed> = (0..2 * MAX_PRESERVE_RUN as u64 + 5)
+            .map(|i| Placed {
+                chunk: ChunkIndex(i),
+                slot: TargetSlot(i),
+                lo: 1,
+                hi: 1,
+                crc: i as u32,
+            })
+            .collect();
+        let r = records(&placed);
+        assert_eq!(r.len(), 3);
+        for rec in &r {
+            assert!(rec.encoded_len() <= crate::format::META_PAYLOAD);
+        }
     }
 }

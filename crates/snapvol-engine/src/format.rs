@@ -246,19 +246,20 @@ pub enum Record {
         /// Its sequence number.
         seq: SnapshotSeq,
     },
-    /// Chunks `chunk .. chunk + count` were preserved in slots `slot .. slot + count`, for the
-    /// snapshots with sequence numbers `lo..=hi`.
+    /// Chunks `chunk .. chunk + n` were preserved in slots `slot .. slot + n`, for the
+    /// snapshots with sequence numbers `lo..=hi`, where `n` is the number of checksums: the
+    /// CRC-32C of each copy, verified on every read of it.
     Preserve {
         /// First chunk.
         chunk: ChunkIndex,
-        /// Number of chunks (and slots).
-        count: u32,
         /// First slot.
         slot: TargetSlot,
         /// Oldest snapshot sequence number sharing the copies.
         lo: SnapshotSeq,
         /// Newest snapshot sequence number sharing the copies.
         hi: SnapshotSeq,
+        /// CRC-32C of each copy, in chunk order (1..=[`MAX_PRESERVE_RUN`] of them).
+        crcs: Vec<u32>,
     },
 }
 
@@ -266,8 +267,12 @@ const TAG_CREATE: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_PRESERVE: u8 = 3;
 
-/// Largest encoded record: a `SnapshotCreate` with a 128-byte name.
-pub const MAX_RECORD_LEN: usize = 1 + 8 + 8 + 1 + 128;
+/// Largest encoded `SnapshotCreate` (a 128-byte name).
+pub const MAX_CREATE_LEN: usize = 1 + 8 + 8 + 1 + 128;
+/// Encoded length of a `Preserve` record before its checksums.
+const PRESERVE_FIXED: usize = 1 + 8 + 4 + 8 + 8 + 8;
+/// Most copies one `Preserve` record covers: as many checksums as fill a metadata block.
+pub const MAX_PRESERVE_RUN: usize = (META_PAYLOAD - PRESERVE_FIXED) / 4;
 /// Smallest encoded record: a `SnapshotDelete`.
 const MIN_RECORD_LEN: usize = 1 + 8;
 
@@ -286,7 +291,7 @@ impl Record {
         match self {
             Record::SnapshotCreate { name, .. } => 1 + 8 + 8 + 1 + name.len(),
             Record::SnapshotDelete { .. } => 1 + 8,
-            Record::Preserve { .. } => 1 + 8 + 4 + 8 + 8 + 8,
+            Record::Preserve { crcs, .. } => PRESERVE_FIXED + 4 * crcs.len(),
         }
     }
 
@@ -309,17 +314,20 @@ impl Record {
             }
             Record::Preserve {
                 chunk,
-                count,
                 slot,
                 lo,
                 hi,
+                crcs,
             } => {
                 out.push(TAG_PRESERVE);
                 out.extend_from_slice(&chunk.0.to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
                 out.extend_from_slice(&slot.0.to_le_bytes());
                 out.extend_from_slice(&lo.0.to_le_bytes());
                 out.extend_from_slice(&hi.0.to_le_bytes());
+                for crc in crcs {
+                    out.extend_from_slice(&crc.to_le_bytes());
+                }
             }
         }
     }
@@ -367,25 +375,35 @@ impl Record {
                 ))
             }
             TAG_PRESERVE => {
-                need(37)?;
-                let r = Record::Preserve {
-                    chunk: ChunkIndex(get_u64(b, 1)),
-                    count: get_u32(b, 9),
-                    slot: TargetSlot(get_u64(b, 13)),
-                    lo: SnapshotSeq(get_u64(b, 21)),
-                    hi: SnapshotSeq(get_u64(b, 29)),
-                };
-                if let Record::Preserve { count, lo, hi, .. } = &r {
-                    if *count == 0 || lo.0 == 0 || lo > hi {
-                        return Err("empty preserve record");
-                    }
-                    if hi.0 > MAX_SEQ {
-                        return Err(
-                            "shared up to a snapshot sequence number beyond any a volume reaches",
-                        );
-                    }
+                need(PRESERVE_FIXED)?;
+                let count = get_u32(b, 9) as usize;
+                if count == 0 || count > MAX_PRESERVE_RUN {
+                    return Err("preserve record of no copies, or more than a block holds");
                 }
-                Ok((r, 37))
+                let len = PRESERVE_FIXED + 4 * count;
+                need(len)?;
+                let (lo, hi) = (get_u64(b, 21), get_u64(b, 29));
+                if lo == 0 || lo > hi {
+                    return Err("empty preserve record");
+                }
+                if hi > MAX_SEQ {
+                    return Err(
+                        "shared up to a snapshot sequence number beyond any a volume reaches",
+                    );
+                }
+                let crcs = (0..count)
+                    .map(|i| get_u32(b, PRESERVE_FIXED + 4 * i))
+                    .collect();
+                Ok((
+                    Record::Preserve {
+                        chunk: ChunkIndex(get_u64(b, 1)),
+                        slot: TargetSlot(get_u64(b, 13)),
+                        lo: SnapshotSeq(lo),
+                        hi: SnapshotSeq(hi),
+                        crcs,
+                    },
+                    len,
+                ))
             }
             _ => Err("unknown record tag"),
         }
@@ -415,8 +433,10 @@ pub struct MetaBlock {
     pub records: Vec<Record>,
 }
 
+/// Where a metadata block's payload starts.
+const META_HEADER: usize = 36;
 /// Bytes of record payload one metadata block can hold.
-pub const META_PAYLOAD: usize = CRC_OFFSET - 36;
+pub const META_PAYLOAD: usize = CRC_OFFSET - META_HEADER;
 
 impl MetaBlock {
     /// Packs `records` into as few blocks as they need, in order. Block *i* gets sequence
@@ -464,7 +484,7 @@ impl MetaBlock {
         );
         put_u16(&mut b, 32, self.records.len() as u16);
         put_u16(&mut b, 34, payload.len() as u16);
-        b[36..36 + payload.len()].copy_from_slice(&payload);
+        b[META_HEADER..META_HEADER + payload.len()].copy_from_slice(&payload);
         seal(&mut b);
         b
     }
@@ -493,7 +513,7 @@ impl MetaBlock {
                 format!("record count {count} does not fit {len} bytes of payload"),
             ));
         }
-        let mut payload = &b[36..36 + len];
+        let mut payload = &b[META_HEADER..META_HEADER + len];
         let mut records = Vec::with_capacity(count);
         while !payload.is_empty() {
             let (r, n) = Record::decode(payload)
@@ -570,14 +590,26 @@ mod tests {
     }
 
     #[test]
-    fn worst_case_record_fits_a_block_many_times() {
+    fn worst_case_records_fit_a_block() {
         let r = Record::SnapshotCreate {
             seq: SnapshotSeq(u64::MAX),
             created_ms: u64::MAX,
             name: "n".repeat(128),
         };
-        assert_eq!(r.encoded_len(), MAX_RECORD_LEN);
-        const { assert!(META_PAYLOAD >= 16 * MAX_RECORD_LEN) };
+        assert_eq!(r.encoded_len(), MAX_CREATE_LEN);
+        const { assert!(META_PAYLOAD >= 16 * MAX_CREATE_LEN) };
+        let run = Record::Preserve {
+            chunk: ChunkIndex(u64::MAX),
+            slot: TargetSlot(u64::MAX),
+            lo: SnapshotSeq(1),
+            hi: SnapshotSeq(MAX_SEQ),
+            crcs: vec![u32::MAX; MAX_PRESERVE_RUN],
+        };
+        assert!(run.encoded_len() <= META_PAYLOAD);
+        let blocks = MetaBlock::pack(std::slice::from_ref(&run), 1);
+        assert_eq!(blocks.len(), 1);
+        let b = blocks[0].encode(&[1; 16]);
+        assert_eq!(MetaBlock::decode(&b, 0, &[1; 16]).unwrap().records, [run]);
     }
 
     #[test]
@@ -586,10 +618,10 @@ mod tests {
         for i in 0..300u64 {
             records.push(Record::Preserve {
                 chunk: ChunkIndex(i * 3),
-                count: 2,
                 slot: TargetSlot(i),
                 lo: SnapshotSeq(1),
                 hi: SnapshotSeq(4),
+                crcs: vec![i as u32, !(i as u32)],
             });
             if i % 50 == 0 {
                 records.push(Record::SnapshotCreate {

@@ -113,6 +113,8 @@ pub struct Entry {
     pub hi: u64,
     /// Where the copy is.
     pub slot: TargetSlot,
+    /// CRC-32C of the copy, verified on every read of it.
+    pub crc: u32,
 }
 
 const INDEX_SHARDS: usize = 64;
@@ -142,14 +144,14 @@ impl Index {
         &self.shards[(c.0 as usize) % INDEX_SHARDS]
     }
 
-    /// Bit *c* of snapshot `s`'s bitmap, with its log pointer: `Some(slot)` when the original is
-    /// in the target VLUN, `None` when the snapshot still reads the chunk from the source
-    /// (claims 11, 12).
-    pub fn lookup(&self, c: ChunkIndex, s: SnapshotSeq) -> Option<TargetSlot> {
+    /// Bit *c* of snapshot `s`'s bitmap, with its log pointer: `Some(copy)` when the original
+    /// is in the target VLUN (at `copy.slot`), `None` when the snapshot still reads the chunk
+    /// from the source (claims 11, 12).
+    pub fn lookup(&self, c: ChunkIndex, s: SnapshotSeq) -> Option<Entry> {
         let shard = self.shard(c).read();
         let entries = shard.get(&c.0)?;
         let i = entries.partition_point(|e| e.hi < s.0);
-        entries.get(i).filter(|e| e.lo <= s.0).map(|e| e.slot)
+        entries.get(i).filter(|e| e.lo <= s.0).copied()
     }
 
     /// The newest snapshot sequence number whose original of `c` is preserved (0 if none):
@@ -371,6 +373,7 @@ pub(crate) mod tests {
                 lo: 1,
                 hi: 4,
                 slot: TargetSlot(7),
+                crc: 7,
             },
         );
         idx.insert(
@@ -379,16 +382,17 @@ pub(crate) mod tests {
                 lo: 5,
                 hi: 6,
                 slot: TargetSlot(9),
+                crc: 9,
             },
         );
         for s in 1..=4 {
             assert_eq!(
-                idx.lookup(ChunkIndex(3), SnapshotSeq(s)),
+                idx.lookup(ChunkIndex(3), SnapshotSeq(s)).map(|e| e.slot),
                 Some(TargetSlot(7))
             );
         }
         assert_eq!(
-            idx.lookup(ChunkIndex(3), SnapshotSeq(6)),
+            idx.lookup(ChunkIndex(3), SnapshotSeq(6)).map(|e| e.slot),
             Some(TargetSlot(9))
         );
         assert_eq!(idx.lookup(ChunkIndex(3), SnapshotSeq(7)), None);
@@ -406,6 +410,7 @@ pub(crate) mod tests {
                 lo: 1,
                 hi: 3,
                 slot: TargetSlot(0),
+                crc: 0,
             },
         );
         idx.insert(
@@ -414,6 +419,7 @@ pub(crate) mod tests {
                 lo: 4,
                 hi: 4,
                 slot: TargetSlot(1),
+                crc: 1,
             },
         );
         let freed = idx.remove_unreferenced(&table(&[2, 5]));

@@ -230,13 +230,28 @@ impl Store {
     /// `repair`. Takes the volume's lock (shared to look, exclusive to repair), so it fails
     /// with [`Error::Locked`] while the volume is open for writing elsewhere.
     pub fn check(&self, name: &str, repair: bool) -> Result<crate::check::CheckReport> {
+        self.check_with(
+            name,
+            crate::check::CheckOptions {
+                repair,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// [`Store::check`] with every option.
+    pub fn check_with(
+        &self,
+        name: &str,
+        opts: crate::check::CheckOptions,
+    ) -> Result<crate::check::CheckReport> {
         let (dir, config) = self.config(name)?;
-        let _lock = if repair {
+        let _lock = if opts.repair {
             VolumeLock::acquire(name, &dir)?
         } else {
             VolumeLock::acquire_shared(name, &dir)?
         };
-        crate::check::check_paths(name, &config.paths(&dir), repair)
+        crate::check::check_paths(name, &config.paths(&dir), opts)
     }
 
     /// The directory and configuration of an existing volume.

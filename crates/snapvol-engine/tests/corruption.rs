@@ -619,12 +619,13 @@ fn live_copies(img: &Images) -> (Vec<CopyTuple>, Vec<u64>) {
                 }
                 Record::Preserve {
                     chunk,
-                    count,
                     slot,
                     lo,
                     hi,
+                    crcs,
                 } => {
-                    for k in 0..u64::from(*count) {
+                    let count = crcs.len() as u32;
+                    for k in 0..u64::from(count) {
                         copies.push((chunk.0 + k, lo.0, hi.0, slot.0 + k));
                     }
                 }
@@ -658,10 +659,10 @@ fn impossible_records_are_reported_with_their_block_and_record_number() {
     let spare_slot = (tlen.next_multiple_of(CHUNK) - data_start) / CHUNK;
     let preserve = |chunk: u64, slot: u64, lo: u64, hi: u64| Record::Preserve {
         chunk: ChunkIndex(chunk),
-        count: 1,
         slot: TargetSlot(slot),
         lo: SnapshotSeq(lo),
         hi: SnapshotSeq(hi),
+        crcs: vec![0],
     };
     let slot_taken = format!("slot {slot0} holds");
     let cases: Vec<(&str, Record, &str)> = vec![
@@ -999,7 +1000,7 @@ fn checksummed_blocks_of_random_records_and_random_superblock_fields_never_make_
                     let lo = rng.value().max(1);
                     Record::Preserve {
                         chunk: ChunkIndex(rng.value()),
-                        count: u32::try_from(rng.value() % 70).unwrap_or(1).max(1),
+                        crcs: vec![0; (rng.value() % 70).max(1) as usize],
                         slot: TargetSlot(rng.value()),
                         lo: SnapshotSeq(lo),
                         hi: SnapshotSeq(lo.saturating_add(rng.value() % 8)),
@@ -1161,10 +1162,10 @@ fn snapshot_sequence_numbers_no_volume_reaches_are_corruption_with_their_record(
             "a copy shared up to snapshot u64::MAX",
             Record::Preserve {
                 chunk: ChunkIndex(free_chunk),
-                count: 1,
                 slot: TargetSlot(spare_slot),
                 lo: SnapshotSeq(newest),
                 hi: SnapshotSeq(u64::MAX),
+                crcs: vec![0],
             },
         ),
         (
@@ -1275,10 +1276,10 @@ fn a_preserve_record_past_the_end_of_the_target_is_refused_by_open_as_by_check()
         &t,
         vec![Record::Preserve {
             chunk: ChunkIndex(free_chunk),
-            count: 1,
             slot: TargetSlot(past_end),
             lo: SnapshotSeq(newest),
             hi: SnapshotSeq(newest),
+            crcs: vec![0],
         }],
     );
     let r = check(&s, &t, &j, false).expect("check");

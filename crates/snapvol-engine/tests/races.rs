@@ -346,7 +346,7 @@ fn snapshots_read_right_after_creation_never_change_while_writers_race_into_the_
             let checker = s.spawn(|| {
                 let mut checks = 0;
                 while racing.load(Ordering::SeqCst) || checks == 0 {
-                    let report = vol.check().expect("check the open volume");
+                    let report = vol.check(true).expect("check the open volume");
                     assert!(
                         report.is_clean(),
                         "(round {round}) check while racing: {:?}",

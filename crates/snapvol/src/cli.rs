@@ -73,16 +73,21 @@ stays.";
 const CHECK_EXAMPLES: &str = "\
 Examples:
   snapvol check vm1                             verify vm1 (reads only; changes nothing)
+  snapvol check vm1 --data                      also read every preserved chunk and verify it
   snapvol check vm1 --json                      the report as JSON
-  snapvol check vm1 --repair                    rewrite a damaged superblock copy, then re-check
+  snapvol check vm1 --repair                    repair what can be, then re-check
 
 Checks both superblock copies, every block and record of the metadata log (checksums, sequence \
 numbers, pointers in bounds), that no snapshot has two pointers for one chunk, that no target \
-slot is used twice, and the cache journal. Each problem is one line, LOCATION: DETAIL, with byte \
-offsets in hex. Exit code 0 when all is well, 1 when a problem is found (or remains after \
---repair). The volume must not be open elsewhere. --repair rewrites a damaged superblock copy \
-from the good one; everything else is stored once or derived on open, so it lists what it \
-could not fix.";
+slot is used twice, and the cache journal: a damaged record that records of later appends \
+follow held flushed writes and is a problem; a damaged last record (an append a crash cut \
+short, or damage after a FLUSH: nothing tells which) is a warning. Each problem is one line, \
+LOCATION: DETAIL, with byte offsets in hex. Exit code 0 when all is well (warnings included), \
+1 when a problem is found (or remains after --repair). While snapvol serve holds the volume, \
+the check runs in the server. --data reads every preserved chunk (all of the snapshot store's \
+data) and verifies its checksum; without it, a damaged chunk is still caught when it is read. \
+--repair rewrites a damaged superblock copy from the good one and salvages a damaged journal: \
+every intact record is replayed and each lost write is listed with its offset and length.";
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -315,9 +320,15 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Rewrite a damaged superblock copy from the good one, then check again.
+    /// Rewrite a damaged superblock copy from the good one and salvage a damaged journal
+    /// (listing every write lost), then check again.
     #[arg(long)]
     pub repair: bool,
+
+    /// Also read every preserved chunk and verify its checksum (reads the whole snapshot
+    /// store: as slow as reading the target).
+    #[arg(long)]
+    pub data: bool,
 }
 
 #[cfg(test)]

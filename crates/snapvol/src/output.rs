@@ -30,6 +30,9 @@ pub struct InfoJson {
     /// Bytes of originals that writes still in the cache will preserve once destaged (only
     /// a volume that is being served, or one left by a crash, has any).
     pub pending_preserve_bytes: u64,
+    /// Reads of preserved chunks that failed their checksum since the volume was opened (each
+    /// answered with EIO); non-zero means a damaged snapshot store: run `check --data`.
+    pub checksum_errors: u64,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotJson>,
 }
@@ -91,6 +94,7 @@ impl From<&VolumeInfo> for InfoJson {
             target_file_bytes: v.target_file_bytes,
             preserved_chunks: v.preserved_chunks,
             pending_preserve_bytes: v.pending_preserve_bytes,
+            checksum_errors: v.checksum_errors,
             snapshots: v.snapshots.iter().map(SnapshotJson::from).collect(),
         }
     }

@@ -1388,3 +1388,64 @@ fn a_damaged_journal_is_refused_left_out_by_serve_and_salvaged_by_check_repair()
     let report = env.snapvol_ok(&["check", "bad"]);
     assert!(report.contains("is clean"), "{report}");
 }
+
+/// What broke (issue 10, finding 2): a flipped byte in a preserved chunk was served as the
+/// snapshot's data. Now an NBD read of it gets EIO, `info` counts it, `export` refuses to
+/// write a damaged image, and `check --data` names the copy and its snapshot.
+#[test]
+fn a_damaged_preserved_chunk_is_an_eio_over_nbd_counted_by_info_and_found_by_check_data() {
+    let env = Env::new();
+    env.create("v", "64M");
+    let server = env.serve();
+    qemu_io_write(&server.uri("v"), &[(0xaa, 0, 4 * MIB)]);
+    env.snapvol_ok(&["snapshot", "create", "v@s1"]);
+    qemu_io_write(&server.uri("v"), &[(0xbb, 0, MIB)]);
+    server.stop();
+
+    // The copy of chunk 0 (64 KiB of 0xaa) in the target: damage one byte of it.
+    let path = env.store().join("v").join("target.svt");
+    let mut target = fs::read(&path).expect("read the target");
+    let chunk = 64 * 1024;
+    let at = (0..target.len() / chunk)
+        .map(|i| i * chunk)
+        .find(|&off| target[off..off + chunk].iter().all(|&b| b == 0xaa))
+        .expect("a preserved copy of 0xaa");
+    target[at + 777] ^= 0x01;
+    fs::write(&path, &target).expect("damage the copy");
+
+    let server = env.serve();
+    let (_, out) = qemu_io(&["-r", "-c", "read 0 4096"], &server.uri("v@s1"));
+    assert!(
+        out.contains("read failed: Input/output error"),
+        "the damaged chunk was served: {out}"
+    );
+    let (status, out) = qemu_io(&["-r", "-c", "read -P 0xaa 1M 1M"], &server.uri("v@s1"));
+    assert!(
+        status.success() && !out.contains("verification failed"),
+        "{out}"
+    );
+    let info = env.snapvol_json(&["info", "v", "--json"]);
+    assert!(info["checksum_errors"].as_u64() >= Some(1), "{info}");
+    assert!(
+        server.log().contains("checksum mismatch"),
+        "{}",
+        server.log()
+    );
+    server.stop();
+
+    let out_img = env.path("s1.img");
+    let err = env.snapvol_fails(&["export", "v@s1", out_img.to_str().expect("utf-8")]);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(!out_img.exists(), "no damaged image is left behind");
+    let out = env
+        .snapvol()
+        .args(["check", "v", "--data"])
+        .output()
+        .expect("runs");
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("preserved copy of chunk 0 in slot") && report.contains("s1"),
+        "{report}"
+    );
+}

@@ -171,7 +171,13 @@ impl Inner {
                     } else {
                         destage::compose(&d.versions[..pres.image], src, 0, buf);
                     }
-                    placed.push((d.chunk, slot, pres.lo, pres.hi));
+                    placed.push(destage::Placed {
+                        chunk: d.chunk,
+                        slot,
+                        lo: pres.lo,
+                        hi: pres.hi,
+                        crc: crc32c::crc32c(buf),
+                    });
                     next += 1;
                 }
             }
@@ -191,8 +197,16 @@ impl Inner {
             let records = destage::records(&placed);
             let mut meta = self.meta.lock();
             self.commit_locked(&mut meta, records)?;
-            for &(c, slot, lo, hi) in &placed {
-                self.index.insert(c, Entry { lo, hi, slot });
+            for p in &placed {
+                self.index.insert(
+                    p.chunk,
+                    Entry {
+                        lo: p.lo,
+                        hi: p.hi,
+                        slot: p.slot,
+                        crc: p.crc,
+                    },
+                );
             }
             self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
             self.maybe_checkpoint(&mut meta)?;

@@ -7,10 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::destage::{self};
 use crate::error::{Device, Error, Result};
 use crate::format::{
-    self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_RECORD_LEN, META_PAYLOAD,
+    self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_CREATE_LEN, META_PAYLOAD,
 };
 use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
-use crate::units::{ChunkIndex, Geometry, TargetSlot};
+use crate::units::{ChunkIndex, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 
 use super::{create_record, Inner, MetaState, META_HEADROOM};
@@ -191,12 +191,13 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
                 }
                 Record::Preserve {
                     chunk: c,
-                    count,
                     slot,
                     lo,
                     hi,
+                    crcs,
                 } => {
-                    let end = c.0.checked_add(u64::from(*count));
+                    let count = crcs.len();
+                    let end = c.0.checked_add(count as u64);
                     if end.is_none_or(|e| e > geo.chunks()) {
                         return Err(Error::corrupt(
                             format!("metadata block at {off:#x}"),
@@ -205,7 +206,7 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
                     }
                     if slot
                         .0
-                        .checked_add(u64::from(*count))
+                        .checked_add(count as u64)
                         .is_none_or(|e| e > max_slots)
                     {
                         return Err(Error::corrupt(
@@ -216,13 +217,14 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
                         ));
                     }
                     last_seq = last_seq.max(hi.0);
-                    for i in 0..u64::from(*count) {
+                    for (i, &crc) in (0u64..).zip(crcs) {
                         index.insert(
                             ChunkIndex(c.0 + i),
                             Entry {
                                 lo: lo.0,
                                 hi: hi.0,
                                 slot: TargetSlot(slot.0 + i),
+                                crc,
                             },
                         );
                     }
@@ -302,7 +304,13 @@ impl Inner {
         let entries = self.index.sorted();
         let placed: Vec<_> = entries
             .iter()
-            .map(|(c, e)| (*c, e.slot, e.lo, e.hi))
+            .map(|(c, e)| destage::Placed {
+                chunk: *c,
+                slot: e.slot,
+                lo: e.lo,
+                hi: e.hi,
+                crc: e.crc,
+            })
             .collect();
         records.extend(destage::records(&placed));
         let old_slots = std::mem::take(&mut meta.chain_slots);
@@ -451,7 +459,16 @@ impl Inner {
 
     /// Slots a fresh copy of the live metadata (a checkpoint) would take.
     pub(super) fn live_meta_slots(&self, snapshots: usize) -> u64 {
-        let bytes = self.index.len() as u64 * 37 + snapshots as u64 * MAX_RECORD_LEN as u64;
+        // A copy alone in its record takes a whole Preserve record; that is the worst case.
+        let per_copy = Record::Preserve {
+            chunk: ChunkIndex(0),
+            slot: TargetSlot(0),
+            lo: SnapshotSeq(1),
+            hi: SnapshotSeq(1),
+            crcs: vec![0],
+        }
+        .encoded_len() as u64;
+        let bytes = self.index.len() as u64 * per_copy + snapshots as u64 * MAX_CREATE_LEN as u64;
         let per_slot = self.geo.chunk() / BLOCK_SIZE as u64 * META_PAYLOAD as u64;
         bytes.div_ceil(per_slot).max(1)
     }

@@ -133,6 +133,10 @@ pub struct VolumeInfo {
     pub copies_since_open: u64,
     /// Dirty bytes in the cache right now.
     pub dirty_bytes: u64,
+    /// Reads of preserved copies that failed their checksum since the volume was opened
+    /// (each answered with EIO, and logged with the copy's location).
+    #[serde(default)]
+    pub checksum_errors: u64,
     /// Bytes of originals that writes still in the cache will preserve once destaged: the
     /// target slots promised to them. `target_used_bytes` plus this is what the target will
     /// hold once the cache is empty (fewer if snapshots are deleted first).
@@ -170,6 +174,8 @@ struct PendingSnapshot {
 #[derive(Debug, Default)]
 struct Stats {
     copies_made: AtomicU64,
+    /// Reads of preserved copies that failed their checksum.
+    checksum_failures: AtomicU64,
     /// Copies a destage batch has allocated slots for (its writes' reservations taken back)
     /// and not yet published in the index; changed under the metadata lock, so `info` sees
     /// every copy either pending, under way, or in the index.
@@ -746,17 +752,24 @@ impl Volume {
             copies_since_open: i.stats.copies_made.load(Ordering::Relaxed),
             dirty_bytes: i.cache.dirty_bytes(),
             pending_preserve_bytes: pending * i.geo.chunk(),
+            checksum_errors: i.stats.checksum_failures.load(Ordering::Relaxed),
         }
     }
 
     /// Checks the volume as it is durably now (see [`crate::check`]) while it stays open: the
     /// metadata log is held still meanwhile (destage batches and snapshot deletions wait for
     /// the check; writes, flushes and snapshot creations go on). Changes nothing.
-    pub fn check(&self) -> Result<crate::check::CheckReport> {
+    /// With `data`, every preserved copy is read back and verified against its checksum too.
+    pub fn check(&self, data: bool) -> Result<crate::check::CheckReport> {
         let i = &self.inner;
         let _no_batch = i.destage_lock.lock();
         let _no_commit = i.meta.lock();
-        crate::check::check(&*i.source, &*i.target, &*i.journal_dev, false)
+        let opts = crate::check::CheckOptions {
+            repair: false,
+            data,
+            journal_in_use: true,
+        };
+        crate::check::check_with(&*i.source, &*i.target, &*i.journal_dev, opts)
     }
 
     /// Destages everything, empties the journal and releases the volume.

@@ -2,9 +2,23 @@
 //! block status.
 
 use crate::error::{Device, Error, Result};
+use crate::metadata::Entry;
 use crate::units::{ChunkIndex, SnapshotSeq};
 
 use super::Inner;
+
+/// How a piece of a snapshot read went.
+enum Piece {
+    Read,
+    /// The preserved copy it read failed its checksum.
+    Damaged(DamagedCopy),
+}
+
+/// A preserved copy whose bytes do not match their checksum.
+struct DamagedCopy {
+    chunk: ChunkIndex,
+    copy: Entry,
+}
 
 impl Inner {
     pub(super) fn read(
@@ -21,22 +35,54 @@ impl Inner {
             },
             None => None,
         };
+        let mut damaged = None;
         for p in self.geo.split(offset, buf.len() as u64) {
             let out = &mut buf[p.req_off..p.req_off + p.len];
             match snap {
                 None => self.read_cached(p.chunk, p.within, out, u64::MAX)?,
-                Some(s) => self.read_snapshot_piece(p.chunk, p.within, out, s)?,
+                Some(s) => match self.read_snapshot_piece(p.chunk, p.within, out, s)? {
+                    Piece::Read => {}
+                    Piece::Damaged(d) => {
+                        damaged = Some(d);
+                        break;
+                    }
+                },
             }
         }
         if let (Some(s), Some(name)) = (snap, name) {
             // A snapshot deleted while we read may have lost its pointers (we then read the
-            // live volume's data) or had its slots reused: say so rather than return what we
-            // read. Deletion unpublishes it before either happens.
+            // live volume's data) or had its slots reused (what we read then fails its
+            // checksum): say so rather than return what we read. Deletion unpublishes it
+            // before either happens.
             if !self.table.load().is_alive(s) {
                 return Err(Error::SnapshotNotFound(name));
             }
         }
-        Ok(())
+        match damaged {
+            Some(d) => Err(self.report_damaged_copy(d)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts and logs a preserved copy that failed its checksum; the error for the reader.
+    fn report_damaged_copy(&self, d: DamagedCopy) -> Error {
+        self.stats
+            .checksum_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let location = format!(
+            "preserved copy of chunk {} in slot {} at {:#x}",
+            d.chunk.0,
+            d.copy.slot.0,
+            self.slot_offset(d.copy.slot)
+        );
+        tracing::error!(volume = %self.name, %location, snapshots = %format!("{}..={}", d.copy.lo, d.copy.hi), "checksum mismatch: a preserved copy is damaged; its reads fail with EIO");
+        Error::corrupt(
+            location,
+            format!(
+                "checksum mismatch (the copy snapshots {}..={} read is damaged)",
+                d.copy.lo, d.copy.hi
+            ),
+        )
     }
 
     /// Reads a piece as seen by epochs below `before` from the cache, and the rest from the
@@ -63,20 +109,44 @@ impl Inner {
         within: usize,
         out: &mut [u8],
         s: SnapshotSeq,
-    ) -> Result<()> {
+    ) -> Result<Piece> {
         loop {
-            if let Some(slot) = self.index.lookup(c, s) {
-                let off = self.slot_offset(slot) + within as u64;
-                return self
-                    .target
-                    .read_at(out, off)
-                    .map_err(|e| Error::io("read", Device::Target, off, e));
+            if let Some(copy) = self.index.lookup(c, s) {
+                return self.read_preserved(c, copy, within, out);
             }
             self.read_cached(c, within, out, s.0)?;
             if self.index.lookup(c, s).is_none() {
-                return Ok(());
+                return Ok(Piece::Read);
             }
         }
+    }
+
+    /// Reads `[within, within + out.len())` of a preserved copy, verifying the whole copy
+    /// against its checksum first (a piece of a chunk costs reading the chunk).
+    fn read_preserved(
+        &self,
+        c: ChunkIndex,
+        copy: Entry,
+        within: usize,
+        out: &mut [u8],
+    ) -> Result<Piece> {
+        let off = self.slot_offset(copy.slot);
+        let chunk = self.geo.chunk() as usize;
+        let io = |e| Error::io("read", Device::Target, off, e);
+        let ok = if out.len() == chunk {
+            self.target.read_at(out, off).map_err(io)?;
+            crc32c::crc32c(out) == copy.crc
+        } else {
+            let mut whole = vec![0u8; chunk];
+            self.target.read_at(&mut whole, off).map_err(io)?;
+            out.copy_from_slice(&whole[within..within + out.len()]);
+            crc32c::crc32c(&whole) == copy.crc
+        };
+        Ok(if ok {
+            Piece::Read
+        } else {
+            Piece::Damaged(DamagedCopy { chunk: c, copy })
+        })
     }
 
     pub(super) fn allocation(

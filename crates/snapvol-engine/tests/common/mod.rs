@@ -15,7 +15,7 @@ pub const MIB: u64 = 1 << 20;
 ///
 /// Every scenario ends with the checker: when the fixture goes (after the test's volumes,
 /// which are declared after it and so dropped first), every volume of the store must check
-/// clean.
+/// clean, every preserved chunk against its checksum included.
 pub struct Fixture {
     _dir: TempDir,
     pub store: Store,
@@ -27,9 +27,14 @@ impl Drop for Fixture {
             return;
         }
         for name in self.store.list().expect("list the store") {
+            let every_byte = snapvol_engine::check::CheckOptions {
+                repair: false,
+                data: true,
+                journal_in_use: false,
+            };
             let report = self
                 .store
-                .check(&name, false)
+                .check_with(&name, every_byte)
                 .unwrap_or_else(|e| panic!("check of volume {name} at the end: {e}"));
             assert!(
                 report.is_clean(),

@@ -666,7 +666,12 @@ pub fn check_clean_but_torn(
     torn: &[u64],
     when: &str,
 ) {
-    let report = snapvol_engine::check::check(source, target, journal, false)
+    let every_byte = snapvol_engine::check::CheckOptions {
+        repair: false,
+        data: true,
+        journal_in_use: false,
+    };
+    let report = snapvol_engine::check::check_with(source, target, journal, every_byte)
         .unwrap_or_else(|e| panic!("check could not run {when}: {e}"));
     let torn_loc: Vec<String> = torn
         .iter()

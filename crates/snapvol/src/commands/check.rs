@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use snapvol_engine::check::CheckReport;
+use snapvol_engine::check::{CheckOptions, CheckReport};
 use snapvol_engine::{Error, Store};
 
 use super::{is_served, open_error, parse_volume, remote};
@@ -14,13 +14,19 @@ use crate::serve::control::Request;
 
 pub fn run(store: &Store, args: CheckArgs) -> Result<()> {
     let name = parse_volume(&args.volume)?;
-    let report = match store.check(name, args.repair) {
+    let opts = CheckOptions {
+        repair: args.repair,
+        data: args.data,
+        journal_in_use: false,
+    };
+    let report = match store.check_with(name, opts) {
         Ok(report) => report,
         // A served volume is checked by the server, as it is durably, while it stays served.
         Err(Error::Locked { .. }) if is_served(store) && !args.repair => remote(
             store,
             Request::Check {
                 volume: name.to_owned(),
+                data: args.data,
             },
         )?,
         Err(Error::Locked { .. }) if is_served(store) => bail!(

@@ -64,6 +64,17 @@ pub fn render(info: &VolumeInfo) -> String {
             ),
         ));
     }
+    if info.checksum_errors > 0 {
+        lines.push((
+            "damaged reads",
+            format!(
+                "{} read{} of preserved chunks failed their checksum (see the log; \
+                 snapvol check --data)",
+                info.checksum_errors,
+                if info.checksum_errors == 1 { "" } else { "s" }
+            ),
+        ));
+    }
     lines.push(("metadata", format_size(info.metadata_bytes)));
     lines.push(("target file", format_size(info.target_file_bytes)));
     let mut text = key_values(&lines);

@@ -90,6 +90,9 @@ pub enum Request {
     Check {
         /// The volume.
         volume: String,
+        /// Also verify every preserved chunk against its checksum.
+        #[serde(default)]
+        data: bool,
     },
     /// `snapvol export VOL[@SNAP] FILE`: answered with `{"size": BYTES}`, then the image as
     /// the frames of [`super::image_stream`].
@@ -180,7 +183,7 @@ fn handle(exports: &StoreExports, req: Request) -> Response {
                 serde_json::Value::Null
             }
             Request::SnapshotList { volume } => json(&exports.volume(&volume)?.snapshots()),
-            Request::Check { volume } => json(&exports.volume(&volume)?.check()?),
+            Request::Check { volume, data } => json(&exports.volume(&volume)?.check(data)?),
             Request::Export { .. } => unreachable!("export streams its answer (serve_one)"),
         })
     })();

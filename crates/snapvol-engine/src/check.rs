@@ -167,6 +167,16 @@ pub fn check_with(
             fix.good.generation, sb.generation
         ));
     }
+    for fix in &first.ditto_fixes {
+        target
+            .write_at(&fix.bytes, fix.at)
+            .and_then(|()| target.sync())
+            .map_err(|e| Error::io("rewrite metadata", Device::Target, fix.at, e))?;
+        repaired.push(format!(
+            "metadata block at {:#x}: rewritten from its ditto copy",
+            fix.at
+        ));
+    }
     let mut report = if repaired.is_empty() {
         first.report
     } else {
@@ -251,6 +261,8 @@ pub fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Resul
 struct Scan {
     report: CheckReport,
     superblock_fix: Option<SuperblockFix>,
+    /// Damaged metadata block copies with a whole ditto copy.
+    ditto_fixes: Vec<DittoFix>,
 }
 
 /// Rewrite the other slot from `good`.
@@ -343,6 +355,7 @@ fn scan(
                 ..Default::default()
             },
             superblock_fix,
+            ditto_fixes: Vec::new(),
         });
     };
     let cur_off = format::superblock_offset(sb.generation);
@@ -360,12 +373,22 @@ fn scan(
                     ..Default::default()
                 },
                 superblock_fix,
+                ditto_fixes: Vec::new(),
             });
         }
     };
 
     check_source(source, &geo, &mut p)?;
-    check_metadata(target, &sb, &geo, opts.data, &mut p, &mut summary)?;
+    let mut ditto_fixes = Vec::new();
+    check_metadata(
+        target,
+        &sb,
+        &geo,
+        opts.data,
+        &mut p,
+        &mut summary,
+        &mut ditto_fixes,
+    )?;
     let mut warnings = Vec::new();
     if let Some(ring_len) = check_journal_header(journal, Some(&sb), &mut p)? {
         summary.journal_records = check_journal_records(
@@ -386,6 +409,7 @@ fn scan(
             ..Default::default()
         },
         superblock_fix,
+        ditto_fixes,
     })
 }
 
@@ -508,8 +532,15 @@ struct Preserved {
     rec: usize,
 }
 
-/// The metadata chain, its records, the bitmaps/logs they describe and the allocator; with
-/// `data`, every live preserved copy against its checksum.
+/// A damaged copy of a metadata block whose ditto copy is whole: what a repair writes there.
+struct DittoFix {
+    at: u64,
+    bytes: [u8; BLOCK_SIZE],
+}
+
+/// The metadata chain (both copies of every block), its records, the bitmaps/logs they
+/// describe and the allocator; with `data`, every live preserved copy against its checksum.
+/// Damaged block copies whose ditto copy is whole go to `fixes`.
 fn check_metadata(
     target: &dyn Vlun,
     sb: &Superblock,
@@ -517,45 +548,70 @@ fn check_metadata(
     data: bool,
     p: &mut Problems,
     summary: &mut CheckSummary,
+    fixes: &mut Vec<DittoFix>,
 ) -> Result<()> {
     let tlen = target_len(target)?;
     let cur_off = format::superblock_offset(sb.generation);
     let chunk = geo.chunk();
 
-    // Walk the chain backwards from the head.
+    // Walk the chain backwards from the head, reading both copies of every block.
     let mut chain: Vec<(u64, MetaBlock)> = Vec::new();
+    let mut chain_offsets: Vec<u64> = Vec::new();
     let mut complete = true;
-    let mut off = sb.meta_head;
+    let (mut off, mut copy) = (sb.meta_head, sb.meta_head_copy);
     let mut expect_seq = sb.meta_head_seq;
     let mut pointer_at = sb_loc(cur_off);
     let mut pointer_name = "meta_head";
     while off != 0 {
-        if let Some(why) = block_position_problem(off, sb, tlen) {
+        let bad_position = [off, copy]
+            .into_iter()
+            .find_map(|o| block_position_problem(o, sb, tlen));
+        if let Some(why) = bad_position {
             p.add(pointer_at, format!("{pointer_name} {why}"), false);
             complete = false;
             break;
         }
-        let b = read_block(target, Device::Target, off)?;
-        let blk = match MetaBlock::decode(&b, off, &sb.volume_id) {
-            Ok(blk) => blk,
-            Err(e) => {
-                p.add_corrupt(e, false)?;
-                complete = false;
-                break;
+        // Each copy on its own: whole (its checksum, this volume, the expected sequence
+        // number), or a problem with its location.
+        let mut whole: Vec<(u64, [u8; BLOCK_SIZE], MetaBlock)> = Vec::new();
+        let mut damaged: Vec<(u64, Error)> = Vec::new();
+        for at in [off, copy] {
+            let b = read_block(target, Device::Target, at)?;
+            match MetaBlock::decode(&b, at, &sb.volume_id) {
+                Ok(blk) if blk.seq == expect_seq => whole.push((at, b, blk)),
+                Ok(blk) => damaged.push((
+                    at,
+                    Error::corrupt(
+                        block_loc(at),
+                        format!(
+                            "sequence number {} where {expect_seq} was expected (named by the {pointer_name} of {pointer_at})",
+                            blk.seq
+                        ),
+                    ),
+                )),
+                Err(e) => damaged.push((at, e)),
             }
-        };
-        if blk.seq != expect_seq {
-            p.add(
-                block_loc(off),
-                format!(
-                    "sequence number {} where {expect_seq} was expected (named by the {pointer_name} of {pointer_at})",
-                    blk.seq
-                ),
-                false,
-            );
+        }
+        let good = whole.first().map(|(at, b, _)| (*at, *b));
+        for (at, e) in damaged {
+            if let (Some((from, bytes)), Error::Corrupt { location, detail }) = (good, &e) {
+                p.add(
+                    location.clone(),
+                    format!(
+                        "{detail}; its ditto copy at {from:#x} is whole (--repair rewrites it)"
+                    ),
+                    true,
+                );
+                fixes.push(DittoFix { at, bytes });
+            } else {
+                p.add_corrupt(e, false)?;
+            }
+        }
+        let Some((_, _, blk)) = whole.into_iter().next() else {
             complete = false;
             break;
-        }
+        };
+        chain_offsets.extend([off, copy]);
         if blk.seq == 0 {
             p.add(
                 block_loc(off),
@@ -580,9 +636,9 @@ fn check_metadata(
         }
         pointer_at = block_loc(off);
         pointer_name = "prev pointer";
-        let prev = blk.prev;
+        let prev = (blk.prev, blk.prev_copy);
         chain.push((off, blk));
-        off = prev;
+        (off, copy) = prev;
         expect_seq = expect_seq.saturating_sub(1);
     }
     chain.reverse();
@@ -766,9 +822,9 @@ fn check_metadata(
     }
 
     // The allocator: every slot holds one live copy, or blocks of the chain, or nothing.
-    let chain_slots: BTreeSet<u64> = chain
+    let chain_slots: BTreeSet<u64> = chain_offsets
         .iter()
-        .map(|(off, _)| (off - sb.data_start) / chunk)
+        .map(|off| (off - sb.data_start) / chunk)
         .collect();
     copies.sort_by_key(|c| (c.slot, c.chunk, c.lo));
     for w in copies.windows(2) {

@@ -27,7 +27,7 @@ pub const MAX_SEQ: u64 = u64::MAX >> 1;
 pub const FORMAT_VERSION: u32 = 2;
 
 const SB_MAGIC: &[u8; 8] = b"SNAPVOLT";
-const MB_MAGIC: &[u8; 8] = b"SVMETA\x00\x01";
+const MB_MAGIC: &[u8; 8] = b"SVMETA\x00\x02";
 const CRC_OFFSET: usize = BLOCK_SIZE - 4;
 
 /// Byte offset of the superblock copy for `generation`.
@@ -89,7 +89,8 @@ fn crc_ok(block: &[u8; BLOCK_SIZE]) -> bool {
 ///  96    8  creation time, seconds since the Unix epoch
 /// 104    8  journal head: ring position of the first live journal record
 /// 112    8  journal head seq: that record's sequence number
-/// 120 3972  zero
+/// 120    8  meta_head_copy: byte offset of the ditto copy of the newest metadata block
+/// 128 3964  zero
 /// 4092   4  CRC-32C of bytes 0..4092
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,8 @@ pub struct Superblock {
     pub data_start: u64,
     /// Byte offset of the newest metadata block; 0 = none.
     pub meta_head: u64,
+    /// Byte offset of that block's ditto copy; 0 = none.
+    pub meta_head_copy: u64,
     /// Sequence number of that block.
     pub meta_head_seq: u64,
     /// Highest snapshot sequence number ever committed.
@@ -145,6 +148,7 @@ impl Superblock {
         put_u64(&mut b, 96, self.created);
         put_u64(&mut b, 104, self.journal_head);
         put_u64(&mut b, 112, self.journal_head_seq);
+        put_u64(&mut b, 120, self.meta_head_copy);
         seal(&mut b);
         b
     }
@@ -185,6 +189,7 @@ impl Superblock {
             target_cap: get_u64(b, 40),
             data_start: get_u64(b, 48),
             meta_head: get_u64(b, 56),
+            meta_head_copy: get_u64(b, 120),
             meta_head_seq: get_u64(b, 64),
             last_snapshot_seq: get_u64(b, 72),
             volume_id: b[80..96].try_into().expect("16 bytes"),
@@ -410,17 +415,20 @@ impl Record {
     }
 }
 
-/// A metadata block: a sealed 4 KiB page of records in the metadata log.
+/// A metadata block: a sealed 4 KiB page of records in the metadata log. Every block is
+/// written twice, byte for byte, in two different slots of the target (ditto copies): a
+/// reader that finds one copy damaged reads the other, and the damaged one is rewritten.
 ///
 /// ```text
 /// off  len  field
-///   0    8  magic "SVMETA\0\x01"
+///   0    8  magic "SVMETA\0\x02"
 ///   8    8  seq: metadata block sequence number, +1 per block over the volume's life
 ///  16    8  prev: byte offset of the previous block of the chain (0 = first block)
-///  24    8  first 8 bytes of the volume id
-///  32    2  record count
-///  34    2  payload length in bytes
-///  36 4056  payload: records, back to back
+///  24    8  prev_copy: byte offset of that block's ditto copy (0 = first block)
+///  32    8  first 8 bytes of the volume id
+///  40    2  record count
+///  42    2  payload length in bytes
+///  44 4048  payload: records, back to back
 /// 4092   4  CRC-32C of bytes 0..4092
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,12 +437,14 @@ pub struct MetaBlock {
     pub seq: u64,
     /// Byte offset of the previous block; 0 for the first block of a chain.
     pub prev: u64,
+    /// Byte offset of the previous block's ditto copy; 0 for the first block of a chain.
+    pub prev_copy: u64,
     /// The records.
     pub records: Vec<Record>,
 }
 
 /// Where a metadata block's payload starts.
-const META_HEADER: usize = 36;
+const META_HEADER: usize = 44;
 /// Bytes of record payload one metadata block can hold.
 pub const META_PAYLOAD: usize = CRC_OFFSET - META_HEADER;
 
@@ -462,6 +472,7 @@ impl MetaBlock {
             .map(|(i, records)| MetaBlock {
                 seq: first_seq + i as u64,
                 prev: 0,
+                prev_copy: 0,
                 records,
             })
             .collect()
@@ -473,7 +484,8 @@ impl MetaBlock {
         b[0..8].copy_from_slice(MB_MAGIC);
         put_u64(&mut b, 8, self.seq);
         put_u64(&mut b, 16, self.prev);
-        b[24..32].copy_from_slice(&volume_id[..8]);
+        put_u64(&mut b, 24, self.prev_copy);
+        b[32..40].copy_from_slice(&volume_id[..8]);
         let mut payload = Vec::with_capacity(META_PAYLOAD);
         for r in &self.records {
             r.encode_into(&mut payload);
@@ -482,8 +494,8 @@ impl MetaBlock {
             payload.len() <= META_PAYLOAD,
             "records overflow a metadata block"
         );
-        put_u16(&mut b, 32, self.records.len() as u16);
-        put_u16(&mut b, 34, payload.len() as u16);
+        put_u16(&mut b, 40, self.records.len() as u16);
+        put_u16(&mut b, 42, payload.len() as u16);
         b[META_HEADER..META_HEADER + payload.len()].copy_from_slice(&payload);
         seal(&mut b);
         b
@@ -498,11 +510,11 @@ impl MetaBlock {
         if !crc_ok(b) {
             return Err(Error::corrupt(loc(), "checksum mismatch"));
         }
-        if b[24..32] != volume_id[..8] {
+        if b[32..40] != volume_id[..8] {
             return Err(Error::corrupt(loc(), "block belongs to another volume"));
         }
-        let count = get_u16(b, 32) as usize;
-        let len = get_u16(b, 34) as usize;
+        let count = get_u16(b, 40) as usize;
+        let len = get_u16(b, 42) as usize;
         if len > META_PAYLOAD {
             return Err(Error::corrupt(loc(), "payload length out of range"));
         }
@@ -527,6 +539,7 @@ impl MetaBlock {
         Ok(MetaBlock {
             seq: get_u64(b, 8),
             prev: get_u64(b, 16),
+            prev_copy: get_u64(b, 24),
             records,
         })
     }
@@ -558,6 +571,7 @@ mod tests {
             target_cap: 0,
             data_start: data_start(65536),
             meta_head: 0x20000,
+            meta_head_copy: 0x30000,
             meta_head_seq: 3,
             last_snapshot_seq: 9,
             volume_id: [5; 16],
@@ -684,7 +698,7 @@ mod tests {
         )
         .remove(0);
         let mut b = blk.encode(&id);
-        put_u16(&mut b, 32, u16::MAX);
+        put_u16(&mut b, 40, u16::MAX);
         seal(&mut b);
         let e = MetaBlock::decode(&b, 0x2000, &id).unwrap_err();
         assert!(e.to_string().contains("record count 65535"), "{e}");

@@ -249,6 +249,13 @@ fn build() -> Images {
     vol.destage_all().expect("destage");
     m.delete("d");
     m.write_chunks(7, 20..21);
+    vol.destage_all().expect("destage");
+    // The deletion of g compacts the log again (with 4 KiB chunks every commit takes a new
+    // pair of slots); the deletion of h comes after, so the chain holds a SnapshotDelete.
+    m.snapshot("g");
+    m.delete("g");
+    m.snapshot("h");
+    m.delete("h");
     let (live, snapshots) = (m.live, m.snapshots);
     vol.close().expect("close");
     Images {
@@ -274,6 +281,15 @@ fn current_superblock(target: &[u8]) -> Superblock {
         })
         .max_by_key(|sb| sb.generation)
         .expect("a valid superblock")
+}
+
+/// The offsets of the ditto copies of the metadata chain's blocks, in chain order: walking
+/// `meta_head_copy` and `prev_copy`.
+fn copies_of(target: &[u8]) -> Vec<u64> {
+    let (sb, chain) = layout_of(target);
+    let mut copies: Vec<u64> = chain.iter().skip(1).map(|(_, b)| b.prev_copy).collect();
+    copies.push(sb.meta_head_copy);
+    copies
 }
 
 /// The current superblock (as open picks it) and the offsets of the metadata chain's blocks,
@@ -347,6 +363,7 @@ enum Region {
     CurrentSuperblock,
     OtherSuperblock,
     MetaBlock,
+    MetaBlockCopy,
     JournalHeader,
 }
 
@@ -415,12 +432,18 @@ fn every_flipped_metadata_byte_is_detected_and_located() {
             "journal header at 0x0".to_owned(),
         ),
     ];
-    for (off, _) in &chain {
+    for ((off, _), copy) in chain.iter().zip(copies_of(&img.target)) {
         regions.push((
             false,
             *off,
             Region::MetaBlock,
             format!("metadata block at {off:#x}"),
+        ));
+        regions.push((
+            false,
+            copy,
+            Region::MetaBlockCopy,
+            format!("metadata block at {copy:#x}"),
         ));
     }
 
@@ -451,7 +474,13 @@ fn every_flipped_metadata_byte_is_detected_and_located() {
             );
 
             match (open(s, t, j), region) {
-                (Ok(vol), Region::OtherSuperblock | Region::CurrentSuperblock) => {
+                (
+                    Ok(vol),
+                    Region::OtherSuperblock
+                    | Region::CurrentSuperblock
+                    | Region::MetaBlock
+                    | Region::MetaBlockCopy,
+                ) => {
                     serves(&vol, &img).unwrap_or_else(|e| panic!("{what}: opened, but {e}"));
                     vol.kill();
                     *opened_ok.entry(region_name(*region)).or_default() += 1;
@@ -477,13 +506,22 @@ fn every_flipped_metadata_byte_is_detected_and_located() {
     }
     let elapsed = started.elapsed();
     eprintln!(
-        "{flips} flipped bytes ({} superblock, {} in {} metadata blocks, {} journal header), \
-         each checked and opened, in {elapsed:.2?}; opened and served the right data: \
-         {opened_ok:?}; refused as corrupt: {refused:?}",
+        "{flips} flipped bytes ({} superblock, {} in {} metadata blocks and their ditto copies, \
+         {} journal header), each checked and opened, in {elapsed:.2?}; opened and served the \
+         right data: {opened_ok:?}; refused as corrupt: {refused:?}",
         2 * BLOCK_SIZE,
-        chain.len() * BLOCK_SIZE,
+        2 * chain.len() * BLOCK_SIZE,
         chain.len(),
         BLOCK_SIZE
+    );
+    // Every flip in a metadata block is read around: its ditto copy is whole.
+    assert_eq!(
+        opened_ok.get("metadata blocks").copied().unwrap_or(0),
+        (chain.len() * BLOCK_SIZE) as u64
+    );
+    assert_eq!(
+        opened_ok.get("their ditto copies").copied().unwrap_or(0),
+        (chain.len() * BLOCK_SIZE) as u64
     );
     assert!(flips >= 20_000, "only {flips} flips");
 }
@@ -493,6 +531,7 @@ fn region_name(r: Region) -> &'static str {
         Region::CurrentSuperblock => "current superblock copy",
         Region::OtherSuperblock => "other superblock copy",
         Region::MetaBlock => "metadata blocks",
+        Region::MetaBlockCopy => "their ditto copies",
         Region::JournalHeader => "journal header",
     }
 }
@@ -536,23 +575,62 @@ fn repair_rewrites_a_damaged_superblock_copy_from_the_good_one() {
     }
 }
 
+/// What broke (issue 10, finding 3): one damaged metadata block made the volume unusable, and
+/// `check --repair` could not repair it. Every block now has a ditto copy: open reads around
+/// the damage (and, opened for writing, rewrites the bad copy), and `--repair` rewrites it.
 #[test]
-fn repair_leaves_a_damaged_metadata_block_and_says_so() {
+fn repair_rewrites_a_damaged_metadata_block_from_its_ditto_copy() {
     let img = build();
     let (_, chain) = layout_of(&img.target);
-    let (off, _) = chain[chain.len() / 2];
+    let copies = copies_of(&img.target);
+    let i = chain.len() / 2;
+    for (damaged, whole) in [(chain[i].0, copies[i]), (copies[i], chain[i].0)] {
+        let (s, t, j) = img.overlays();
+        t.flip(damaged + 50, 0x04);
+        let r = check(&s, &t, &j, false).expect("check");
+        let want = format!("metadata block at {damaged:#x}");
+        let p = r
+            .problems
+            .iter()
+            .find(|p| p.location == want)
+            .unwrap_or_else(|| panic!("check does not name {want}: {}", describe(&r)));
+        assert!(
+            p.repairable && p.detail.contains(&format!("{whole:#x} is whole")),
+            "{p:?}"
+        );
+        let r = check(&s, &t, &j, true).expect("repair");
+        assert!(r.is_clean(), "{}", describe(&r));
+        assert_eq!(
+            r.repaired,
+            [format!(
+                "metadata block at {damaged:#x}: rewritten from its ditto copy"
+            )]
+        );
+        let vol = open(s, t, j).expect("open after the repair");
+        serves(&vol, &img).expect("the right data");
+        vol.kill();
+    }
+}
+
+#[test]
+fn a_metadata_block_damaged_in_both_copies_is_refused_and_named() {
+    let img = build();
+    let (_, chain) = layout_of(&img.target);
+    let copies = copies_of(&img.target);
+    let i = chain.len() / 2;
     let (s, t, j) = img.overlays();
-    t.flip(off + 40, 0x04);
+    t.flip(chain[i].0 + 50, 0x04);
+    t.flip(copies[i] + 60, 0x04);
     let r = check(&s, &t, &j, true).expect("repair");
     assert!(r.repaired.is_empty(), "{:?}", r.repaired);
-    assert!(!r.is_clean());
-    let want = format!("metadata block at {off:#x}");
+    let want = format!("metadata block at {:#x}", chain[i].0);
     assert!(
         r.not_repaired.iter().any(|n| n.starts_with(&want)),
         "{:?}",
         r.not_repaired
     );
-    assert!(r.problems.iter().all(|p| !p.repairable));
+    let (location, _) = open_corrupt("both copies damaged", s, t, j);
+    assert_eq!(location, want);
 }
 
 #[test]
@@ -588,10 +666,15 @@ fn append_block(t: &dyn Vlun, records: Vec<Record>) -> u64 {
     t.read_at(&mut raw, 0).expect("read");
     let (mut sb, _) = layout_of(&raw);
     let off = (t.len().expect("len")).next_multiple_of(CHUNK);
+    let copy = off + CHUNK;
     let mut blk = MetaBlock::pack(&records, sb.meta_head_seq + 1).remove(0);
     blk.prev = sb.meta_head;
-    t.write_at(&blk.encode(&sb.volume_id), off).expect("write");
+    blk.prev_copy = sb.meta_head_copy;
+    for at in [off, copy] {
+        t.write_at(&blk.encode(&sb.volume_id), at).expect("write");
+    }
     sb.meta_head = off;
+    sb.meta_head_copy = copy;
     sb.meta_head_seq = blk.seq;
     sb.generation += 1;
     t.write_at(&sb.encode(), format::superblock_offset(sb.generation))

@@ -523,16 +523,17 @@ fn the_target_never_grows_past_its_cap_whatever_the_concurrency_and_request_size
     let (ok, full) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut previous: Option<String> = None;
     for burst in 0..12u64 {
-        // Each burst starts with a fresh snapshot and the previous one gone, so the target
-        // has room again and the writers race to fill it.
+        // Each burst starts with the previous snapshot gone and a fresh one, so the target has
+        // room again and the writers race to fill it.
+        if let Some(old) = previous.take() {
+            vol.snapshot_delete(&old)
+                .expect("delete the previous snapshot");
+        }
         let name = format!("s{burst}");
         let mut image = vec![0u8; SIZE as usize];
         vol.read(0, &mut image).expect("read the live volume");
         let snap = vol.snapshot_create(&name).expect("snapshot").seq;
-        if let Some(old) = previous.replace(name) {
-            vol.snapshot_delete(&old)
-                .expect("delete the previous snapshot");
-        }
+        previous = Some(name);
         std::thread::scope(|s| {
             for w in 0..4u64 {
                 let (vol, ok, full, dev) = (&vol, &ok, &full, &dev);

@@ -22,7 +22,10 @@ pub(super) struct Loaded {
     pub(super) table: SnapshotTable,
     pub(super) alloc: Allocator,
     pub(super) chain_slots: Vec<TargetSlot>,
-    pub(super) next_block: Option<u64>,
+    pub(super) next_block: Option<BlockPlace>,
+    /// Damaged copies of metadata blocks the load read around (and, opened for writing,
+    /// rewrote from the good copy).
+    pub(super) ditto_repairs: Vec<String>,
     pub(super) chain_records: u64,
     /// Highest snapshot sequence number the log refers to: no new snapshot may take it.
     pub(super) last_seq: u64,
@@ -61,14 +64,91 @@ pub(crate) fn read_superblock(target: &dyn Vlun) -> Result<Superblock> {
     }
 }
 
-/// Reads the metadata chain backwards from the superblock's head; returns the blocks oldest
-/// first with their offsets.
-pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64, MetaBlock)>> {
+/// Where a metadata block and its ditto copy are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockPlace {
+    /// Byte offset of the block.
+    pub(crate) at: u64,
+    /// Byte offset of its ditto copy.
+    pub(crate) copy: u64,
+}
+
+/// A block of the metadata chain, where it is, and a copy found damaged (and repaired when the
+/// chain was read for writing).
+#[derive(Debug)]
+pub(crate) struct ChainBlock {
+    pub(crate) place: BlockPlace,
+    pub(crate) block: MetaBlock,
+}
+
+/// Reads one metadata block that should carry `seq`: its first copy, or, if that one is
+/// damaged, its ditto copy, which then (`repair`) is written over the damaged one. Returns the
+/// block and, if a copy was damaged, what was found (and done).
+fn read_block_pair(
+    target: &dyn Vlun,
+    place: BlockPlace,
+    seq: u64,
+    volume_id: &[u8; 16],
+    repair: bool,
+) -> Result<(MetaBlock, Option<String>)> {
+    let read = |off: u64| -> Result<([u8; BLOCK_SIZE], Result<MetaBlock>)> {
+        let mut b = [0u8; BLOCK_SIZE];
+        target
+            .read_at(&mut b, off)
+            .map_err(|e| Error::io("read metadata", Device::Target, off, e))?;
+        let decoded = MetaBlock::decode(&b, off, volume_id).and_then(|blk| {
+            if blk.seq == seq {
+                Ok(blk)
+            } else {
+                Err(Error::corrupt(
+                    format!("metadata block at {off:#x}"),
+                    format!("sequence {} where {seq} was expected", blk.seq),
+                ))
+            }
+        });
+        Ok((b, decoded))
+    };
+    let (_, first) = read(place.at)?;
+    let first_err = match first {
+        Ok(blk) => return Ok((blk, None)),
+        Err(e) => e,
+    };
+    let (bytes, second) = read(place.copy)?;
+    // Both copies damaged: the first one's damage is the one to report.
+    let Ok(blk) = second else {
+        return Err(first_err);
+    };
+    let mut note = format!(
+        "metadata block at {:#x} is damaged ({first_err}); its ditto copy at {:#x} is whole",
+        place.at, place.copy
+    );
+    if repair {
+        target
+            .write_at(&bytes, place.at)
+            .and_then(|()| target.sync())
+            .map_err(|e| Error::io("rewrite metadata", Device::Target, place.at, e))?;
+        note.push_str(" and was written over it");
+    }
+    Ok((blk, Some(note)))
+}
+
+/// Reads the metadata chain backwards from the superblock's head, each block from its first
+/// copy or its ditto copy; returns the blocks oldest first with where they are, and what was
+/// found damaged (rewritten from the good copy when `repair`).
+pub(crate) fn read_chain(
+    target: &dyn Vlun,
+    sb: &Superblock,
+    repair: bool,
+) -> Result<(Vec<ChainBlock>, Vec<String>)> {
     let target_len = target
         .len()
         .map_err(|e| Error::io("size", Device::Target, 0, e))?;
     let mut chain = Vec::new();
-    let mut off = sb.meta_head;
+    let mut repairs = Vec::new();
+    let mut place = BlockPlace {
+        at: sb.meta_head,
+        copy: sb.meta_head_copy,
+    };
     let mut expect_seq = sb.meta_head_seq;
     // Where the pointer being followed was read, for the error that names it.
     let mut pointer_at = format!(
@@ -76,43 +156,39 @@ pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64,
         format::superblock_offset(sb.generation)
     );
     let mut pointer_name = "meta_head";
-    while off != 0 {
-        if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
-            return Err(Error::corrupt(
-                pointer_at,
-                format!("{pointer_name} {off:#x} is not a metadata block position"),
-            ));
+    while place.at != 0 {
+        for off in [place.at, place.copy] {
+            if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
+                return Err(Error::corrupt(
+                    pointer_at,
+                    format!("{pointer_name} {off:#x} is not a metadata block position"),
+                ));
+            }
+            // A block is written before any pointer to it, so the target holds it; reading
+            // past the end would read zeroes at best, and near u64::MAX the offset arithmetic
+            // of the read overflows.
+            if off
+                .checked_add(BLOCK_SIZE as u64)
+                .is_none_or(|end| end > target_len)
+            {
+                return Err(Error::corrupt(
+                    pointer_at,
+                    format!(
+                        "{pointer_name} {off:#x} lies beyond the end of the target VLUN \
+                         ({target_len:#x} bytes)"
+                    ),
+                ));
+            }
         }
-        // A block is written before any pointer to it, so the target holds it; reading past
-        // the end would read zeroes at best, and near u64::MAX the offset arithmetic of the
-        // read overflows.
-        if off
-            .checked_add(BLOCK_SIZE as u64)
-            .is_none_or(|end| end > target_len)
-        {
-            return Err(Error::corrupt(
-                pointer_at,
-                format!(
-                    "{pointer_name} {off:#x} lies beyond the end of the target VLUN \
-                     ({target_len:#x} bytes)"
-                ),
-            ));
-        }
-        let mut b = [0u8; BLOCK_SIZE];
-        target
-            .read_at(&mut b, off)
-            .map_err(|e| Error::io("read metadata", Device::Target, off, e))?;
-        let blk = MetaBlock::decode(&b, off, &sb.volume_id)?;
-        if blk.seq != expect_seq {
-            return Err(Error::corrupt(
-                format!("metadata block at {off:#x}"),
-                format!("sequence {} where {expect_seq} was expected", blk.seq),
-            ));
-        }
-        pointer_at = format!("metadata block at {off:#x}");
+        let (blk, damaged) = read_block_pair(target, place, expect_seq, &sb.volume_id, repair)?;
+        repairs.extend(damaged);
+        pointer_at = format!("metadata block at {:#x}", place.at);
         pointer_name = "prev pointer";
-        off = blk.prev;
-        if off != 0 {
+        let prev = BlockPlace {
+            at: blk.prev,
+            copy: blk.prev_copy,
+        };
+        if prev.at != 0 {
             // Sequence numbers strictly decrease along the chain, from 1 up, so it cannot loop
             // and no block comes before block 1.
             expect_seq = match blk.seq.checked_sub(1) {
@@ -121,30 +197,26 @@ pub(crate) fn read_chain(target: &dyn Vlun, sb: &Superblock) -> Result<Vec<(u64,
                     return Err(Error::corrupt(
                         pointer_at,
                         format!(
-                            "block {} names a previous block at {off:#x}; none comes before \
+                            "block {} names a previous block at {:#x}; none comes before \
                              sequence number 1",
-                            blk.seq
+                            blk.seq, prev.at
                         ),
                     ))
                 }
             };
         }
-        chain.push((off, blk));
+        chain.push(ChainBlock { place, block: blk });
+        place = prev;
     }
-    // `chain` holds (prev offset, block); rebuild (own offset, block) oldest first.
-    let mut own = sb.meta_head;
-    let mut out = Vec::with_capacity(chain.len());
-    for (prev, blk) in chain {
-        out.push((own, blk));
-        own = prev;
-    }
-    out.reverse();
-    Ok(out)
+    chain.reverse();
+    Ok((chain, repairs))
 }
 
-pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
+/// Loads the metadata: the superblock, the chain (damaged block copies are read around, and
+/// rewritten from their ditto copy when `repair`), the table, the index and the allocator.
+pub(super) fn load(target: &dyn Vlun, repair: bool) -> Result<Loaded> {
     let sb = read_superblock(target)?;
-    let chain = read_chain(target, &sb)?;
+    let (chain, ditto_repairs) = read_chain(target, &sb, repair)?;
     let chunk = u64::from(sb.chunk_size);
     let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
     // A pointer becomes durable only after the copy it points to (I2), so every slot a record
@@ -163,7 +235,8 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
     let mut last_seq = sb.last_snapshot_seq;
     let mut created_seq = sb.last_snapshot_seq;
     let mut chain_records = 0;
-    for (off, blk) in &chain {
+    for ChainBlock { place, block: blk } in &chain {
+        let off = place.at;
         for r in &blk.records {
             chain_records += 1;
             match r {
@@ -239,8 +312,10 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
     index.for_each(|_, e| used.push(e.slot.0));
     let mut chain_slots: Vec<TargetSlot> = chain
         .iter()
-        .map(|(off, _)| TargetSlot((off - sb.data_start) / chunk))
+        .flat_map(|c| [c.place.at, c.place.copy])
+        .map(|off| TargetSlot((off - sb.data_start) / chunk))
         .collect();
+    chain_slots.sort_unstable();
     chain_slots.dedup();
     used.extend(chain_slots.iter().map(|s| s.0));
     let n = used.len();
@@ -251,9 +326,12 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
             "two live pointers (or a pointer and a metadata block) share a target slot",
         ));
     }
-    let next_block = chain.last().and_then(|(off, _)| {
-        let next = off + BLOCK_SIZE as u64;
-        ((next - sb.data_start) % chunk != 0).then_some(next)
+    let next_block = chain.last().and_then(|c| {
+        let next = c.place.at + BLOCK_SIZE as u64;
+        ((next - sb.data_start) % chunk != 0).then_some(BlockPlace {
+            at: next,
+            copy: c.place.copy + BLOCK_SIZE as u64,
+        })
     });
     Ok(Loaded {
         sb,
@@ -262,6 +340,7 @@ pub(super) fn load(target: &dyn Vlun) -> Result<Loaded> {
         alloc,
         chain_slots,
         next_block,
+        ditto_repairs,
         chain_records,
         last_seq,
         created_seq,
@@ -286,7 +365,8 @@ impl Inner {
         let live_slots = self.live_meta_slots(meta.committed.len());
         let by_records =
             meta.chain_records >= self.compact_after_records && meta.chain_records >= 4 * live;
-        let by_slots = meta.chain_slots.len() as u64 >= 4 + 2 * live_slots;
+        // Both counts include the ditto copies: twice the blocks of a single-copy log.
+        let by_slots = meta.chain_slots.len() as u64 >= 8 + 2 * live_slots;
         if by_records || by_slots {
             self.compact(meta)?;
         }
@@ -316,6 +396,7 @@ impl Inner {
         let old_slots = std::mem::take(&mut meta.chain_slots);
         meta.next_block = None;
         meta.sb.meta_head = 0;
+        meta.sb.meta_head_copy = 0;
         let n = records.len() as u64;
         // Failing from here on fails the volume (write_chain does); RAM no longer matters.
         self.write_chain(meta, records)?;
@@ -332,10 +413,11 @@ impl Inner {
     fn slots_for(&self, meta: &MetaState, records: &[Record]) -> u64 {
         let blocks = MetaBlock::pack(records, 0).len() as u64;
         let per_slot = self.geo.chunk() / BLOCK_SIZE as u64;
-        let room_in_slot = meta.next_block.map_or(0, |off| {
-            (self.geo.chunk() - (off - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
+        let room_in_slot = meta.next_block.map_or(0, |next| {
+            (self.geo.chunk() - (next.at - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
         });
-        blocks.saturating_sub(room_in_slot).div_ceil(per_slot)
+        // Every block twice: its slot and its ditto copy's.
+        2 * blocks.saturating_sub(room_in_slot).div_ceil(per_slot)
     }
 
     /// Appends records to the metadata log and makes them part of the volume (see
@@ -389,26 +471,28 @@ impl Inner {
         let r = (|| {
             let wrote = !blocks.is_empty();
             for mut blk in blocks {
-                let off = match meta.next_block {
-                    Some(off) => off,
-                    None => {
-                        let slot = meta.alloc.allocate(1).ok_or_else(|| Error::NoSpace {
-                            detail: "the target has no slot left for the metadata log".into(),
-                        })?[0]
-                            .0;
-                        meta.chain_slots.push(slot);
-                        self.slot_offset(slot)
-                    }
+                let place = match meta.next_block {
+                    Some(place) => place,
+                    None => self.metadata_slots(meta)?,
                 };
                 blk.prev = meta.sb.meta_head;
-                self.target
-                    .write_at(&blk.encode(&self.volume_id), off)
-                    .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
-                meta.sb.meta_head = off;
+                blk.prev_copy = meta.sb.meta_head_copy;
+                // Both copies, byte for byte; one sync below covers them.
+                let bytes = blk.encode(&self.volume_id);
+                for off in [place.at, place.copy] {
+                    self.target
+                        .write_at(&bytes, off)
+                        .map_err(|e| Error::io("write metadata", Device::Target, off, e))?;
+                }
+                meta.sb.meta_head = place.at;
+                meta.sb.meta_head_copy = place.copy;
                 meta.sb.meta_head_seq = blk.seq;
-                let next = off + BLOCK_SIZE as u64;
+                let next = place.at + BLOCK_SIZE as u64;
                 meta.next_block =
-                    ((next - self.data_start) % self.geo.chunk() != 0).then_some(next);
+                    ((next - self.data_start) % self.geo.chunk() != 0).then_some(BlockPlace {
+                        at: next,
+                        copy: place.copy + BLOCK_SIZE as u64,
+                    });
             }
             self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
             if wrote {
@@ -424,6 +508,28 @@ impl Inner {
             meta.committed.push(s);
         }
         Ok(())
+    }
+
+    /// Two fresh slots, one for metadata blocks and one for their ditto copies: damage to
+    /// one slot never takes both copies of a block.
+    fn metadata_slots(&self, meta: &mut MetaState) -> Result<BlockPlace> {
+        let none_left = || Error::NoSpace {
+            detail: "the target has no slot left for the metadata log".into(),
+        };
+        let first = meta.alloc.allocate(1).ok_or_else(none_left)?[0].0;
+        let second = match meta.alloc.allocate(1) {
+            Some(runs) => runs[0].0,
+            None => {
+                meta.alloc.free(first);
+                return Err(none_left());
+            }
+        };
+        meta.chain_slots.push(first);
+        meta.chain_slots.push(second);
+        Ok(BlockPlace {
+            at: self.slot_offset(first),
+            copy: self.slot_offset(second),
+        })
     }
 
     /// Writes `meta.sb` to both copies in turn: the next generation into the copy that holds
@@ -470,6 +576,7 @@ impl Inner {
         .encoded_len() as u64;
         let bytes = self.index.len() as u64 * per_copy + snapshots as u64 * MAX_CREATE_LEN as u64;
         let per_slot = self.geo.chunk() / BLOCK_SIZE as u64 * META_PAYLOAD as u64;
-        bytes.div_ceil(per_slot).max(1)
+        // Every block twice (ditto copies).
+        2 * bytes.div_ceil(per_slot).max(1)
     }
 }

@@ -66,7 +66,7 @@ use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 
 use epoch::EpochGate;
-use metalog::load;
+use metalog::{load, BlockPlace};
 
 /// Tunables for an open volume.
 #[derive(Debug, Clone)]
@@ -150,8 +150,8 @@ struct MetaState {
     alloc: Allocator,
     /// Slots holding blocks of the current metadata chain.
     chain_slots: Vec<TargetSlot>,
-    /// Byte offset where the next metadata block goes, if the current slot has room.
-    next_block: Option<u64>,
+    /// Where the next metadata block and its ditto copy go, if the current slots have room.
+    next_block: Option<BlockPlace>,
     /// Records in the current chain.
     chain_records: u64,
     /// The snapshots whose creation is in the metadata log: what a checkpoint writes. (The
@@ -456,6 +456,7 @@ impl Volume {
             target_cap: layout.target_cap.unwrap_or(0),
             data_start,
             meta_head: 0,
+            meta_head_copy: 0,
             meta_head_seq: 0,
             last_snapshot_seq: 0,
             volume_id,
@@ -498,7 +499,10 @@ impl Volume {
             target,
             journal,
         } = vluns;
-        let loaded = load(&*target)?;
+        let loaded = load(&*target, !read_only)?;
+        for repaired in &loaded.ditto_repairs {
+            tracing::warn!(volume = name, "{repaired}");
+        }
         let geo = Geometry::new(loaded.sb.volume_size, loaded.sb.chunk_size)?;
         let src_len = source
             .len()

@@ -74,6 +74,16 @@ pub enum Error {
         /// Capacity figures.
         detail: String,
     },
+    /// The file system (or device) holding a VLUN has no space for what a request needs. The
+    /// request changed nothing, the volume goes on, and the same request succeeds once space
+    /// is freed there.
+    #[error("no space left on the file system holding the {device} ({detail}); nothing was changed: free space there and try again")]
+    DeviceFull {
+        /// Which VLUN.
+        device: Device,
+        /// What needed the space.
+        detail: String,
+    },
     /// A request reaches past the end of the volume.
     #[error("request at offset {offset:#x} length {len:#x} is beyond the end of the volume ({size:#x} bytes)")]
     OutOfBounds {
@@ -134,6 +144,23 @@ impl Error {
         }
     }
 
+    /// An I/O error, or — when the file system said it has no space (`ENOSPC`, `EDQUOT`) —
+    /// [`Error::DeviceFull`], which costs the request and not the volume.
+    pub(crate) fn io_or_full(
+        op: &'static str,
+        device: Device,
+        offset: u64,
+        source: io::Error,
+    ) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::DeviceFull {
+                device,
+                detail: format!("{op} at {offset:#x}"),
+            },
+            _ => Error::io(op, device, offset, source),
+        }
+    }
+
     pub(crate) fn file(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::File {
             path: path.into(),
@@ -151,7 +178,7 @@ impl Error {
     /// The errno a block-device protocol should report for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::NoSpace { .. } => libc::ENOSPC,
+            Error::NoSpace { .. } | Error::DeviceFull { .. } => libc::ENOSPC,
             Error::ReadOnly(_) => libc::EPERM,
             Error::OutOfBounds { .. } | Error::InvalidArgument(_) | Error::InvalidName { .. } => {
                 libc::EINVAL

@@ -63,10 +63,6 @@ fn power_loss() -> io::Error {
     io::Error::other(POWER_LOSS_MESSAGE)
 }
 
-fn eio() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
-}
-
 fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -84,15 +80,18 @@ pub enum IoOp {
     PunchZero,
     /// `set_len`.
     SetLen,
+    /// `reserve_space`.
+    ReserveSpace,
 }
 
 impl IoOp {
-    const ALL: [IoOp; 5] = [
+    const ALL: [IoOp; 6] = [
         IoOp::Read,
         IoOp::Write,
         IoOp::Sync,
         IoOp::PunchZero,
         IoOp::SetLen,
+        IoOp::ReserveSpace,
     ];
 
     fn slot(self) -> usize {
@@ -102,6 +101,7 @@ impl IoOp {
             IoOp::Sync => 2,
             IoOp::PunchZero => 3,
             IoOp::SetLen => 4,
+            IoOp::ReserveSpace => 5,
         }
     }
 }
@@ -115,6 +115,9 @@ pub enum OpFilter {
     Reads,
     /// Calls that change the image: `write_at`, `punch_zero` and `set_len`.
     Writes,
+    /// Calls that need space on the device: `write_at`, `set_len` and `reserve_space` (where a
+    /// file system that is full says `ENOSPC`).
+    NeedSpace,
     /// `sync` only.
     Syncs,
     /// One kind of call only.
@@ -128,6 +131,9 @@ impl OpFilter {
             OpFilter::Any => true,
             OpFilter::Reads => op == IoOp::Read,
             OpFilter::Writes => matches!(op, IoOp::Write | IoOp::PunchZero | IoOp::SetLen),
+            OpFilter::NeedSpace => {
+                matches!(op, IoOp::Write | IoOp::SetLen | IoOp::ReserveSpace)
+            }
             OpFilter::Syncs => op == IoOp::Sync,
             OpFilter::Only(only) => op == only,
         }
@@ -139,11 +145,13 @@ struct ControlState {
     /// Global index the next I/O call gets; also the number of calls so far.
     next: u64,
     /// Calls so far per [`IoOp::slot`].
-    per_op: [u64; 5],
+    per_op: [u64; 6],
     crash_at: Option<u64>,
     crashed: bool,
-    /// Armed one-shot errors: (index among matching calls, filter).
-    fail_points: Vec<(u64, OpFilter)>,
+    /// Armed one-shot errors: (index among matching calls, filter, errno).
+    fail_points: Vec<(u64, OpFilter, i32)>,
+    /// While set, every call that needs space fails with `ENOSPC` (a full file system).
+    full: bool,
     injected: u64,
 }
 
@@ -189,7 +197,31 @@ impl FaultController {
     /// among those `filter` counts fails once with `EIO` and no effect; later calls proceed.
     /// An index already passed never fires. Several fail points may be armed at once.
     pub fn fail_at(&self, index: u64, filter: OpFilter) {
-        self.state.lock().fail_points.push((index, filter));
+        self.fail_at_with(index, filter, libc::EIO);
+    }
+
+    /// As [`FaultController::fail_at`], with the error number `errno` (`ENOSPC`, say).
+    pub fn fail_at_with(&self, index: u64, filter: OpFilter, errno: i32) {
+        self.state.lock().fail_points.push((index, filter, errno));
+    }
+
+    /// Fills the file system up: from now on, until [`FaultController::free_space`],
+    /// `reserve_space` fails with `ENOSPC`, and so does a write to a [`CrashVlun`] that
+    /// touches a block with no space behind it (past its end, never written or reserved, or
+    /// punched or discarded since); writes into blocks it holds go on, as on a full file
+    /// system (its allocated blocks are still there to overwrite).
+    pub fn fill_up(&self) {
+        self.state.lock().full = true;
+    }
+
+    /// Whether [`FaultController::fill_up`] is in force.
+    pub fn is_full(&self) -> bool {
+        self.state.lock().full
+    }
+
+    /// Frees space again after [`FaultController::fill_up`].
+    pub fn free_space(&self) {
+        self.state.lock().full = false;
     }
 
     /// Removes the armed crash (unless it already happened) and every armed `EIO`.
@@ -229,7 +261,7 @@ impl FaultController {
         let fail_point = st
             .fail_points
             .iter()
-            .position(|&(at, filter)| filter.matches(op) && st.matching(filter) == at);
+            .position(|&(at, filter, _)| filter.matches(op) && st.matching(filter) == at);
         st.per_op[op.slot()] += 1;
         if st.crash_at.is_some_and(|at| index >= at) {
             st.crashed = true;
@@ -238,9 +270,13 @@ impl FaultController {
             return Err(power_loss());
         }
         if let Some(i) = fail_point {
-            st.fail_points.swap_remove(i);
+            let (_, _, errno) = st.fail_points.swap_remove(i);
             st.injected += 1;
-            return Err(eio());
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if st.full && op == IoOp::ReserveSpace {
+            st.injected += 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         Ok(())
     }
@@ -392,6 +428,37 @@ struct Images {
     live: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
+    /// Which [`FS_BLOCK`]s have space behind them, as a file system's allocated blocks: written
+    /// or reserved, and not punched or discarded since. Past its end: none.
+    backed: Vec<bool>,
+}
+
+/// The unit in which a [`CrashVlun`] tracks which of its bytes have space behind them.
+const FS_BLOCK: usize = 4096;
+
+impl Images {
+    /// Whether writing `[start, end)` needs space the device does not hold yet.
+    fn needs_space(&self, start: usize, end: usize) -> bool {
+        (start / FS_BLOCK..end.div_ceil(FS_BLOCK))
+            .any(|b| !self.backed.get(b).copied().unwrap_or(false))
+    }
+
+    /// Gives `[start, end)` space (every block it touches).
+    fn back(&mut self, start: usize, end: usize) {
+        let blocks = start / FS_BLOCK..end.div_ceil(FS_BLOCK);
+        if self.backed.len() < blocks.end {
+            self.backed.resize(blocks.end, false);
+        }
+        self.backed[blocks].fill(true);
+    }
+
+    /// Takes the space of the blocks wholly inside `[start, end)` away (a hole).
+    fn unback(&mut self, start: usize, end: usize) {
+        let blocks = start.div_ceil(FS_BLOCK)..(end / FS_BLOCK).min(self.backed.len());
+        if blocks.start < blocks.end {
+            self.backed[blocks].fill(false);
+        }
+    }
 }
 
 /// An in-memory VLUN with a volatile write cache, attached to a [`FaultController`].
@@ -418,11 +485,18 @@ impl fmt::Debug for CrashVlun {
 }
 
 impl CrashVlun {
-    fn with_image(controller: &Arc<FaultController>, bytes: Vec<u8>, fixed: bool) -> Self {
+    /// A device holding `bytes`; `backed` says whether they have space behind them.
+    fn with_image(
+        controller: &Arc<FaultController>,
+        bytes: Vec<u8>,
+        fixed: bool,
+        backed: bool,
+    ) -> Self {
         Self {
             controller: Arc::clone(controller),
             fixed: fixed.then_some(bytes.len()),
             images: RwLock::new(Images {
+                backed: vec![backed; bytes.len().div_ceil(FS_BLOCK)],
                 live: bytes.clone(),
                 durable: bytes,
                 pending: Vec::new(),
@@ -430,13 +504,14 @@ impl CrashVlun {
         }
     }
 
-    /// A growable device of `len` zero bytes, all durable (like `MemVlun::new`).
+    /// A growable device of `len` zero bytes, all durable (like `MemVlun::new`): a sparse file,
+    /// none of whose blocks has space behind it until written or reserved.
     ///
     /// # Panics
     /// If `len` does not fit in memory's address range.
     pub fn new(controller: &Arc<FaultController>, len: u64) -> Self {
         let len = usize::try_from(len).expect("CrashVlun length fits in usize");
-        Self::with_image(controller, vec![0; len], false)
+        Self::with_image(controller, vec![0; len], false, false)
     }
 
     /// A device of `len` zero bytes that cannot grow, like a block device (`MemVlun::fixed`).
@@ -445,17 +520,18 @@ impl CrashVlun {
     /// If `len` does not fit in memory's address range.
     pub fn fixed(controller: &Arc<FaultController>, len: u64) -> Self {
         let len = usize::try_from(len).expect("CrashVlun length fits in usize");
-        Self::with_image(controller, vec![0; len], true)
+        Self::with_image(controller, vec![0; len], true, true)
     }
 
-    /// A growable device whose durable content is `bytes`: the restart after a crash.
+    /// A growable device whose durable content is `bytes`: the restart after a crash. Every
+    /// block of it counts as having space behind it.
     pub fn from_image(controller: &Arc<FaultController>, bytes: Vec<u8>) -> Self {
-        Self::with_image(controller, bytes, false)
+        Self::with_image(controller, bytes, false, true)
     }
 
     /// A fixed-size device whose durable content is `bytes`.
     pub fn from_image_fixed(controller: &Arc<FaultController>, bytes: Vec<u8>) -> Self {
-        Self::with_image(controller, bytes, true)
+        Self::with_image(controller, bytes, true, true)
     }
 
     /// The controller this device reports to.
@@ -528,6 +604,7 @@ impl CrashVlun {
             live,
             durable,
             pending,
+            ..
         } = &mut *im;
         for img in [live, durable] {
             if let Some(b) = img.get_mut(at) {
@@ -578,11 +655,18 @@ impl Vlun for CrashVlun {
         if buf.is_empty() {
             return Ok(());
         }
+        // Growing a fixed device, or writing where no space is held on a full file system,
+        // is refused before anything changes.
+        if self.fixed.is_some_and(|len| end > len)
+            || self.controller.is_full() && im.needs_space(start, end)
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         if end > im.live.len() {
-            if self.fixed.is_some() {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
             im.live.resize(end, 0);
+        }
+        if self.fixed.is_none() {
+            im.back(start, end);
         }
         im.live[start..end].copy_from_slice(buf);
         let segs = capture(&im.live, start, end, false);
@@ -626,6 +710,8 @@ impl Vlun for CrashVlun {
         }
         let len = usize::try_from(len).map_err(|_| invalid("length out of range"))?;
         im.live.resize(len, 0);
+        let blocks = im.backed.len().min(len.div_ceil(FS_BLOCK));
+        im.backed.truncate(blocks);
         im.pending.push(Pending::SetLen(len));
         Ok(())
     }
@@ -646,6 +732,44 @@ impl Vlun for CrashVlun {
             return Ok(());
         }
         im.live[start..end].fill(0);
+        if self.fixed.is_none() {
+            im.unback(start, end);
+        }
+        let segs = capture(&im.live, start, end, true);
+        im.pending.push(Pending::Sectors(segs));
+        Ok(())
+    }
+
+    /// A counted call that fails as armed, or with `ENOSPC` while the controller says the
+    /// space is full; otherwise later writes to the range (of a growable device) need no
+    /// more space, as after `fallocate(KEEP_SIZE)`.
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut im = self.images.write();
+        self.controller.admit(IoOp::ReserveSpace)?;
+        let len = usize::try_from(len).map_err(|_| invalid("length out of range"))?;
+        let (start, end) = range(offset, len)?;
+        if self.fixed.is_none() {
+            im.back(start, end);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the range (what it then reads is up to the device; zeroes are one such
+    /// answer) and, on a growable device, takes the space of its whole blocks away, as a
+    /// hole punched in a file.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut im = self.images.write();
+        self.controller.check_alive()?;
+        let len = usize::try_from(len).map_err(|_| invalid("length out of range"))?;
+        let (start, end) = range(offset, len)?;
+        let end = end.min(im.live.len());
+        if start >= end {
+            return Ok(());
+        }
+        im.live[start..end].fill(0);
+        if self.fixed.is_none() {
+            im.unback(start, end);
+        }
         let segs = capture(&im.live, start, end, true);
         im.pending.push(Pending::Sectors(segs));
         Ok(())
@@ -711,6 +835,15 @@ impl<V: Vlun> Vlun for FaultyVlun<V> {
     }
     fn growth_room(&self) -> Option<u64> {
         self.inner.growth_room()
+    }
+    /// One counted call; fails with `ENOSPC` while the controller says the space is full.
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.controller.admit(IoOp::ReserveSpace)?;
+        self.inner.reserve_space(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.controller.check_alive()?;
+        self.inner.discard(offset, len)
     }
 }
 
@@ -1071,5 +1204,38 @@ mod tests {
             assert_eq!(read(&*v, 1 << 20, 4).expect("read"), [0; 4], "past the end");
             v.sync().expect("sync");
         }
+    }
+
+    #[test]
+    fn a_full_file_system_refuses_writes_only_where_no_space_is_held() {
+        let ctl = FaultController::new();
+        let v = CrashVlun::new(&ctl, 64 << 10);
+        v.write_at(&[1; 4096], 0)
+            .expect("write while there is space");
+        v.reserve_space(16 << 10, 8 << 10).expect("reserve");
+        ctl.fill_up();
+        let enospc =
+            |r: io::Result<()>| r.expect_err("refused").raw_os_error() == Some(libc::ENOSPC);
+        v.write_at(&[2; 4096], 0)
+            .expect("overwrite a written block");
+        v.write_at(&[3; 8192], 16 << 10)
+            .expect("write where space was reserved");
+        assert!(
+            enospc(v.write_at(&[4; 512], 8 << 10)),
+            "a hole of the sparse file"
+        );
+        assert!(enospc(v.write_at(&[4; 512], 64 << 10)), "growing the file");
+        assert!(enospc(v.reserve_space(32 << 10, 4096)), "reserving more");
+        v.discard(16 << 10, 4096).expect("discard");
+        assert!(enospc(v.write_at(&[5; 512], 16 << 10)), "a discarded block");
+        v.write_at(&[5; 512], 20 << 10)
+            .expect("the reserved block next to it");
+        assert_eq!(
+            read(&v, 8 << 10, 4).expect("read"),
+            [0; 4],
+            "refused writes changed nothing"
+        );
+        ctl.free_space();
+        v.write_at(&[6; 512], 64 << 10).expect("space is back");
     }
 }

@@ -46,6 +46,22 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
     fn growth_room(&self) -> Option<u64> {
         None
     }
+    /// Makes sure that later writes to `[offset, offset + len)` cannot fail for lack of space
+    /// (on a file: its blocks are allocated, its length unchanged), or fails with `ENOSPC`,
+    /// changing nothing that matters. A VLUN whose space is always there (a block device,
+    /// memory) does nothing.
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+    /// Gives the space of `[offset, offset + len)` back to whatever holds the VLUN (a hole in
+    /// a file, a discard on a device); the range's content is undefined afterwards, and a
+    /// later write there may need [`Vlun::reserve_space`] again. Best effort: a VLUN that
+    /// cannot release space does nothing.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Where the first byte at or after `offset` that may hold data is (`None`: nothing but
     /// holes from there to the end). A VLUN that cannot tell answers `Ok(Some(offset))`:
     /// everything may be data.
@@ -183,6 +199,35 @@ impl Vlun for FileVlun {
         statvfs_free(self.file.as_raw_fd()).ok()
     }
 
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.block_device || len == 0 {
+            return Ok(());
+        }
+        match fallocate(
+            self.file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            // A file system that cannot preallocate: writes find out for themselves.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.block_device {
+            return blkdiscard(self.file.as_raw_fd(), offset, len);
+        }
+        match fallocate_punch(self.file.as_raw_fd(), offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         match seek(self.file.as_raw_fd(), offset, libc::SEEK_DATA) {
             Ok(at) => Ok(Some(at)),
@@ -217,22 +262,44 @@ fn seek(fd: i32, offset: u64, whence: i32) -> io::Result<u64> {
     }
 }
 
-#[allow(unsafe_code)]
 fn fallocate_punch(fd: i32, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        fd,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+#[allow(unsafe_code)]
+fn fallocate(fd: i32, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate only reads its integer arguments; `fd` is a descriptor owned by a
     // live `File` for the duration of the call.
-    let r = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
+    let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
     if r == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// `BLKDISCARD` on a block device: tells the device the range is unused. Devices that cannot
+/// discard say so, and that is fine.
+#[allow(unsafe_code)]
+fn blkdiscard(fd: i32, offset: u64, len: u64) -> io::Result<()> {
+    /// `_IO(0x12, 119)` from `<linux/fs.h>`.
+    const BLKDISCARD: libc::c_ulong = 0x1277;
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer, which points at a
+    // live array of two u64 for the duration of the call; `fd` is owned by a live `File`.
+    let r = unsafe { libc::ioctl(fd, BLKDISCARD as _, range.as_ptr()) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(e),
     }
 }
 
@@ -385,6 +452,12 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
     }
     fn growth_room(&self) -> Option<u64> {
         (**self).growth_room()
+    }
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).reserve_space(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
     }
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         (**self).next_data(offset)

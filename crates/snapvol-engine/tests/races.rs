@@ -158,6 +158,8 @@ struct History {
     deleted: Vec<Taken>,
     /// A snapshot whose deletion was under way when the power went (may exist or not).
     deleting: Option<Taken>,
+    /// Requests refused with ENOSPC while the file systems were full.
+    refused: u64,
 }
 
 /// Where the first difference between a snapshot's image and what it reads now lies.
@@ -180,16 +182,35 @@ fn assert_unchanged(vol: &Volume, snap: &Taken, when: &str) {
 
 /// Runs writers, readers and the snapshot thread until `snapshots` snapshots were taken or the
 /// power went (`cut_after`: the controller crashes after that many snapshots, at a random
-/// moment of the next step). Returns what the snapshot thread saw.
-fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Option<u64>) -> History {
+/// moment of the next step). With `fill`, the file systems fill up and are freed again and
+/// again meanwhile: a write, a snapshot creation or a deletion may then fail with ENOSPC
+/// (and change nothing); a FLUSH never does (the journal's ring was allocated at create).
+/// Returns what the snapshot thread saw.
+fn race(
+    vol: &Volume,
+    dev: &Devices,
+    snapshots: u64,
+    seed: u64,
+    cut_after: Option<u64>,
+    fill: bool,
+) -> History {
     let stop = AtomicBool::new(false);
     let history = Mutex::new(History::default());
     let reads_checked = AtomicU64::new(0);
     let misreads: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let next_tag = AtomicU64::new(1);
+    let refused = AtomicU64::new(0);
+    // Every thread stops when the snapshot thread does, even when it fails an assertion.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop_all = StopOnDrop(&stop);
         for w in 0..WRITERS {
-            let (stop, next_tag) = (&stop, &next_tag);
+            let (stop, next_tag, refused) = (&stop, &next_tag, &refused);
             s.spawn(move || {
                 let mut rng = Rng(seed ^ (w << 32));
                 let mut n = 0u64;
@@ -206,10 +227,19 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
                             Ok(())
                         }
                     });
-                    if done.is_err() {
+                    match done {
+                        Ok(()) => {}
+                        Err(Error::DeviceFull { .. }) if fill => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         // The power went: the volume refuses writes from now on.
-                        assert!(dev.ctl.crashed(), "a write failed before the power went");
-                        return;
+                        Err(e) => {
+                            assert!(
+                                dev.ctl.crashed(),
+                                "a write failed before the power went: {e}"
+                            );
+                            return;
+                        }
                     }
                 }
             });
@@ -220,8 +250,11 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
             let stop = &stop;
             s.spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    if vol.flush().is_err() {
-                        assert!(dev.ctl.crashed(), "a flush failed before the power went");
+                    if let Err(e) = vol.flush() {
+                        assert!(
+                            dev.ctl.crashed(),
+                            "a flush failed before the power went: {e}"
+                        );
                         return;
                     }
                 }
@@ -264,6 +297,22 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
                 }
             });
         }
+        // The file systems fill up for a moment, again and again.
+        if fill {
+            let (stop, ctl) = (&stop, &dev.ctl);
+            s.spawn(move || {
+                let mut rng = Rng(seed ^ 0xf111);
+                let pause = |rng: &mut Rng| {
+                    std::thread::sleep(std::time::Duration::from_micros(rng.below(2000)))
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    pause(&mut rng);
+                    ctl.fill_up();
+                    pause(&mut rng);
+                    ctl.free_space();
+                }
+            });
+        }
         let mut rng = Rng(seed ^ 0x5eed);
         for i in 0..snapshots {
             if cut_after == Some(i) {
@@ -275,12 +324,19 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
                 });
             }
             let name = format!("s{i}");
-            let Ok(info) = vol.snapshot_create(&name) else {
-                assert!(
-                    dev.ctl.crashed(),
-                    "snapshot {name} failed before the power went"
-                );
-                break;
+            let info = match vol.snapshot_create(&name) {
+                Ok(info) => info,
+                Err(Error::DeviceFull { .. }) if fill => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => {
+                    assert!(
+                        dev.ctl.crashed(),
+                        "snapshot {name} failed before the power went: {e}"
+                    );
+                    break;
+                }
             };
             let Ok(image) = read_snapshot(vol, info.seq) else {
                 assert!(
@@ -311,6 +367,12 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
                         h.deleting = None;
                         h.deleted.push(victim);
                     }
+                    // Refused for want of space: the snapshot stays, whole.
+                    Err(Error::DeviceFull { .. }) if fill => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        h.deleting = None;
+                        h.live.push(victim);
+                    }
                     Err(e) => {
                         assert!(dev.ctl.crashed(), "deleting {}: {e}", victim.name);
                         break;
@@ -323,6 +385,7 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
         }
         stop.store(true, Ordering::SeqCst);
     });
+    dev.ctl.free_space();
     let misreads = misreads.into_inner().unwrap();
     assert!(misreads.is_empty(), "{}", misreads.join("\n"));
     if cut_after.is_none() {
@@ -331,11 +394,26 @@ fn race(vol: &Volume, dev: &Devices, snapshots: u64, seed: u64, cut_after: Optio
             "the readers checked some snapshots"
         );
     }
-    history.into_inner().unwrap()
+    let mut history = history.into_inner().unwrap();
+    history.refused = refused.into_inner();
+    history
 }
 
 #[test]
 fn snapshots_read_right_after_creation_never_change_while_writers_race_into_the_same_chunks() {
+    race_then_verify(false);
+}
+
+/// The same race while the file systems fill up and are freed again and again: requests
+/// that needed space fail with ENOSPC, nothing else does, no snapshot ever changes, and the
+/// volume goes on without a reopen.
+#[test]
+fn snapshots_never_change_while_writers_race_and_the_file_systems_fill_up_and_are_freed() {
+    race_then_verify(true);
+}
+
+fn race_then_verify(fill: bool) {
+    let mut refused = 0;
     for round in 0..4u64 {
         let dev = Devices::blank(SIZE);
         let vol = create(&dev);
@@ -356,7 +434,8 @@ fn snapshots_read_right_after_creation_never_change_while_writers_race_into_the_
                 }
                 checks
             });
-            let history = race(&vol, &dev, 40, round, None);
+            let history = race(&vol, &dev, 40, round, None, fill);
+            refused += history.refused;
             racing.store(false, Ordering::SeqCst);
             assert!(checker.join().unwrap() > 0);
             history
@@ -391,16 +470,30 @@ fn snapshots_read_right_after_creation_never_change_while_writers_race_into_the_
         }
         vol.close().expect("close");
     }
+    assert_eq!(fill, refused > 0, "requests refused with ENOSPC: {refused}");
 }
 
 #[test]
 fn snapshots_read_right_after_creation_survive_a_power_loss_at_a_random_moment_of_racing_writes() {
-    for round in 0..16u64 {
+    power_loss_then_verify(16, false);
+}
+
+/// The power goes at a random moment of the race while the file systems fill up and are
+/// freed: a destage stopped for want of space and a power loss together lose nothing.
+#[test]
+fn snapshots_survive_a_power_loss_while_writers_race_and_the_file_systems_fill_up() {
+    power_loss_then_verify(8, true);
+}
+
+fn power_loss_then_verify(rounds: u64, fill: bool) {
+    let mut refused = 0;
+    for round in 0..rounds {
         let dev = Devices::blank(SIZE);
         let vol = create(&dev);
         let mut rng = Rng(round);
         let cut = 5 + rng.below(20);
-        let history = race(&vol, &dev, 40, 100 + round, Some(cut));
+        let history = race(&vol, &dev, 40, 100 + round, Some(cut), fill);
+        refused += history.refused;
         // Whatever the volume reports, nothing more reaches the media.
         dev.ctl.crash_now();
         let _ = vol.kill();
@@ -429,6 +522,7 @@ fn snapshots_read_right_after_creation_survive_a_power_loss_at_a_random_moment_o
             restarted.assert_check_clean(&when);
         }
     }
+    assert_eq!(fill, refused > 0, "requests refused with ENOSPC: {refused}");
 }
 
 /// What broke: `snapshot_delete` took the snapshot's copies out of the index before it

@@ -77,8 +77,8 @@ Examples:
   snapvol check vm1 --json                      the report as JSON
   snapvol check vm1 --repair                    repair what can be, then re-check
 
-Checks both superblock copies, every block and record of the metadata log (checksums, sequence \
-numbers, pointers in bounds), that no snapshot has two pointers for one chunk, that no target \
+Checks both superblock copies, both copies of every block and every record of the metadata log \
+(checksums, sequence numbers, pointers in bounds), that no snapshot has two pointers for one chunk, that no target \
 slot is used twice, and the cache journal: a damaged record that records of later appends \
 follow held flushed writes and is a problem; a damaged last record (an append a crash cut \
 short, or damage after a FLUSH: nothing tells which) is a warning. Each problem is one line, \
@@ -86,8 +86,10 @@ LOCATION: DETAIL, with byte offsets in hex. Exit code 0 when all is well (warnin
 1 when a problem is found (or remains after --repair). While snapvol serve holds the volume, \
 the check runs in the server. --data reads every preserved chunk (all of the snapshot store's \
 data) and verifies its checksum; without it, a damaged chunk is still caught when it is read. \
---repair rewrites a damaged superblock copy from the good one and salvages a damaged journal: \
-every intact record is replayed and each lost write is listed with its offset and length.";
+--repair rewrites a damaged superblock copy or metadata block from its good copy and salvages a \
+damaged journal: every intact record is replayed and each lost write is listed with its offset \
+and length. The source VLUN (the live data) is a plain raw image without checksums: check does \
+not read it.";
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -320,8 +322,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Rewrite a damaged superblock copy from the good one and salvage a damaged journal
-    /// (listing every write lost), then check again.
+    /// Rewrite a damaged superblock copy or metadata block from its good copy and salvage a
+    /// damaged journal (listing every write lost), then check again.
     #[arg(long)]
     pub repair: bool,
 

@@ -1449,3 +1449,94 @@ fn a_damaged_preserved_chunk_is_an_eio_over_nbd_counted_by_info_and_found_by_che
         "{report}"
     );
 }
+
+/// Free bytes on the file system holding `path`, as `df` sees them.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = run_ok(tool("df").args(["--output=avail", "-B1"]).arg(path));
+    text(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes")
+}
+
+/// What broke (issue 10, finding 4): a full host file system failed the volume with EIO until
+/// it was reopened. Now, on a store that lives on a small ext4 file system which fills up,
+/// qemu-io gets ENOSPC for the writes that need space (an overwrite whose original a snapshot
+/// needs, a first write to a region the source has no blocks for), everything else goes on,
+/// and once a file is removed the same server takes those writes; the snapshot is intact
+/// and `check --data` is clean.
+#[test]
+fn a_store_on_a_full_file_system_gives_enospc_over_nbd_and_takes_writes_once_space_is_freed() {
+    for t in ["mkfs.ext4", "mount", "umount", "losetup", "fallocate", "df"] {
+        require(t);
+    }
+    let env = Env::new();
+    let image = env.path("fs.img");
+    fs::File::create(&image)
+        .and_then(|f| f.set_len(96 * MIB))
+        .expect("file system image");
+    run_ok(tool("mkfs.ext4").args(["-F", "-q", "-m", "0"]).arg(&image));
+    let fs_mount = LoopMount::mount(&image, &env.path("fs"), "");
+    fs::create_dir(fs_mount.path("store")).expect("store directory");
+    std::os::unix::fs::symlink(fs_mount.path("store"), env.store()).expect("store link");
+    env.snapvol_ok(&["create", "v", "--size", "32M", "--journal-size", "4M"]);
+
+    let server = env.serve();
+    qemu_io_write(&server.uri("v"), &[(0xaa, 0, 8 * MIB)]);
+    env.snapvol_ok(&["snapshot", "create", "v@s1"]);
+
+    // Something else takes all the space left.
+    let filler = fs_mount.path("filler");
+    let free = free_bytes(&fs_mount.path(""));
+    run_ok(
+        tool("fallocate")
+            .args(["-l", &free.saturating_sub(128 * 1024).to_string()])
+            .arg(&filler),
+    );
+    let (_, out) = qemu_io(
+        &["-c", "write -P 0xbb 0 4M", "-c", "flush"],
+        &server.uri("v"),
+    );
+    assert!(
+        out.contains("No space left on device"),
+        "an overwrite that needs its original preserved: {out}"
+    );
+    let (_, out) = qemu_io(&["-c", "write -P 0xcc 16M 4M"], &server.uri("v"));
+    assert!(
+        out.contains("No space left on device"),
+        "a first write to a region the source has no blocks for: {out}"
+    );
+    // Nothing else changed: reads, the snapshot and info all answer as before.
+    qemu_io_verify(&server.uri("v@s1"), &[(0xaa, 0, 8 * MIB)]);
+    let info = env.snapvol_json(&["info", "v", "--json"]);
+    assert_eq!(
+        info["snapshots"].as_array().map(Vec::len),
+        Some(1),
+        "{info}"
+    );
+    assert!(!server.log().contains("volume failed"), "{}", server.log());
+
+    // Space is freed: the same server takes the same writes.
+    fs::remove_file(&filler).expect("remove the filler");
+    qemu_io_write(
+        &server.uri("v"),
+        &[(0xbb, 0, 4 * MIB), (0xcc, 16 * MIB, 4 * MIB)],
+    );
+    qemu_io_verify(
+        &server.uri("v"),
+        &[
+            (0xbb, 0, 4 * MIB),
+            (0xaa, 4 * MIB, 4 * MIB),
+            (0xcc, 16 * MIB, 4 * MIB),
+        ],
+    );
+    qemu_io_verify(
+        &server.uri("v@s1"),
+        &[(0xaa, 0, 8 * MIB), (0, 16 * MIB, 4 * MIB)],
+    );
+    server.stop();
+    let out = env.snapvol_ok(&["check", "v", "--data"]);
+    assert!(out.contains("clean"), "{out}");
+    fs_mount.unmount();
+}

@@ -159,6 +159,12 @@ impl Cache {
         self.limit
     }
 
+    /// Whether `bytes` more fit now (as [`Cache::wait_for_space`] judges it).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let bytes = bytes.min(self.limit / 2);
+        self.dirty_bytes() + bytes <= self.limit || self.dirty_bytes() == 0
+    }
+
     /// Blocks until `bytes` more would fit (or the cache is empty), calling `wake` to prod the
     /// destager, or until `abort` says to give up.
     pub fn wait_for_space(&self, bytes: u64, wake: impl Fn(), abort: impl Fn() -> bool) {
@@ -280,6 +286,20 @@ impl Cache {
             });
         }
         out
+    }
+
+    /// Marks the reservations of the versions `taken` as used up (a batch turned them into
+    /// allocations, or found no snapshot needs the images any more), so that a batch that
+    /// takes these versions again does not count them twice.
+    pub fn consume_reservations(&self, taken: &DirtyChunk) {
+        let mut shard = self.shard(taken.chunk).lock();
+        if let Some(versions) = shard.chunks.get_mut(&taken.chunk.0) {
+            for v in versions.iter_mut() {
+                if taken.versions.iter().any(|t| t.id == v.id) {
+                    v.reserved = false;
+                }
+            }
+        }
     }
 
     /// Clears the dirty designation of what a destage wrote out: the versions it took.

@@ -232,6 +232,11 @@ impl Journal {
         if dev.growable() {
             dev.set_len(RING_OFFSET + ring_len)
                 .map_err(|e| jerr("size", 0, e))?;
+            // The whole ring's space now, so that no append (a FLUSH) ever finds the file
+            // system full.
+            dev.reserve_space(0, RING_OFFSET + ring_len).map_err(|e| {
+                Error::io_or_full("make room for the journal", Device::Journal, 0, e)
+            })?;
         } else {
             let len = dev.len().map_err(|e| jerr("size", 0, e))?;
             if len < RING_OFFSET + ring_len {

@@ -5,12 +5,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::DirtyChunk;
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
 use crate::units::{TargetSlot, BLOCK};
 
-use super::Inner;
+use super::space::device_code;
+use super::{Inner, MetaState};
 
 /// Largest batch the destager takes at once.
 const MAX_BATCH: u64 = 32 << 20;
@@ -31,6 +33,8 @@ impl Inner {
             if self.failed.get().is_some() || self.cache.dirty_chunks() == 0 {
                 continue;
             }
+            // Paused for want of space (`fail` passes over that): the next round, in 100 ms,
+            // tries again.
             if let Err(e) = self.destage_round() {
                 self.fail(&e);
             }
@@ -74,8 +78,34 @@ impl Inner {
     /// One destage batch (claims 14–16): preserve originals once each for every snapshot that
     /// needs them, commit the pointers, then write the new data to the source and clear the
     /// dirty designations. Returns the number of chunks destaged.
+    ///
+    /// A file system that runs out of space costs the batch, not the volume: before anything
+    /// is committed nothing of the batch counts (its slots go back), after the commit the
+    /// chunks already written are retired, and the rest stay dirty for the next batch, which
+    /// redoes them (the writes are idempotent; the originals are preserved already). The error
+    /// is [`Error::DeviceFull`]; the volume stays writable and destaging resumes once space is
+    /// freed.
     pub(super) fn destage_batch(&self) -> Result<usize> {
-        self.destage_batch_inner().inspect_err(|e| self.fail(e))
+        match self.destage_batch_inner() {
+            Ok(n) => {
+                self.out_of_space.store(0, Ordering::SeqCst);
+                Ok(n)
+            }
+            Err(e @ Error::DeviceFull { device, .. }) => {
+                if self
+                    .out_of_space
+                    .swap(device_code(device), Ordering::SeqCst)
+                    == 0
+                {
+                    tracing::warn!(volume = %self.name, error = %e, "destaging paused: no space left; it resumes once space is freed");
+                }
+                Err(e)
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
     }
 
     fn destage_batch_inner(&self) -> Result<usize> {
@@ -127,10 +157,36 @@ impl Inner {
                 let runs = meta.alloc.allocate(copies).ok_or_else(|| Error::NoSpace {
                     detail: format!("the target cannot hold {copies} more preserved chunks"),
                 })?;
+                // The file system's space for the copies, before anything is written: a full
+                // one gives the slots back and the batch waits (nothing happened).
+                for &(first, n) in &runs {
+                    let off = self.slot_offset(first);
+                    if let Err(e) = self.target.reserve_space(off, n * self.geo.chunk()) {
+                        for &(f, n) in &runs {
+                            (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
+                        }
+                        return Err(Error::io_or_full(
+                            "make room for preserved chunks",
+                            Device::Target,
+                            off,
+                            e,
+                        ));
+                    }
+                }
                 self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
                 self.stats.preserving.fetch_add(copies, Ordering::SeqCst);
                 self.unreserve(held);
                 runs
+            };
+            // Until the commit below, the batch can still be undone: its slots freed, its
+            // writes' reservations back.
+            let undo = |meta: &mut MetaState| {
+                for &(f, n) in &runs {
+                    (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
+                }
+                self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+                self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
+                self.reserved.fetch_add(held, Ordering::SeqCst);
             };
             let mut slots = runs
                 .iter()
@@ -196,7 +252,14 @@ impl Inner {
             // Every affected snapshot's log and bitmap now point at the copies: commit.
             let records = destage::records(&placed);
             let mut meta = self.meta.lock();
-            self.commit_locked(&mut meta, records)?;
+            if let Err(e) = self.commit_locked(&mut meta, records) {
+                // A full file system refuses the metadata before anything is written; any
+                // other failure has failed the volume.
+                if matches!(e, Error::DeviceFull { .. }) {
+                    undo(&mut meta);
+                }
+                return Err(e);
+            }
             for p in &placed {
                 self.index.insert(
                     p.chunk,
@@ -209,46 +272,69 @@ impl Inner {
                 );
             }
             self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
-            self.maybe_checkpoint(&mut meta)?;
             drop(meta);
+            // The batch's reservations are allocations now.
+            batch
+                .iter()
+                .for_each(|d| self.cache.consume_reservations(d));
             self.stats.copies_made.fetch_add(copies, Ordering::Relaxed);
-        }
-
-        // New data to the source (claims 21, 23).
-        let mut compose_buf = vec![0u8; chunk];
-        for d in &batch {
-            let off = self.source_offset(d.chunk);
-            let io = |e| Error::io("write", Device::Source, off, e);
-            match destage::source_write(&d.versions, nblocks) {
-                SourceWrite::Zero => self.source.punch_zero(off, self.geo.chunk()).map_err(io)?,
-                SourceWrite::Whole(bytes) => self.source.write_at(bytes, off).map_err(io)?,
-                SourceWrite::Runs(runs) => {
-                    let n = d.versions.len();
-                    for (b, count) in runs {
-                        let bs = BLOCK as usize;
-                        let piece = &mut compose_buf[..count * bs];
-                        destage::compose(&d.versions[..n], None, b, piece);
-                        let at = off + (b * bs) as u64;
-                        self.source
-                            .write_at(piece, at)
-                            .map_err(|e| Error::io("write", Device::Source, at, e))?;
-                    }
-                }
-            }
-        }
-
-        // Clear the dirty designations; reservations nothing needed are returned.
-        if copies == 0 {
+            let mut meta = self.meta.lock();
+            self.maybe_checkpoint(&mut meta)?;
+        } else {
+            // Nothing to preserve: what the batch's writes reserved is not needed.
             let held: u64 = batch
                 .iter()
                 .flat_map(|d| &d.versions)
                 .map(|v| u64::from(v.reserved))
                 .sum();
             self.unreserve(held);
+            batch
+                .iter()
+                .for_each(|d| self.cache.consume_reservations(d));
+        }
+
+        // New data to the source (claims 21, 23), then the dirty designations cleared. A full
+        // file system stops it at a chunk: those before it are done, the rest wait.
+        let mut compose_buf = vec![0u8; chunk];
+        for (written, d) in batch.iter().enumerate() {
+            if let Err(e) = self.write_source(d, nblocks, &mut compose_buf) {
+                for done in &batch[..written] {
+                    self.cache.retire(done);
+                }
+                return Err(e);
+            }
         }
         for d in &batch {
             self.cache.retire(d);
         }
         Ok(batch.len())
+    }
+
+    /// Writes the newest image of a dirty chunk to the source: its whole buffer, its dirty
+    /// blocks, or a hole for a chunk that reads as zero.
+    fn write_source(&self, d: &DirtyChunk, nblocks: usize, compose_buf: &mut [u8]) -> Result<()> {
+        let off = self.source_offset(d.chunk);
+        let io = |at: u64| move |e| Error::io_or_full("write", Device::Source, at, e);
+        match destage::source_write(&d.versions, nblocks) {
+            SourceWrite::Zero => {
+                self.source
+                    .punch_zero(off, self.geo.chunk())
+                    .map_err(io(off))?;
+                // Its blocks are gone: a later write must find room for them again.
+                self.forget_source_room(d.chunk);
+            }
+            SourceWrite::Whole(bytes) => self.source.write_at(bytes, off).map_err(io(off))?,
+            SourceWrite::Runs(runs) => {
+                let n = d.versions.len();
+                for (b, count) in runs {
+                    let bs = BLOCK as usize;
+                    let piece = &mut compose_buf[..count * bs];
+                    destage::compose(&d.versions[..n], None, b, piece);
+                    let at = off + (b * bs) as u64;
+                    self.source.write_at(piece, at).map_err(io(at))?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use crate::journal::{Journal, JournalHead, Request};
 use crate::metadata::SnapshotMeta;
 use crate::units::Epoch;
 
-use super::{millis, Inner, JOURNAL_EAGER};
+use super::{millis, Inner, JOURNAL_EAGER, STAGING_SHARDS};
 
 impl Inner {
     /// The journal writer: appends what is staged once a few MiB have gathered, so that the
@@ -120,8 +120,23 @@ impl Inner {
             if needed > journal.free() {
                 // Make room: destage everything already journaled and move the head past it.
                 drop(journal);
-                while self.destage_batch()? > 0 {}
-                self.reclaim_journal(true)?;
+                let made_room = (|| {
+                    while self.destage_batch()? > 0 {}
+                    self.reclaim_journal(true)
+                })();
+                if let Err(e @ Error::DeviceFull { .. }) = made_room {
+                    // A full file system paused the destage: nothing was appended, so the
+                    // requests go back to be journaled by a later append, and this one fails
+                    // with ENOSPC (the volume goes on).
+                    self.staged_bytes.fetch_add(taken, Ordering::Relaxed);
+                    for s in staged {
+                        self.staged[(s.wseq as usize) % STAGING_SHARDS]
+                            .lock()
+                            .push(s);
+                    }
+                    return Err(e);
+                }
+                made_room?;
                 journal = self.journal.lock();
                 if needed > journal.free() {
                     return Err(Error::Failed(format!(
@@ -196,6 +211,8 @@ impl Inner {
     /// source, then persists the new head in the superblock. Without `force`, only once a
     /// quarter of the ring is in use (each move costs two syncs).
     pub(super) fn reclaim_journal(&self, force: bool) -> Result<()> {
+        // A full file system refuses the log write before anything is written: the head then
+        // simply stays where it is for now (`fail` passes over it).
         self.reclaim_journal_inner(force)
             .inspect_err(|e| self.fail(e))
     }

@@ -394,15 +394,28 @@ impl Inner {
             .collect();
         records.extend(destage::records(&placed));
         let old_slots = std::mem::take(&mut meta.chain_slots);
+        let old_head = (meta.next_block, meta.sb.meta_head, meta.sb.meta_head_copy);
         meta.next_block = None;
         meta.sb.meta_head = 0;
         meta.sb.meta_head_copy = 0;
         let n = records.len() as u64;
-        // Failing from here on fails the volume (write_chain does); RAM no longer matters.
-        self.write_chain(meta, records)?;
+        match self.write_chain(meta, records) {
+            Ok(()) => {}
+            // A full file system refused the new chain before anything was written: the old
+            // one stands, in RAM as on disk.
+            Err(e @ Error::DeviceFull { .. }) => {
+                meta.chain_slots = old_slots;
+                (meta.next_block, meta.sb.meta_head, meta.sb.meta_head_copy) = old_head;
+                return Err(e);
+            }
+            // Any other failure has failed the volume (write_chain does); RAM no longer matters.
+            Err(e) => return Err(e),
+        }
         meta.chain_records = n;
         for s in old_slots {
             meta.alloc.free(s);
+            // Nothing points there any more: give the space back (best effort).
+            let _ = self.target.discard(self.slot_offset(s), self.geo.chunk());
         }
         self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
         tracing::debug!(volume = %self.name, records = n, "metadata log compacted");
@@ -434,13 +447,8 @@ impl Inner {
         let fits =
             |meta: &MetaState| self.slots_for(meta, &records) + reserve <= self.free_slots(meta);
         if !fits(meta) && (!self.compact(meta)? || !fits(meta)) {
-            return Err(Error::NoSpace {
-                detail: format!(
-                    "the metadata log needs {} more chunk slots; {} are free",
-                    self.slots_for(meta, &records),
-                    self.free_slots(meta)
-                ),
-            });
+            let (need, free) = (self.slots_for(meta, &records), self.free_slots(meta));
+            return Err(self.no_room("the metadata log", need + reserve, free));
         }
         self.write_chain(meta, records)
     }
@@ -450,11 +458,16 @@ impl Inner {
     /// sure there is room.
     pub(super) fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
         // Snapshots still pending go first (after the creations a checkpoint rewrites: their
-        // sequence numbers are higher), ahead of any record that may name them.
+        // sequence numbers are higher), ahead of any record that may name them. The durable
+        // prefix of the pending list only grows meanwhile (we hold the metadata lock), so the
+        // same ones are taken off it below.
         let created: Vec<SnapshotMeta> = {
-            let mut pending = self.pending.lock();
-            let durable = pending.iter().take_while(|p| p.durable).count();
-            pending.drain(..durable).map(|p| p.meta).collect()
+            let pending = self.pending.lock();
+            pending
+                .iter()
+                .take_while(|p| p.durable)
+                .map(|p| p.meta.clone())
+                .collect()
         };
         let last_seq = created.last().map_or(0, |s| s.seq.0);
         let at = records
@@ -462,18 +475,24 @@ impl Inner {
             .take_while(|r| matches!(r, Record::SnapshotCreate { .. }))
             .count();
         records.splice(at..at, created.iter().map(create_record));
-        meta.chain_records += created.len() as u64;
         let blocks = if records.is_empty() && meta.sb.meta_head != 0 {
             Vec::new()
         } else {
             MetaBlock::pack(&records, meta.sb.meta_head_seq + 1)
         };
+        // The fresh slots the blocks need, with the file system's space for them, before
+        // anything is written: a full file system refuses the commit and changes nothing.
+        let mut fresh = self.fresh_metadata_slots(meta, blocks.len())?.into_iter();
+        self.pending.lock().drain(..created.len());
+        meta.chain_records += created.len() as u64;
         let r = (|| {
             let wrote = !blocks.is_empty();
             for mut blk in blocks {
                 let place = match meta.next_block {
                     Some(place) => place,
-                    None => self.metadata_slots(meta)?,
+                    None => fresh
+                        .next()
+                        .expect("a fresh slot pair for every slot the blocks fill"),
                 };
                 blk.prev = meta.sb.meta_head;
                 blk.prev_copy = meta.sb.meta_head_copy;
@@ -510,6 +529,35 @@ impl Inner {
         Ok(())
     }
 
+    /// The fresh slot pairs `blocks` new metadata blocks need after the room left in the
+    /// current pair, allocated and with the file system's space for them. All or nothing:
+    /// an error gives back what it took.
+    fn fresh_metadata_slots(&self, meta: &mut MetaState, blocks: usize) -> Result<Vec<BlockPlace>> {
+        let per_slot = (self.geo.chunk() / BLOCK_SIZE as u64) as usize;
+        let room = meta.next_block.map_or(0, |next| {
+            ((self.geo.chunk() - (next.at - self.data_start) % self.geo.chunk())
+                / BLOCK_SIZE as u64) as usize
+        });
+        let pairs = blocks.saturating_sub(room).div_ceil(per_slot);
+        let mut fresh: Vec<BlockPlace> = Vec::with_capacity(pairs);
+        for _ in 0..pairs {
+            match self.metadata_slots(meta) {
+                Ok(place) => fresh.push(place),
+                Err(e) => {
+                    for place in fresh {
+                        for off in [place.at, place.copy] {
+                            let slot = TargetSlot((off - self.data_start) / self.geo.chunk());
+                            meta.alloc.free(slot);
+                            meta.chain_slots.retain(|&s| s != slot);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Two fresh slots, one for metadata blocks and one for their ditto copies: damage to
     /// one slot never takes both copies of a block.
     fn metadata_slots(&self, meta: &mut MetaState) -> Result<BlockPlace> {
@@ -524,6 +572,19 @@ impl Inner {
                 return Err(none_left());
             }
         };
+        for slot in [first, second] {
+            let off = self.slot_offset(slot);
+            if let Err(e) = self.target.reserve_space(off, self.geo.chunk()) {
+                meta.alloc.free(first);
+                meta.alloc.free(second);
+                return Err(Error::io_or_full(
+                    "make room for the metadata log",
+                    Device::Target,
+                    off,
+                    e,
+                ));
+            }
+        }
         meta.chain_slots.push(first);
         meta.chain_slots.push(second);
         Ok(BlockPlace {

@@ -44,7 +44,7 @@ mod snapshots;
 mod space;
 mod write;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -238,6 +238,13 @@ struct Inner {
     shutdown: AtomicBool,
     /// Opened to be looked at: nothing is written, ever.
     read_only: bool,
+    /// The last destage batch found a file system full (which one: `space::device_code`):
+    /// writes that need the cache to drain get ENOSPC instead of waiting, until a batch gets
+    /// through again. 0 when not.
+    out_of_space: AtomicU8,
+    /// One bit per chunk: the source's blocks for it are known to be allocated, so destaging a
+    /// write there cannot run out of space (`space::ensure_source_room`).
+    source_room: Vec<AtomicU64>,
     /// The journal's device, for `check` to read beside the journal writer.
     journal_dev: Arc<dyn Vlun>,
 }
@@ -597,6 +604,10 @@ impl Volume {
             journal_wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             read_only,
+            out_of_space: AtomicU8::new(0),
+            source_room: (0..geo.chunks().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             source,
             target,
             journal_dev,
@@ -838,7 +849,15 @@ impl Inner {
 
     /// Refuses every later write: after an I/O error the engine does not guess what reached
     /// the disk. Reopening the volume recovers from what is durable.
+    ///
+    /// A full file system ([`Error::DeviceFull`]) is not such an error: every path that
+    /// returns it refused before changing anything (or, in a destage, left the rest of the
+    /// batch dirty to be redone), so the request that needed the space fails and the volume
+    /// goes on.
     fn fail(&self, e: &Error) {
+        if matches!(e, Error::DeviceFull { .. }) {
+            return;
+        }
         if self.failed.set(e.to_string()).is_ok() {
             tracing::error!(volume = %self.name, error = %e, "volume failed; refusing writes until reopened");
         }

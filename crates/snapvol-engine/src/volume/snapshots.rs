@@ -97,6 +97,11 @@ impl Inner {
             meta.alloc.free(*s);
         }
         self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        // No pointer names the freed copies any more (the deletion is committed): give their
+        // space back to the file system (a hole; a discard on a device), so that the target
+        // takes on disk what it holds. A slot used again gets its space back first
+        // (`reserve_space` in the destager). Best effort.
+        self.discard_slots(&freed);
         self.maybe_checkpoint(&mut meta)?;
         tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
         Ok(())

@@ -15,6 +15,7 @@ use crate::cache::{LandedVersion, Landing, SourceBlock};
 use crate::error::{Device, Error, Result};
 use crate::units::BLOCK;
 
+use super::space::device_of;
 use super::{Inner, Staged, JOURNAL_EAGER, STAGING_SHARDS};
 
 impl Inner {
@@ -35,6 +36,12 @@ impl Inner {
                 pos = end;
             }
             return Ok(());
+        }
+        // Room on the source's file system for what this write will put there, before it is
+        // accepted. (Zeroing needs none where it frees whole chunks; where it zeroes part of
+        // one, a full file system pauses the destage until space is freed.)
+        if data.is_some() {
+            self.ensure_source_room(offset, len)?;
         }
         // What the cache takes in one piece: a quarter of it.
         let step = match data {
@@ -166,13 +173,30 @@ impl Inner {
 
     /// Waits until `cost` more bytes fit the cache, destaging on this thread when there is no
     /// background destager.
+    ///
+    /// While destaging is paused because a file system is full, a write the cache has no
+    /// room for gets ENOSPC instead of waiting (it changed nothing; it succeeds once space is
+    /// freed and the destage resumes).
     fn make_room(&self, cost: u64) -> Result<()> {
-        if !self.background_destage && self.cache.dirty_bytes() + cost > self.cache.limit() {
+        // Without a background destager this thread destages. While destaging is paused for
+        // want of space it also tries once itself, so that the first write after space is
+        // freed goes through rather than waiting for the destager's next round.
+        let stalled = self.out_of_space.load(Ordering::SeqCst) != 0;
+        if (!self.background_destage || stalled) && !self.cache.has_room(cost) {
             self.destage_round()?;
         }
-        self.cache
-            .wait_for_space(cost, || self.poke(), || self.failed.get().is_some());
-        self.check_writable()
+        let stuck = || self.failed.get().is_some() || self.out_of_space.load(Ordering::SeqCst) != 0;
+        self.cache.wait_for_space(cost, || self.poke(), stuck);
+        self.check_writable()?;
+        if let Some(device) = device_of(self.out_of_space.load(Ordering::SeqCst)) {
+            if !self.cache.has_room(cost) {
+                return Err(Error::DeviceFull {
+                    device,
+                    detail: "the cache is full, and destaging it waits for space".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The chunks of a locked range in which a write of `epoch` starts a version whose

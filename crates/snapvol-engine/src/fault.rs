@@ -534,6 +534,21 @@ impl CrashVlun {
         Self::with_image(controller, bytes, true, true)
     }
 
+    /// Zeroes what `[start, end)` covers of the image, as an unsynced operation, and on a
+    /// growable device takes the space of its whole blocks away (a hole).
+    fn zero(&self, im: &mut Images, start: usize, end: usize) {
+        let end = end.min(im.live.len());
+        if start >= end {
+            return;
+        }
+        im.live[start..end].fill(0);
+        if self.fixed.is_none() {
+            im.unback(start, end);
+        }
+        let segs = capture(&im.live, start, end, true);
+        im.pending.push(Pending::Sectors(segs));
+    }
+
     /// The controller this device reports to.
     pub fn controller(&self) -> &Arc<FaultController> {
         &self.controller
@@ -727,16 +742,7 @@ impl Vlun for CrashVlun {
         if self.fixed.is_some() && end > im.live.len() {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        let end = end.min(im.live.len());
-        if start >= end {
-            return Ok(());
-        }
-        im.live[start..end].fill(0);
-        if self.fixed.is_none() {
-            im.unback(start, end);
-        }
-        let segs = capture(&im.live, start, end, true);
-        im.pending.push(Pending::Sectors(segs));
+        self.zero(&mut im, start, end);
         Ok(())
     }
 
@@ -762,16 +768,7 @@ impl Vlun for CrashVlun {
         self.controller.check_alive()?;
         let len = usize::try_from(len).map_err(|_| invalid("length out of range"))?;
         let (start, end) = range(offset, len)?;
-        let end = end.min(im.live.len());
-        if start >= end {
-            return Ok(());
-        }
-        im.live[start..end].fill(0);
-        if self.fixed.is_none() {
-            im.unback(start, end);
-        }
-        let segs = capture(&im.live, start, end, true);
-        im.pending.push(Pending::Sectors(segs));
+        self.zero(&mut im, start, end);
         Ok(())
     }
 }

@@ -6,6 +6,10 @@
 //!   source all written and synced. Cost must not grow with N.
 //! - `snapshot_create/SIZE`: latency of taking a snapshot of an idle volume of 1 GiB and of a
 //!   sparse 1 TiB volume. It must not depend on the size.
+//! - `snapshot_read/preserved`: reading a whole snapshot sequentially in 1 MiB reads when
+//!   every chunk of it was overwritten since, so every byte comes from a preserved copy on
+//!   the target (and every copy's checksum is verified); `snapshot_read/live` reads the live
+//!   volume the same way, for comparison.
 //!
 //! Run: `cargo bench -p snapvol-engine --bench engine` (figures in docs/benchmarks.md).
 //! `SNAPVOL_BENCH_MIB` sets the overwrite volume size (default 256).
@@ -111,5 +115,34 @@ fn fill_prefix(vol: &Volume, bytes: u64) {
     vol.flush().expect("flush");
 }
 
-criterion_group!(benches, overwrite, snapshot_create);
+fn snapshot_read(c: &mut Criterion) {
+    let size = volume_mib() * MIB;
+    let mut group = c.benchmark_group("snapshot_read");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Bytes(size));
+    let (_dir, vol) = bench_volume(size);
+    fill(&vol, 1);
+    let seq = vol.snapshot_create("old").expect("snapshot").seq;
+    fill(&vol, 2);
+    let mut buf = vec![0u8; MIB as usize];
+    group.bench_function("preserved", |b| {
+        b.iter(|| {
+            for off in (0..size).step_by(MIB as usize) {
+                vol.read_snapshot(seq, off, &mut buf).expect("read");
+            }
+        });
+    });
+    group.bench_function("live", |b| {
+        b.iter(|| {
+            for off in (0..size).step_by(MIB as usize) {
+                vol.read(off, &mut buf).expect("read");
+            }
+        });
+    });
+    group.finish();
+    vol.close().expect("close");
+}
+
+criterion_group!(benches, overwrite, snapshot_create, snapshot_read);
 criterion_main!(benches);

@@ -8,6 +8,7 @@
 //! [`store`] (a directory of volumes).
 
 pub mod cache;
+mod chain;
 pub mod check;
 pub mod destage;
 pub mod error;

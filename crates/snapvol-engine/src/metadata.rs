@@ -75,14 +75,19 @@ impl SnapshotTable {
         self.snaps.binary_search_by_key(&seq, |s| s.seq).is_ok()
     }
 
-    /// Number of live snapshots with a sequence number in `lo..=hi`.
-    pub fn count_alive(&self, lo: u64, hi: u64) -> usize {
+    /// The live snapshots with a sequence number in `lo..=hi`, oldest first.
+    pub fn range(&self, lo: u64, hi: u64) -> &[SnapshotMeta] {
         if lo > hi {
-            return 0;
+            return &[];
         }
         let a = self.snaps.partition_point(|s| s.seq.0 < lo);
         let b = self.snaps.partition_point(|s| s.seq.0 <= hi);
-        b - a
+        &self.snaps[a..b]
+    }
+
+    /// Number of live snapshots with a sequence number in `lo..=hi`.
+    pub fn count_alive(&self, lo: u64, hi: u64) -> usize {
+        self.range(lo, hi).len()
     }
 
     /// Whether any live snapshot was taken after epoch `after` and no later than `upto`, i.e.
@@ -196,11 +201,14 @@ impl Index {
 
     /// Calls `f` for every (chunk, copy).
     pub fn for_each(&self, mut f: impl FnMut(ChunkIndex, &Entry)) {
+        self.for_each_chunk(|c, v| v.iter().for_each(|e| f(c, e)));
+    }
+
+    /// Calls `f` for every chunk with a preserved copy, with its copies sorted by `hi`.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(ChunkIndex, &[Entry])) {
         for shard in &self.shards {
             for (c, v) in shard.read().iter() {
-                for e in v {
-                    f(ChunkIndex(*c), e);
-                }
+                f(ChunkIndex(*c), v);
             }
         }
     }

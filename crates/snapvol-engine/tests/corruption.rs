@@ -819,6 +819,9 @@ fn impossible_records_are_reported_with_their_block_and_record_number() {
         let r = check(&s, &t, &j, true).expect("repair");
         assert!(r.repaired.is_empty(), "{what}: {:?}", r.repaired);
         assert!(!r.not_repaired.is_empty(), "{what}");
+        // Open reads the log with the same walker: it refuses the volume at the same record.
+        let (location, detail) = open_corrupt(what, s, t, j);
+        assert_eq!(location, want, "{what}: {detail}");
     }
 }
 
@@ -1374,8 +1377,9 @@ fn a_preserve_record_past_the_end_of_the_target_is_refused_by_open_as_by_check()
         "{}",
         describe(&r)
     );
+    // Open and check read the log with one walker, so open names the record as check does.
     let (location, detail) = open_corrupt("slot past the end", s, t, j);
-    assert_eq!(location, format!("metadata block at {off:#x}"));
+    assert_eq!(location, format!("metadata block at {off:#x} record 0"));
     assert!(detail.contains("beyond the end of the target"), "{detail}");
 }
 

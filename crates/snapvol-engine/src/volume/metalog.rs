@@ -1,16 +1,17 @@
-//! The metadata log: reading the chain at open, appending records, compaction, and the
-//! two-copy superblock write.
+//! The metadata log of an open volume: loading it at open (through the walker in
+//! [`crate::chain`], which `check` uses too), appending records, compaction, and the two-copy
+//! superblock write. Reading rules live in `chain`, not here.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
 
+use crate::chain::{self, BlockPlace, FirstProblem};
 use crate::destage::{self};
 use crate::error::{Device, Error, Result};
 use crate::format::{
     self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_CREATE_LEN, META_PAYLOAD,
 };
-use crate::metadata::{Allocator, Entry, Index, SnapshotMeta, SnapshotTable};
-use crate::units::{ChunkIndex, Geometry, SnapshotSeq, TargetSlot};
+use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
+use crate::units::{ChunkIndex, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 
 use super::{create_record, Inner, MetaState, META_HEADROOM};
@@ -34,299 +35,34 @@ pub(super) struct Loaded {
     pub(super) created_seq: u64,
 }
 
-/// Reads the newest valid superblock copy.
-pub(crate) fn read_superblock(target: &dyn Vlun) -> Result<Superblock> {
-    let mut best: Option<Superblock> = None;
-    let mut errors = Vec::new();
-    for g in 0..2u64 {
-        let off = format::superblock_offset(g);
-        let mut b = [0u8; BLOCK_SIZE];
-        target
-            .read_at(&mut b, off)
-            .map_err(|e| Error::io("read superblock", Device::Target, off, e))?;
-        match Superblock::decode(&b, off) {
-            Ok(sb) => {
-                if best.as_ref().is_none_or(|x| sb.generation > x.generation) {
-                    best = Some(sb);
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    match best {
-        Some(sb) => {
-            for e in errors {
-                tracing::warn!(error = %e, "one superblock copy is unusable; using the other");
-            }
-            Ok(sb)
-        }
-        None => Err(errors.remove(0)),
-    }
-}
-
-/// Where a metadata block and its ditto copy are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BlockPlace {
-    /// Byte offset of the block.
-    pub(crate) at: u64,
-    /// Byte offset of its ditto copy.
-    pub(crate) copy: u64,
-}
-
-/// A block of the metadata chain, where it is, and a copy found damaged (and repaired when the
-/// chain was read for writing).
-#[derive(Debug)]
-pub(crate) struct ChainBlock {
-    pub(crate) place: BlockPlace,
-    pub(crate) block: MetaBlock,
-}
-
-/// Reads one metadata block that should carry `seq`: its first copy, or, if that one is
-/// damaged, its ditto copy, which then (`repair`) is written over the damaged one. Returns the
-/// block and, if a copy was damaged, what was found (and done).
-fn read_block_pair(
-    target: &dyn Vlun,
-    place: BlockPlace,
-    seq: u64,
-    volume_id: &[u8; 16],
-    repair: bool,
-) -> Result<(MetaBlock, Option<String>)> {
-    let read = |off: u64| -> Result<([u8; BLOCK_SIZE], Result<MetaBlock>)> {
-        let mut b = [0u8; BLOCK_SIZE];
-        target
-            .read_at(&mut b, off)
-            .map_err(|e| Error::io("read metadata", Device::Target, off, e))?;
-        let decoded = MetaBlock::decode(&b, off, volume_id).and_then(|blk| {
-            if blk.seq == seq {
-                Ok(blk)
-            } else {
-                Err(Error::corrupt(
-                    format!("metadata block at {off:#x}"),
-                    format!("sequence {} where {seq} was expected", blk.seq),
-                ))
-            }
-        });
-        Ok((b, decoded))
-    };
-    let (_, first) = read(place.at)?;
-    let first_err = match first {
-        Ok(blk) => return Ok((blk, None)),
-        Err(e) => e,
-    };
-    let (bytes, second) = read(place.copy)?;
-    // Both copies damaged: the first one's damage is the one to report.
-    let Ok(blk) = second else {
-        return Err(first_err);
-    };
-    let mut note = format!(
-        "metadata block at {:#x} is damaged ({first_err}); its ditto copy at {:#x} is whole",
-        place.at, place.copy
-    );
-    if repair {
-        target
-            .write_at(&bytes, place.at)
-            .and_then(|()| target.sync())
-            .map_err(|e| Error::io("rewrite metadata", Device::Target, place.at, e))?;
-        note.push_str(" and was written over it");
-    }
-    Ok((blk, Some(note)))
-}
-
-/// Reads the metadata chain backwards from the superblock's head, each block from its first
-/// copy or its ditto copy; returns the blocks oldest first with where they are, and what was
-/// found damaged (rewritten from the good copy when `repair`).
-pub(crate) fn read_chain(
-    target: &dyn Vlun,
-    sb: &Superblock,
-    repair: bool,
-) -> Result<(Vec<ChainBlock>, Vec<String>)> {
-    let target_len = target
-        .len()
-        .map_err(|e| Error::io("size", Device::Target, 0, e))?;
-    let mut chain = Vec::new();
-    let mut repairs = Vec::new();
-    let mut place = BlockPlace {
-        at: sb.meta_head,
-        copy: sb.meta_head_copy,
-    };
-    let mut expect_seq = sb.meta_head_seq;
-    // Where the pointer being followed was read, for the error that names it.
-    let mut pointer_at = format!(
-        "superblock copy at {:#x}",
-        format::superblock_offset(sb.generation)
-    );
-    let mut pointer_name = "meta_head";
-    while place.at != 0 {
-        for off in [place.at, place.copy] {
-            if off < sb.data_start || (off - sb.data_start) % BLOCK_SIZE as u64 != 0 {
-                return Err(Error::corrupt(
-                    pointer_at,
-                    format!("{pointer_name} {off:#x} is not a metadata block position"),
-                ));
-            }
-            // A block is written before any pointer to it, so the target holds it; reading
-            // past the end would read zeroes at best, and near u64::MAX the offset arithmetic
-            // of the read overflows.
-            if off
-                .checked_add(BLOCK_SIZE as u64)
-                .is_none_or(|end| end > target_len)
-            {
-                return Err(Error::corrupt(
-                    pointer_at,
-                    format!(
-                        "{pointer_name} {off:#x} lies beyond the end of the target VLUN \
-                         ({target_len:#x} bytes)"
-                    ),
-                ));
-            }
-        }
-        let (blk, damaged) = read_block_pair(target, place, expect_seq, &sb.volume_id, repair)?;
-        repairs.extend(damaged);
-        pointer_at = format!("metadata block at {:#x}", place.at);
-        pointer_name = "prev pointer";
-        let prev = BlockPlace {
-            at: blk.prev,
-            copy: blk.prev_copy,
-        };
-        if prev.at != 0 {
-            // Sequence numbers strictly decrease along the chain, from 1 up, so it cannot loop
-            // and no block comes before block 1.
-            expect_seq = match blk.seq.checked_sub(1) {
-                Some(prev_seq) if prev_seq > 0 => prev_seq,
-                _ => {
-                    return Err(Error::corrupt(
-                        pointer_at,
-                        format!(
-                            "block {} names a previous block at {:#x}; none comes before \
-                             sequence number 1",
-                            blk.seq, prev.at
-                        ),
-                    ))
-                }
-            };
-        }
-        chain.push(ChainBlock { place, block: blk });
-        place = prev;
-    }
-    chain.reverse();
-    Ok((chain, repairs))
-}
-
-/// Loads the metadata: the superblock, the chain (damaged block copies are read around, and
-/// rewritten from their ditto copy when `repair`), the table, the index and the allocator.
+/// Loads the metadata with the walker `check` uses, stopping at the first problem: the
+/// superblock, the chain (a damaged block copy is read around, and rewritten from its ditto
+/// copy when `repair`), the table, the index and the allocator.
 pub(super) fn load(target: &dyn Vlun, repair: bool) -> Result<Loaded> {
-    let sb = read_superblock(target)?;
-    let (chain, ditto_repairs) = read_chain(target, &sb, repair)?;
-    let chunk = u64::from(sb.chunk_size);
-    let geo = Geometry::new(sb.volume_size, sb.chunk_size)?;
-    // A pointer becomes durable only after the copy it points to (I2), so every slot a record
-    // names lies inside the target as well as under its cap. This also bounds the index
-    // insertions a record's count drives by what the target really holds.
-    let target_len = target
-        .len()
-        .map_err(|e| Error::io("size", Device::Target, 0, e))?;
-    let (slot_limit, limit_name) = match sb.target_cap {
-        cap if cap != 0 && cap < target_len => (cap, "the target size cap"),
-        _ => (target_len, "the end of the target VLUN"),
-    };
-    let max_slots = slot_limit.saturating_sub(sb.data_start) / chunk;
-    let index = Index::default();
-    let mut table = SnapshotTable::default();
-    let mut last_seq = sb.last_snapshot_seq;
-    let mut created_seq = sb.last_snapshot_seq;
-    let mut chain_records = 0;
-    for ChainBlock { place, block: blk } in &chain {
-        let off = place.at;
-        for r in &blk.records {
-            chain_records += 1;
-            match r {
-                Record::SnapshotCreate {
-                    seq,
-                    created_ms,
-                    name,
-                } => {
-                    if !table.can_append(*seq, name) {
-                        return Err(Error::corrupt(
-                            format!("metadata block at {off:#x}"),
-                            format!("snapshot {name} {seq} out of order or duplicated"),
-                        ));
-                    }
-                    last_seq = last_seq.max(seq.0);
-                    created_seq = created_seq.max(seq.0);
-                    table.push(SnapshotMeta {
-                        seq: *seq,
-                        name: name.clone(),
-                        created: UNIX_EPOCH + Duration::from_millis(*created_ms),
-                    });
-                }
-                Record::SnapshotDelete { seq } => {
-                    table.remove(*seq);
-                }
-                Record::Preserve {
-                    chunk: c,
-                    slot,
-                    lo,
-                    hi,
-                    crcs,
-                } => {
-                    let count = crcs.len();
-                    let end = c.0.checked_add(count as u64);
-                    if end.is_none_or(|e| e > geo.chunks()) {
-                        return Err(Error::corrupt(
-                            format!("metadata block at {off:#x}"),
-                            format!("preserve record for {c} x{count} lies beyond the volume"),
-                        ));
-                    }
-                    if slot
-                        .0
-                        .checked_add(count as u64)
-                        .is_none_or(|e| e > max_slots)
-                    {
-                        return Err(Error::corrupt(
-                            format!("metadata block at {off:#x}"),
-                            format!(
-                                "{slot} x{count} lies beyond {limit_name} ({slot_limit:#x} bytes)"
-                            ),
-                        ));
-                    }
-                    last_seq = last_seq.max(hi.0);
-                    for (i, &crc) in (0u64..).zip(crcs) {
-                        index.insert(
-                            ChunkIndex(c.0 + i),
-                            Entry {
-                                lo: lo.0,
-                                hi: hi.0,
-                                slot: TargetSlot(slot.0 + i),
-                                crc,
-                            },
-                        );
-                    }
-                }
-            }
+    let sb = chain::read_superblock(target)?;
+    let walked = chain::walk_chain(target, &sb, &mut FirstProblem)?;
+    let mut ditto_repairs = Vec::new();
+    for d in &walked.damaged {
+        let mut note = format!(
+            "metadata block at {:#x} is damaged ({}); its ditto copy at {:#x} is whole",
+            d.at, d.damage, d.twin
+        );
+        if repair {
+            target
+                .write_at(&d.bytes[..], d.at)
+                .and_then(|()| target.sync())
+                .map_err(|e| Error::io("rewrite metadata", Device::Target, d.at, e))?;
+            note.push_str(" and was written over it");
         }
+        ditto_repairs.push(note);
     }
-    // Copies no live snapshot reads (their snapshot was deleted, or never committed before a
-    // crash) are dropped here: the allocator is derived from what the logs still reference.
-    index.remove_unreferenced(&table);
-    let mut used = Vec::new();
-    index.for_each(|_, e| used.push(e.slot.0));
-    let mut chain_slots: Vec<TargetSlot> = chain
-        .iter()
-        .flat_map(|c| [c.place.at, c.place.copy])
-        .map(|off| TargetSlot((off - sb.data_start) / chunk))
-        .collect();
-    chain_slots.sort_unstable();
-    chain_slots.dedup();
-    used.extend(chain_slots.iter().map(|s| s.0));
-    let n = used.len();
+    let target_len = chain::target_len(target)?;
+    let replay = chain::replay(&walked, &sb, target_len, &mut FirstProblem)?;
+    let chain_slots = walked.slots(&sb);
+    let used = chain::verify_copies(&replay, &chain_slots, &sb, &mut FirstProblem)?;
     let alloc = Allocator::from_used(used);
-    if alloc.used() as usize != n {
-        return Err(Error::corrupt(
-            "metadata log",
-            "two live pointers (or a pointer and a metadata block) share a target slot",
-        ));
-    }
-    let next_block = chain.last().and_then(|c| {
+    let chunk = u64::from(sb.chunk_size);
+    let next_block = walked.blocks.last().and_then(|c| {
         let next = c.place.at + BLOCK_SIZE as u64;
         ((next - sb.data_start) % chunk != 0).then_some(BlockPlace {
             at: next,
@@ -335,15 +71,15 @@ pub(super) fn load(target: &dyn Vlun, repair: bool) -> Result<Loaded> {
     });
     Ok(Loaded {
         sb,
-        index,
-        table,
+        index: replay.index,
+        table: replay.table,
         alloc,
         chain_slots,
         next_block,
         ditto_repairs,
-        chain_records,
-        last_seq,
-        created_seq,
+        chain_records: replay.records,
+        last_seq: replay.last_seq,
+        created_seq: replay.created_seq,
     })
 }
 

@@ -65,8 +65,9 @@ use crate::store::{VolumeLock, DEFAULT_CACHE_SIZE};
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 
+use crate::chain::BlockPlace;
 use epoch::EpochGate;
-use metalog::{load, BlockPlace};
+use metalog::load;
 
 /// Tunables for an open volume.
 #[derive(Debug, Clone)]

@@ -84,6 +84,15 @@ pub enum Error {
         /// What needed the space.
         detail: String,
     },
+    /// The cache journal has no room for an append even after everything in it was destaged:
+    /// the append is refused and nothing in the journal is overwritten.
+    #[error("the cache journal has no room for {needed} bytes of records ({free} bytes free)")]
+    JournalFull {
+        /// Bytes of the ring the append needs (a skipped ring end included).
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
     /// A request reaches past the end of the volume.
     #[error("request at offset {offset:#x} length {len:#x} is beyond the end of the volume ({size:#x} bytes)")]
     OutOfBounds {

@@ -403,6 +403,43 @@ fn random_crash_points_with_the_destager_running_concurrently_recover() {
     report("background destage", &total);
 }
 
+/// Large writes that make the journal wrap while its head is past the ring's start: a quarter
+/// of the ring destaged (the head moves there), then more than half of it journaled in large
+/// writes (each within the largest record, half the ring), then one more that goes on at the
+/// ring's start. Every crash point of it must
+/// recover what was flushed. (The journal once counted the room of an append that wraps
+/// without the ring's end it skips; the volume's limits, a cache of a quarter of the ring and
+/// records of at most half of it, kept that from overwriting live records here, so the
+/// journal's own test `an_append_that_wraps_never_overwrites_live_records` covers it.)
+fn large_writes_wrap_the_journal_past_its_head() -> Workload {
+    let ring = crashkit::JOURNAL_SIZE - RING_OFFSET;
+    let payload = |n: u64| n - 64;
+    Workload {
+        name: "large_writes_wrap_the_journal_past_its_head",
+        chunk_size: 64 * 1024,
+        chunks: 64,
+        cache_size: 8 << 20,
+        compact_after_records: 4096,
+        ops: vec![
+            write(0, payload(ring / 4)),
+            DestageAll,
+            write(1 << 20, payload(ring * 7 / 16)),
+            write(3 << 20, payload(ring / 4)),
+            write(0, payload(ring * 5 / 16)),
+            Flush,
+        ],
+    }
+}
+
+#[test]
+fn every_crash_point_of_large_writes_that_wrap_the_journal_recovers() {
+    let w = large_writes_wrap_the_journal_past_its_head();
+    let n = dry_run(&w, false);
+    let s = sweep(&w, &(0..=n).collect::<Vec<_>>(), false, Some(n));
+    report("large writes that wrap the journal", &s);
+    assert!(s.points > n);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The harness itself: it must catch what it claims to catch.
 // ---------------------------------------------------------------------------------------------

@@ -361,13 +361,22 @@ impl Journal {
         self.used
     }
 
-    /// Bytes an append of these requests needs, worst case (a wrap record included).
-    pub fn space_needed(requests: &[Request]) -> u64 {
-        requests
-            .iter()
-            .map(|r| record_size(r.payload().len() as u64))
-            .sum::<u64>()
-            + SECTOR
+    /// Bytes of the ring an append of `requests` takes from where the tail is: its records and,
+    /// when one does not fit before the ring's end, the rest of the ring it skips (where the
+    /// wrap record goes). The append fits when this is at most [`Journal::free`].
+    pub fn append_cost(&self, requests: &[Request]) -> u64 {
+        let mut tail = self.tail;
+        let mut cost = 0;
+        for r in requests {
+            let size = record_size(r.payload().len() as u64);
+            if tail + size > self.ring_len {
+                cost += self.ring_len - tail;
+                tail = 0;
+            }
+            cost += size;
+            tail = (tail + size) % self.ring_len;
+        }
+        cost
     }
 
     /// Free bytes.
@@ -376,8 +385,17 @@ impl Journal {
     }
 
     /// Appends `requests` as records, in order, and syncs. Returns the append's
-    /// generation (for [`Journal::head_after`]). The caller made sure they fit (`free`).
+    /// generation (for [`Journal::head_after`]). The caller makes room first
+    /// ([`Journal::append_cost`] at most [`Journal::free`]); an append without room is refused
+    /// and writes nothing, so it never overwrites a live record.
     pub fn append(&mut self, requests: &[Request]) -> Result<u64> {
+        let needed = self.append_cost(requests);
+        if needed > self.free() {
+            return Err(Error::JournalFull {
+                needed,
+                free: self.free(),
+            });
+        }
         let start_used = self.used;
         let mut segment_start = self.tail;
         self.buf.clear();
@@ -599,7 +617,7 @@ mod tests {
         let big = vec![3u8; 1 << 20];
         for i in 0..12u64 {
             let r = [req(i, i * 4096, &big)];
-            if j.free() < Journal::space_needed(&r) {
+            if j.free() < j.append_cost(&r) {
                 let h = j.head_after(j.generation()).unwrap();
                 j.advance_head(h);
                 last = h;
@@ -612,6 +630,47 @@ mod tests {
         assert!(recs
             .windows(2)
             .all(|w| w[1].seq == w[0].seq + 1 || w[1].seq == w[0].seq + 2));
+    }
+
+    /// What broke: the room an append needs was counted as its records plus one sector, but a
+    /// record that does not fit before the ring's end leaves the rest of the ring unused and
+    /// goes on at its start. With the head past the start, such an append passed the check and
+    /// overwrote live records there: acknowledged writes a replay after a crash no longer found.
+    #[test]
+    fn an_append_that_wraps_never_overwrites_live_records() {
+        let (dev, mut j, _) = fresh();
+        let ring = j.ring_len();
+        let payload = |n: u64| vec![7u8; (n - RECORD_HEADER as u64) as usize];
+        // A quarter of the ring, then five eighths: the tail is at seven eighths.
+        j.append(&[req(1, 0, &payload(ring / 4))]).unwrap();
+        let first = j.generation();
+        j.append(&[req(2, 0, &payload(ring * 5 / 8))]).unwrap();
+        // The first append is destaged: the head moves to a quarter, three eighths are free.
+        let head = j.head_after(first).unwrap();
+        j.advance_head(head);
+        assert_eq!(j.free(), ring * 3 / 8);
+        // Five sixteenths fit in what is free, but not before the ring's end: after the turn
+        // they would reach past the head.
+        let late = [req(3, 0, &payload(ring * 5 / 16))];
+        assert!(
+            j.append_cost(&late) > j.free(),
+            "the room a wrapping append needs includes the end of the ring it skips"
+        );
+        assert!(
+            j.append(&late).is_err(),
+            "an append without room is refused"
+        );
+        let (_, recs) = open(&dev, head);
+        assert_eq!(recs.len(), 1, "the live record is still there");
+        assert_eq!(recs[0].request.epoch(), 2);
+        // Once everything is destaged it fits.
+        let tail = j.tail_head();
+        j.advance_head(tail);
+        assert!(j.append_cost(&late) <= j.free());
+        j.append(&late).unwrap();
+        let (_, recs) = open(&dev, tail);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].request.epoch(), 3);
     }
 
     #[test]

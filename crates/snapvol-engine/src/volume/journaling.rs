@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Device, Error, Result};
-use crate::journal::{Journal, JournalHead, Request};
+use crate::journal::{JournalHead, Request};
 use crate::metadata::SnapshotMeta;
 use crate::units::Epoch;
 
@@ -116,8 +116,7 @@ impl Inner {
             if requests.is_empty() {
                 return Ok(None);
             }
-            let needed = Journal::space_needed(&requests);
-            if needed > journal.free() {
+            if journal.append_cost(&requests) > journal.free() {
                 // Make room: destage everything already journaled and move the head past it.
                 drop(journal);
                 let made_room = (|| {
@@ -138,11 +137,6 @@ impl Inner {
                 }
                 made_room?;
                 journal = self.journal.lock();
-                if needed > journal.free() {
-                    return Err(Error::Failed(format!(
-                        "the cache journal cannot hold {needed} bytes of pending writes"
-                    )));
-                }
             }
             let generation = journal.append(&requests)?;
             // Snapshots whose records are now durable may enter the metadata log; before the

@@ -51,10 +51,11 @@ pub fn plan_chunk(
     for (i, v) in versions.iter().enumerate() {
         if v.epoch > boundary {
             if table.any_alive(boundary, v.epoch) {
+                // The snapshots taken after the boundary's epoch, up to the version's.
                 plan.preserve.push(Preservation {
                     image: i,
-                    lo: boundary + 1,
-                    hi: v.epoch,
+                    lo: boundary.0 + 1,
+                    hi: v.epoch.0,
                 });
                 if !union.is_full(nblocks) {
                     plan.needs_source = true;
@@ -216,8 +217,8 @@ mod tests {
     fn k_snapshots_between_two_writes_share_one_preservation() {
         // Snapshots 1..=64 taken back to back, then a write in epoch 64.
         let t = table(&(1..=64).collect::<Vec<_>>());
-        let v = [version(64, 1, BlockMask::full(4))];
-        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        let v = [version(Epoch(64), 1, BlockMask::full(4))];
+        let p = plan_chunk(ChunkIndex(0), &v, Epoch(0), &t, 4);
         assert_eq!(
             p.preserve,
             vec![Preservation {
@@ -232,8 +233,10 @@ mod tests {
     #[test]
     fn nothing_is_preserved_for_snapshots_that_already_hold_their_original() {
         let t = table(&[1, 2]);
-        let v = [version(2, 1, BlockMask::full(4))];
-        assert!(plan_chunk(ChunkIndex(0), &v, 2, &t, 4).preserve.is_empty());
+        let v = [version(Epoch(2), 1, BlockMask::full(4))];
+        assert!(plan_chunk(ChunkIndex(0), &v, Epoch(2), &t, 4)
+            .preserve
+            .is_empty());
     }
 
     #[test]
@@ -242,10 +245,10 @@ mod tests {
         // which covers every block, so the source is not read.
         let t = table(&[1]);
         let v = [
-            version(0, 1, BlockMask::full(4)),
-            version(1, 2, BlockMask::full(4)),
+            version(Epoch(0), 1, BlockMask::full(4)),
+            version(Epoch(1), 2, BlockMask::full(4)),
         ];
-        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        let p = plan_chunk(ChunkIndex(0), &v, Epoch(0), &t, 4);
         assert_eq!(
             p.preserve,
             vec![Preservation {
@@ -264,10 +267,10 @@ mod tests {
     fn deleted_snapshots_need_no_preservation() {
         let t = table(&[3]);
         let v = [
-            version(2, 1, BlockMask::full(4)),
-            version(5, 2, BlockMask::full(4)),
+            version(Epoch(2), 1, BlockMask::full(4)),
+            version(Epoch(5), 2, BlockMask::full(4)),
         ];
-        let p = plan_chunk(ChunkIndex(0), &v, 0, &t, 4);
+        let p = plan_chunk(ChunkIndex(0), &v, Epoch(0), &t, 4);
         assert_eq!(
             p.preserve,
             vec![Preservation {
@@ -282,7 +285,7 @@ mod tests {
     fn partial_versions_compose_over_the_source_and_write_only_their_blocks() {
         let mut m = BlockMask::default();
         m.set(1);
-        let v = [version(0, 7, m)];
+        let v = [version(Epoch(0), 7, m)];
         let src = vec![9u8; 16384];
         let mut out = vec![0; 16384];
         compose(&v[..1], Some(&src), 0, &mut out);

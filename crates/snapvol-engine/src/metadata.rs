@@ -93,7 +93,7 @@ impl SnapshotTable {
     /// Whether any live snapshot was taken after epoch `after` and no later than `upto`, i.e.
     /// whether an image seen by snapshots `after+1..=upto` must be preserved.
     pub fn any_alive(&self, after: Epoch, upto: Epoch) -> bool {
-        after < upto && self.count_alive(after + 1, upto) > 0
+        after < upto && self.count_alive(after.0 + 1, upto.0) > 0
     }
 
     /// Adds a snapshot newer than all others.
@@ -167,7 +167,7 @@ impl Index {
             .read()
             .get(&c.0)
             .and_then(|v| v.last())
-            .map_or(0, |e| e.hi)
+            .map_or(Epoch(0), |e| Epoch(e.hi))
     }
 
     /// Records a preserved copy (newer than every other copy of the chunk).
@@ -405,7 +405,7 @@ pub(crate) mod tests {
         );
         assert_eq!(idx.lookup(ChunkIndex(3), SnapshotSeq(7)), None);
         assert_eq!(idx.lookup(ChunkIndex(4), SnapshotSeq(1)), None);
-        assert_eq!(idx.watermark(ChunkIndex(3)), 6);
+        assert_eq!(idx.watermark(ChunkIndex(3)), Epoch(6));
         assert_eq!(idx.len(), 2);
     }
 
@@ -440,9 +440,9 @@ pub(crate) mod tests {
         let t = table(&[2, 5, 9]);
         assert_eq!(t.count_alive(1, 9), 3);
         assert_eq!(t.count_alive(3, 8), 1);
-        assert!(!t.any_alive(5, 8));
-        assert!(t.any_alive(4, 5));
-        assert!(!t.any_alive(5, 5));
+        assert!(!t.any_alive(Epoch(5), Epoch(8)));
+        assert!(t.any_alive(Epoch(4), Epoch(5)));
+        assert!(!t.any_alive(Epoch(5), Epoch(5)));
     }
 
     #[test]

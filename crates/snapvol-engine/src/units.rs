@@ -29,8 +29,30 @@ pub struct TargetSlot(pub u64);
 pub struct SnapshotSeq(pub u64);
 
 /// The epoch a write belongs to: the sequence number of the newest snapshot when it was
-/// issued. Snapshot *s* sees writes of epochs `< s`.
-pub type Epoch = u64;
+/// issued. Snapshot *s* sees writes of epochs `< s` ([`Epoch::seen_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// Later than every epoch: what the live volume sees.
+    pub const LIVE: Epoch = Epoch(u64::MAX);
+
+    /// The epoch that starts when snapshot `s` is taken: the writes snapshot `s` does not see.
+    pub fn of(s: SnapshotSeq) -> Epoch {
+        Epoch(s.0)
+    }
+
+    /// Whether a write of this epoch is part of what snapshot `s` holds.
+    pub fn seen_by(self, s: SnapshotSeq) -> bool {
+        self.0 < s.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "epoch {}", self.0)
+    }
+}
 
 impl fmt::Display for ChunkIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -385,9 +385,9 @@ mod tests {
     #[test]
     fn a_sub_block_write_takes_the_rest_of_its_block_from_the_source_read_outside_the_lock() {
         let c = cache();
-        land(&c, 512, &[1u8; 512], 0);
+        land(&c, 512, &[1u8; 512], Epoch(0));
         let mut out = vec![0u8; 4096];
-        let holes = c.read(ChunkIndex(0), 0, &mut out, u64::MAX);
+        let holes = c.read(ChunkIndex(0), 0, &mut out, Epoch::LIVE);
         assert!(holes.0.is_empty(), "the whole block is cached");
         assert!(out[..512].iter().all(|&b| b == 0xee));
         assert!(out[512..1024].iter().all(|&b| b == 1));
@@ -403,7 +403,7 @@ mod tests {
         drop(lock);
         have[0].data = vec![0xee; 4096];
         // Meanwhile a destage retires a version in the same shard (chunk 64 shares shard 0).
-        land(&c, 64 * 16384, &[2u8; 4096], 0);
+        land(&c, 64 * 16384, &[2u8; 4096], Epoch(0));
         let taken = c.collect_all_for_tests();
         for d in &taken {
             c.retire(d);
@@ -419,36 +419,36 @@ mod tests {
     #[test]
     fn a_write_older_than_a_chunks_newest_version_is_refused_before_anything_changes() {
         let c = cache();
-        land(&c, 0, &[1u8; 4096], 5);
+        land(&c, 0, &[1u8; 4096], Epoch(5));
         let lock = c.lock_range(0, 4096);
         assert_eq!(
-            lock.check_order(4),
+            lock.check_order(Epoch(4)),
             Err(EpochOrder {
                 chunk: ChunkIndex(0),
-                newest: 5
+                newest: Epoch(5)
             })
         );
-        assert!(lock.check_order(5).is_ok());
+        assert!(lock.check_order(Epoch(5)).is_ok());
     }
 
     #[test]
     fn new_versions_name_the_image_each_supersedes() {
         let c = cache();
-        land(&c, 0, &[1u8; 4096], 3);
+        land(&c, 0, &[1u8; 4096], Epoch(3));
         let lock = c.lock_range(0, 2 * 16384);
         assert_eq!(
-            lock.new_versions(3),
+            lock.new_versions(Epoch(3)),
             vec![NewVersion {
                 chunk: ChunkIndex(1),
                 supersedes: None
             }]
         );
         assert_eq!(
-            lock.new_versions(4),
+            lock.new_versions(Epoch(4)),
             vec![
                 NewVersion {
                     chunk: ChunkIndex(0),
-                    supersedes: Some(3)
+                    supersedes: Some(Epoch(3))
                 },
                 NewVersion {
                     chunk: ChunkIndex(1),

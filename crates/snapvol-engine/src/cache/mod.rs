@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::units::{ChunkIndex, Geometry, BLOCK};
+use crate::units::{ChunkIndex, Epoch, Geometry, BLOCK};
 
 const SHARDS: usize = 64;
 
@@ -182,7 +182,7 @@ impl Cache {
     }
 
     /// Whether chunk `c` has cached data visible to readers of epochs below `before`.
-    pub fn holds(&self, c: ChunkIndex, before: u64) -> bool {
+    pub fn holds(&self, c: ChunkIndex, before: Epoch) -> bool {
         self.shard(c)
             .lock()
             .chunks
@@ -222,9 +222,9 @@ impl Cache {
     }
 
     /// Serves what the cache holds of `[within, within + out.len())` of chunk `c`, as seen by
-    /// readers of epochs below `before` (`u64::MAX` for the live volume). Returns the ranges
+    /// readers of epochs below `before` ([`Epoch::LIVE`] for the live volume). Returns the ranges
     /// it could not serve, which the caller reads from the source.
-    pub fn read(&self, c: ChunkIndex, within: usize, out: &mut [u8], before: u64) -> Holes {
+    pub fn read(&self, c: ChunkIndex, within: usize, out: &mut [u8], before: Epoch) -> Holes {
         let bs = BLOCK as usize;
         let mut holes = Holes::default();
         let shard = self.shard(c).lock();

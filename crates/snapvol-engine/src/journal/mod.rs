@@ -196,6 +196,17 @@ pub struct JournalHead {
     pub seq: u64,
 }
 
+/// Where an append left the ring: what moving the head past it frees.
+#[derive(Debug, Clone, Copy)]
+struct AppendEnd {
+    /// The append's generation.
+    generation: u64,
+    /// The head that frees it and everything before it.
+    head: JournalHead,
+    /// Bytes of the ring it took (a skipped ring end included).
+    bytes: u64,
+}
+
 /// The append side of the journal. Callers serialize appends (one lock, off the data path).
 #[derive(Debug)]
 pub struct Journal {
@@ -209,9 +220,8 @@ pub struct Journal {
     /// Live bytes between head and tail.
     used: u64,
     head: JournalHead,
-    /// Ends of appends since the head: (append generation, tail after it, next seq after it,
-    /// used bytes the append added).
-    appends: std::collections::VecDeque<(u64, u64, u64, u64)>,
+    /// The appends since the head, oldest first.
+    appends: std::collections::VecDeque<AppendEnd>,
     generation: u64,
     buf: Vec<u8>,
 }
@@ -451,12 +461,11 @@ impl Journal {
         self.write_buf(segment_start)?;
         self.dev.sync().map_err(|e| jerr("sync", 0, e))?;
         self.generation += 1;
-        self.appends.push_back((
-            self.generation,
-            self.tail,
-            self.next_seq,
-            self.used - start_used,
-        ));
+        self.appends.push_back(AppendEnd {
+            generation: self.generation,
+            head: self.tail_head(),
+            bytes: self.used - start_used,
+        });
         debug_assert!(self.used <= self.ring_len);
         Ok(self.generation)
     }
@@ -478,18 +487,18 @@ impl Journal {
     pub fn head_after(&self, upto: u64) -> Option<JournalHead> {
         self.appends
             .iter()
-            .take_while(|a| a.0 <= upto)
+            .take_while(|a| a.generation <= upto)
             .last()
-            .map(|&(_, tail, seq, _)| JournalHead { pos: tail, seq })
+            .map(|a| a.head)
     }
 
     /// Moves the head (after it was persisted): the space of every append before it is free
     /// again.
     pub fn advance_head(&mut self, head: JournalHead) {
-        while self.appends.front().is_some_and(|a| a.2 <= head.seq) {
+        while self.appends.front().is_some_and(|a| a.head.seq <= head.seq) {
             self.appends.pop_front();
         }
-        self.used = self.appends.iter().map(|a| a.3).sum();
+        self.used = self.appends.iter().map(|a| a.bytes).sum();
         self.head = head;
     }
 

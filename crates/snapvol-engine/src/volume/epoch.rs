@@ -67,7 +67,7 @@ impl Drop for Alone<'_> {
 impl EpochGate {
     pub(super) fn new(epoch: Epoch) -> Self {
         Self {
-            epoch: AtomicU64::new(epoch),
+            epoch: AtomicU64::new(epoch.0),
             inside: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             closers: Mutex::new(()),
@@ -93,7 +93,7 @@ impl EpochGate {
             if !self.closed.load(Ordering::SeqCst) {
                 return Admitted {
                     gate: self,
-                    epoch: self.epoch.load(Ordering::SeqCst),
+                    epoch: Epoch(self.epoch.load(Ordering::SeqCst)),
                 };
             }
             self.inside.fetch_sub(1, Ordering::SeqCst);
@@ -104,7 +104,7 @@ impl EpochGate {
     pub(super) fn advance(&self) -> Epoch {
         let _one_closer = self.closers.lock();
         self.shut_and_drain();
-        let next = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let next = Epoch(self.epoch.fetch_add(1, Ordering::SeqCst) + 1);
         self.open();
         next
     }
@@ -116,13 +116,13 @@ impl EpochGate {
         Alone {
             gate: self,
             _one_closer: one_closer,
-            epoch: self.epoch.load(Ordering::SeqCst),
+            epoch: Epoch(self.epoch.load(Ordering::SeqCst)),
         }
     }
 
     /// The current epoch.
     pub(super) fn current(&self) -> Epoch {
-        self.epoch.load(Ordering::SeqCst)
+        Epoch(self.epoch.load(Ordering::SeqCst))
     }
 
     fn shut_and_drain(&self) {
@@ -157,9 +157,9 @@ mod tests {
 
     #[test]
     fn a_snapshot_waits_for_the_writers_inside_and_holds_back_new_ones_until_it_advanced() {
-        let gate = EpochGate::new(7);
+        let gate = EpochGate::new(Epoch(7));
         let inside = gate.enter();
-        assert_eq!(inside.epoch, 7);
+        assert_eq!(inside.epoch, Epoch(7));
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             let gate = &gate;
@@ -175,16 +175,16 @@ mod tests {
                 "advanced with a writer still inside"
             );
             drop(inside);
-            assert_eq!(rx.recv().unwrap(), 8);
-            assert_eq!(late.join().unwrap(), 8);
+            assert_eq!(rx.recv().unwrap(), Epoch(8));
+            assert_eq!(late.join().unwrap(), Epoch(8));
         });
     }
 
     #[test]
     fn a_lone_writer_keeps_the_epoch_and_everyone_else_out_until_it_is_done() {
-        let gate = EpochGate::new(3);
+        let gate = EpochGate::new(Epoch(3));
         let alone = gate.alone();
-        assert_eq!(alone.epoch, 3);
+        assert_eq!(alone.epoch, Epoch(3));
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let waiting = s.spawn(|| {
@@ -207,8 +207,8 @@ mod tests {
             done.store(true, Ordering::SeqCst);
             drop(alone);
             let e = waiting.join().unwrap();
-            assert!(e == 3 || e == 4);
-            assert_eq!(snapshot.join().unwrap(), 4);
+            assert!(e == Epoch(3) || e == Epoch(4));
+            assert_eq!(snapshot.join().unwrap(), Epoch(4));
         });
     }
 }

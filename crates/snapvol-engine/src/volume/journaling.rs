@@ -64,7 +64,7 @@ impl Inner {
         data: Option<Arc<[u8]>>,
     ) -> Result<u64> {
         self.journal_append(Some(Request::Write {
-            epoch,
+            epoch: epoch.0,
             offset,
             len,
             data,
@@ -102,7 +102,7 @@ impl Inner {
             let writes = staged
                 .iter()
                 .map(|s| Request::Write {
-                    epoch: s.epoch,
+                    epoch: s.epoch.0,
                     offset: s.offset,
                     len: s.len,
                     data: s.data.clone(),

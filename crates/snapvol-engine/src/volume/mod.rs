@@ -551,10 +551,12 @@ impl Volume {
             target_cap.map(|cap| cap.saturating_sub(loaded.sb.data_start) / geo.chunk()),
         );
         let slots_used = alloc.used();
-        let epoch = records
-            .iter()
-            .map(|r| r.request.epoch())
-            .fold(loaded.last_seq, u64::max);
+        let epoch = Epoch(
+            records
+                .iter()
+                .map(|r| r.request.epoch())
+                .fold(loaded.last_seq, u64::max),
+        );
         let volume_id = loaded.sb.volume_id;
         let inner = Arc::new(Inner {
             name: name.to_owned(),

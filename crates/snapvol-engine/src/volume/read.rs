@@ -3,7 +3,7 @@
 
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
-use crate::units::{ChunkIndex, SnapshotSeq};
+use crate::units::{ChunkIndex, Epoch, SnapshotSeq};
 
 use super::Inner;
 
@@ -39,7 +39,7 @@ impl Inner {
         for p in self.geo.split(offset, buf.len() as u64) {
             let out = &mut buf[p.req_off..p.req_off + p.len];
             match snap {
-                None => self.read_cached(p.chunk, p.within, out, u64::MAX)?,
+                None => self.read_cached(p.chunk, p.within, out, Epoch::LIVE)?,
                 Some(s) => match self.read_snapshot_piece(p.chunk, p.within, out, s)? {
                     Piece::Read => {}
                     Piece::Damaged(d) => {
@@ -87,7 +87,13 @@ impl Inner {
 
     /// Reads a piece as seen by epochs below `before` from the cache, and the rest from the
     /// source.
-    fn read_cached(&self, c: ChunkIndex, within: usize, out: &mut [u8], before: u64) -> Result<()> {
+    fn read_cached(
+        &self,
+        c: ChunkIndex,
+        within: usize,
+        out: &mut [u8],
+        before: Epoch,
+    ) -> Result<()> {
         let holes = self.cache.read(c, within, out, before);
         let base = self.source_offset(c);
         for (start, len) in holes.0 {
@@ -114,7 +120,7 @@ impl Inner {
             if let Some(copy) = self.index.lookup(c, s) {
                 return self.read_preserved(c, copy, within, out);
             }
-            self.read_cached(c, within, out, s.0)?;
+            self.read_cached(c, within, out, Epoch::of(s))?;
             if self.index.lookup(c, s).is_none() {
                 return Ok(Piece::Read);
             }
@@ -157,7 +163,7 @@ impl Inner {
     ) -> Result<Vec<(u64, bool)>> {
         self.geo.check_range(offset, len)?;
         let end = offset + len.min(64 << 20);
-        let before = snap.map_or(u64::MAX, |s| s.0);
+        let before = snap.map_or(Epoch::LIVE, Epoch::of);
         let io = |e| Error::io("seek", Device::Source, offset, e);
         let mut runs: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, data: bool| match runs.last_mut() {

@@ -7,7 +7,7 @@ use crate::cache::Landing;
 use crate::error::{Error, Result};
 use crate::journal::{JournalRecord, Request};
 use crate::metadata::SnapshotMeta;
-use crate::units::SnapshotSeq;
+use crate::units::{Epoch, SnapshotSeq};
 
 use super::{Inner, PendingSnapshot};
 
@@ -101,13 +101,14 @@ impl Inner {
             tracing::info!(volume = %self.name, records = n, bytes, snapshots, "recovering writes from the cache journal");
         }
         for (seq, epoch, offset, len, data) in writes {
+            let epoch = Epoch(epoch);
             // Journals this version writes hold each chunk's writes in epoch order (the epoch
             // gate); one written out of order (by snapvol before 0.2) is applied in the newer
             // epoch, as the live volume then read it, with a warning.
             let newest = self.cache.lock_range(offset, len).newest_epoch();
             let epoch = match newest {
                 Some(n) if n > epoch => {
-                    tracing::warn!(volume = %self.name, record = seq, epoch, newer = n, "a journal record is out of epoch order; applying it in the newer epoch");
+                    tracing::warn!(volume = %self.name, record = seq, epoch = epoch.0, newer = n.0, "a journal record is out of epoch order; applying it in the newer epoch");
                     n
                 }
                 _ => epoch,

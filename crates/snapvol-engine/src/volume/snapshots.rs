@@ -26,7 +26,7 @@ impl Inner {
         // A snapshot needs a record in the metadata log; on a full target it fails here rather
         // than eat the room kept for deleting snapshots.
         self.check_room(1)?;
-        let seq = SnapshotSeq(self.gate.current() + 1);
+        let seq = SnapshotSeq(self.gate.current().0 + 1);
         let meta = SnapshotMeta {
             seq,
             name: name.to_owned(),
@@ -46,7 +46,7 @@ impl Inner {
             self.table.store(Arc::new(next));
         }
         let advanced = self.gate.advance();
-        debug_assert_eq!(advanced, seq.0);
+        debug_assert_eq!(advanced, crate::units::Epoch::of(seq));
         // One journal append makes it durable with every write acknowledged before it: the
         // staged writes, then the snapshot's record (unless a FLUSH since the epoch advanced
         // journaled the record already, ahead of the first write of its epoch). Its record

@@ -29,7 +29,7 @@ pub struct TargetSlot(pub u64);
 pub struct SnapshotSeq(pub u64);
 
 /// The epoch a write belongs to: the sequence number of the newest snapshot when it was
-/// issued. Snapshot *s* sees writes of epochs `< s` ([`Epoch::seen_by`]).
+/// issued. Snapshot *s* sees writes of epochs below [`Epoch::of`]`(s)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Epoch(pub u64);
 
@@ -40,11 +40,6 @@ impl Epoch {
     /// The epoch that starts when snapshot `s` is taken: the writes snapshot `s` does not see.
     pub fn of(s: SnapshotSeq) -> Epoch {
         Epoch(s.0)
-    }
-
-    /// Whether a write of this epoch is part of what snapshot `s` holds.
-    pub fn seen_by(self, s: SnapshotSeq) -> bool {
-        self.0 < s.0
     }
 }
 

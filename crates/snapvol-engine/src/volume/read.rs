@@ -1,14 +1,35 @@
 //! The read path: live reads from the cache over the source, snapshot reads (claims 11, 12), and
-//! block status.
+//! block status. A read is mapped first (`map_read`: for each chunk piece, the cache over the
+//! source as of an epoch, or a preserved copy), then done step by step; block status asks the
+//! same mapping. Nothing here writes, and nothing here holds a lock while it reads a device.
 
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
-use crate::units::{ChunkIndex, Epoch, SnapshotSeq};
+use crate::units::{ChunkIndex, ChunkPiece, Epoch, SnapshotSeq};
 
 use super::Inner;
 
-/// How a piece of a snapshot read went.
-enum Piece {
+/// Where the bytes of one piece of a read are: what mapping a read decides before any byte is
+/// read (claims 11, 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// What the volume held for epochs below `before`: the newest cached version of each block
+    /// visible there, and the source for the blocks no such version holds (a hole in the
+    /// source reads as zeroes). The live volume reads with `before` = [`Epoch::LIVE`].
+    Volume { before: Epoch },
+    /// A preserved copy in the target VLUN, whose checksum is verified as it is read.
+    Preserved(Entry),
+}
+
+/// One piece of a mapped read: a chunk piece and where its bytes are.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Step {
+    piece: ChunkPiece,
+    place: Place,
+}
+
+/// How doing a step went.
+enum Done {
     Read,
     /// The preserved copy it read failed its checksum.
     Damaged(DamagedCopy),
@@ -21,6 +42,46 @@ struct DamagedCopy {
 }
 
 impl Inner {
+    /// Where the bytes of chunk `c` are for a reader of snapshot `snap` (the live volume for
+    /// `None`): bit *c* of the snapshot's bitmap set → the target at its pointer; clear → what
+    /// the volume held before the snapshot.
+    fn place_of(&self, c: ChunkIndex, snap: Option<SnapshotSeq>) -> Place {
+        match snap {
+            None => Place::Volume {
+                before: Epoch::LIVE,
+            },
+            Some(s) => match self.index.lookup(c, s) {
+                Some(copy) => Place::Preserved(copy),
+                None => Place::Volume {
+                    before: Epoch::of(s),
+                },
+            },
+        }
+    }
+
+    /// Maps a read of `[offset, offset + len)`: where each chunk piece's bytes are.
+    pub(super) fn map_read(&self, offset: u64, len: u64, snap: Option<SnapshotSeq>) -> Vec<Step> {
+        self.geo
+            .split(offset, len)
+            .map(|piece| Step {
+                piece,
+                place: self.place_of(piece.chunk, snap),
+            })
+            .collect()
+    }
+
+    /// Reads one step's bytes into `out`.
+    fn do_step(&self, step: &Step, out: &mut [u8]) -> Result<Done> {
+        let ChunkPiece { chunk, within, .. } = step.piece;
+        match step.place {
+            Place::Volume { before } => {
+                self.read_volume(chunk, within, out, before)?;
+                Ok(Done::Read)
+            }
+            Place::Preserved(copy) => self.read_preserved(chunk, copy, within, out),
+        }
+    }
+
     pub(super) fn read(
         &self,
         offset: u64,
@@ -36,17 +97,21 @@ impl Inner {
             None => None,
         };
         let mut damaged = None;
-        for p in self.geo.split(offset, buf.len() as u64) {
-            let out = &mut buf[p.req_off..p.req_off + p.len];
-            match snap {
-                None => self.read_cached(p.chunk, p.within, out, Epoch::LIVE)?,
-                Some(s) => match self.read_snapshot_piece(p.chunk, p.within, out, s)? {
-                    Piece::Read => {}
-                    Piece::Damaged(d) => {
-                        damaged = Some(d);
-                        break;
-                    }
-                },
+        'steps: for mut step in self.map_read(offset, buf.len() as u64, snap) {
+            let out = &mut buf[step.piece.req_off..step.piece.req_off + step.piece.len];
+            loop {
+                if let Done::Damaged(d) = self.do_step(&step, out)? {
+                    damaged = Some(d);
+                    break 'steps;
+                }
+                // A destage that preserves the chunk while a snapshot reader reads the source
+                // makes the pointer appear before the source changes: mapping the piece again
+                // says whether what was read is still the snapshot's.
+                let again = self.place_of(step.piece.chunk, snap);
+                if again == step.place || matches!(step.place, Place::Preserved(_)) {
+                    break;
+                }
+                step.place = again;
             }
         }
         if let (Some(s), Some(name)) = (snap, name) {
@@ -87,7 +152,7 @@ impl Inner {
 
     /// Reads a piece as seen by epochs below `before` from the cache, and the rest from the
     /// source.
-    fn read_cached(
+    fn read_volume(
         &self,
         c: ChunkIndex,
         within: usize,
@@ -105,28 +170,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Snapshot read of one piece (claims 11, 12): bit 1 → the target at the snapshot's
-    /// pointer; bit 0 → what the volume held before the snapshot: a version kept apart in the
-    /// cache, else the source. If a destage preserves the chunk while we read the source, the
-    /// pointer appears before the source changes, so checking again tells us to retry.
-    fn read_snapshot_piece(
-        &self,
-        c: ChunkIndex,
-        within: usize,
-        out: &mut [u8],
-        s: SnapshotSeq,
-    ) -> Result<Piece> {
-        loop {
-            if let Some(copy) = self.index.lookup(c, s) {
-                return self.read_preserved(c, copy, within, out);
-            }
-            self.read_cached(c, within, out, Epoch::of(s))?;
-            if self.index.lookup(c, s).is_none() {
-                return Ok(Piece::Read);
-            }
-        }
-    }
-
     /// Reads `[within, within + out.len())` of a preserved copy, verifying the whole copy
     /// against its checksum first (a piece of a chunk costs reading the chunk).
     fn read_preserved(
@@ -135,7 +178,7 @@ impl Inner {
         copy: Entry,
         within: usize,
         out: &mut [u8],
-    ) -> Result<Piece> {
+    ) -> Result<Done> {
         let off = self.slot_offset(copy.slot);
         let chunk = self.geo.chunk() as usize;
         let io = |e| Error::io("read", Device::Target, off, e);
@@ -149,9 +192,9 @@ impl Inner {
             crc32c::crc32c(&whole) == copy.crc
         };
         Ok(if ok {
-            Piece::Read
+            Done::Read
         } else {
-            Piece::Damaged(DamagedCopy { chunk: c, copy })
+            Done::Damaged(DamagedCopy { chunk: c, copy })
         })
     }
 
@@ -163,7 +206,6 @@ impl Inner {
     ) -> Result<Vec<(u64, bool)>> {
         self.geo.check_range(offset, len)?;
         let end = offset + len.min(64 << 20);
-        let before = snap.map_or(Epoch::LIVE, Epoch::of);
         let io = |e| Error::io("seek", Device::Source, offset, e);
         let mut runs: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, data: bool| match runs.last_mut() {
@@ -188,9 +230,10 @@ impl Inner {
                 };
             }
             let source_data = data_at.is_some_and(|d| d < chunk_end && hole_at > pos);
-            let data = source_data
-                || self.cache.holds(c, before)
-                || snap.is_some_and(|s| self.index.lookup(c, s).is_some());
+            let data = match self.place_of(c, snap) {
+                Place::Preserved(_) => true,
+                Place::Volume { before } => source_data || self.cache.holds(c, before),
+            };
             push(chunk_end - pos, data);
             pos = chunk_end;
         }

@@ -68,8 +68,8 @@ impl Inner {
             offset,
             len,
             data,
-        }))?
-        .ok_or_else(|| Error::Failed("journal append of a request did not happen".into()))
+        }))
+        .map(|generation| generation.expect("an append that carries a request is never empty"))
     }
 
     /// Appends every staged request (one record each, in request order), then `extra`, to the

@@ -92,7 +92,13 @@ impl Inner {
         let name = match snap {
             Some(s) => match self.table.load().by_seq(s) {
                 Some(m) => Some(format!("{}@{}", self.name, m.name)),
-                None => return Err(Error::SnapshotNotFound(format!("{}@{s}", self.name))),
+                // Deleted before the read began: its name is gone with it.
+                None => {
+                    return Err(Error::SnapshotNotFound(format!(
+                        "{}@<deleted snapshot, sequence number {}>",
+                        self.name, s.0
+                    )))
+                }
             },
             None => None,
         };

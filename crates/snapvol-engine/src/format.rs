@@ -129,6 +129,19 @@ pub struct Superblock {
 /// Superblock flag: closed cleanly.
 const SB_CLEAN: u32 = 1;
 
+/// The first byte of `b[range]` that is not zero: reserved bytes are written as zero and
+/// checked on read, so a later format can give them a meaning that this build refuses rather
+/// than ignores.
+pub(crate) fn nonzero(b: &[u8], range: std::ops::Range<usize>) -> Option<usize> {
+    let start = range.start;
+    b[range].iter().position(|&x| x != 0).map(|i| start + i)
+}
+
+/// What a decoder says of a reserved byte that is not zero.
+pub(crate) fn reserved_not_zero(at: usize) -> String {
+    format!("reserved byte {at} is not zero (written by a later format?)")
+}
+
 impl Superblock {
     /// Encodes into a sealed block.
     pub fn encode(&self) -> [u8; BLOCK_SIZE] {
@@ -200,6 +213,9 @@ impl Superblock {
         };
         if get_u32(b, 12) & !SB_CLEAN != 0 {
             return Err(Error::corrupt(loc(), "unknown flags set"));
+        }
+        if let Some(at) = nonzero(b, 36..40).or_else(|| nonzero(b, 128..BLOCK_SIZE - 4)) {
+            return Err(Error::corrupt(loc(), reserved_not_zero(at)));
         }
         if superblock_offset(sb.generation) != offset {
             return Err(Error::corrupt(
@@ -525,6 +541,9 @@ impl MetaBlock {
                 format!("record count {count} does not fit {len} bytes of payload"),
             ));
         }
+        if let Some(at) = nonzero(b, META_HEADER + len..BLOCK_SIZE - 4) {
+            return Err(Error::corrupt(loc(), reserved_not_zero(at)));
+        }
         let mut payload = &b[META_HEADER..META_HEADER + len];
         let mut records = Vec::with_capacity(count);
         while !payload.is_empty() {
@@ -600,6 +619,39 @@ mod tests {
                 Superblock::decode(&c, 4096).is_err(),
                 "flip at byte {i} not detected"
             );
+        }
+    }
+
+    /// Reserved bytes are written as zero and checked on read: a validly sealed block with one
+    /// set is refused, not read with the byte ignored.
+    #[test]
+    fn a_sealed_block_with_a_reserved_byte_set_is_refused() {
+        let refused = |e: Error| matches!(&e, Error::Corrupt { detail, .. } if detail.contains("reserved byte"));
+        let good = sb().encode();
+        for at in [36, 39, 128, 2048, BLOCK_SIZE - 5] {
+            let mut b = good;
+            b[at] = 1;
+            seal(&mut b);
+            let e = Superblock::decode(&b, superblock_offset(7)).unwrap_err();
+            assert!(refused(e), "superblock byte {at}");
+        }
+        let id = [3; 16];
+        let blk = MetaBlock::pack(
+            &[Record::SnapshotDelete {
+                seq: SnapshotSeq(4),
+            }],
+            1,
+        )
+        .remove(0);
+        let good = blk.encode(&id);
+        MetaBlock::decode(&good, 0, &id).expect("the block as written");
+        let len = blk.records[0].encoded_len();
+        for at in [META_HEADER + len, 3000, BLOCK_SIZE - 5] {
+            let mut b = good;
+            b[at] = 1;
+            seal(&mut b);
+            let e = MetaBlock::decode(&b, 0, &id).unwrap_err();
+            assert!(refused(e), "metadata block byte {at}");
         }
     }
 

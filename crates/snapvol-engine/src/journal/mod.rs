@@ -45,7 +45,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::error::{Device, Error, Result};
-use crate::format::BLOCK_SIZE;
+use crate::format::{nonzero, reserved_not_zero, BLOCK_SIZE};
 use crate::vlun::Vlun;
 
 mod record;
@@ -178,6 +178,9 @@ impl JournalHeader {
                 loc,
                 "unsupported version or impossible ring",
             ));
+        }
+        if let Some(at) = nonzero(b, 12..16).or_else(|| nonzero(b, 48..BLOCK_SIZE - 4)) {
+            return Err(Error::corrupt(loc, reserved_not_zero(at)));
         }
         Ok(Self {
             volume_id: b[16..32].try_into().expect("16 bytes"),
@@ -680,6 +683,41 @@ mod tests {
         let (_, recs) = open(&dev, tail);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].request.epoch(), 3);
+    }
+
+    /// Reserved bytes of the header and of a wrap record are written as zero and checked on
+    /// read.
+    #[test]
+    fn a_sealed_header_or_wrap_record_with_a_reserved_field_set_is_refused() {
+        let good = JournalHeader {
+            volume_id: [7; 16],
+            ring_len: MIN_JOURNAL_SIZE,
+        }
+        .encode();
+        JournalHeader::decode(&good).expect("the header as written");
+        for at in [12, 15, 48, 1000, BLOCK_SIZE - 5] {
+            let mut b = good;
+            b[at] = 1;
+            let crc = crc32c::crc32c(&b[..BLOCK_SIZE - 4]);
+            b[BLOCK_SIZE - 4..].copy_from_slice(&crc.to_le_bytes());
+            let e = JournalHeader::decode(&b).unwrap_err();
+            assert!(
+                e.to_string().contains("reserved byte"),
+                "header byte {at}: {e}"
+            );
+        }
+        let wrap = record::encode_header(9, None, &[7; 16], 0);
+        assert!(record::decode_header(&wrap, &[7; 16]).is_some());
+        for at in [16, 24, 32] {
+            let mut h = wrap;
+            h[at] = 1;
+            let crc = crc32c::crc32c(&h[..56]);
+            h[56..60].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                record::decode_header(&h, &[7; 16]).is_none(),
+                "wrap record byte {at}"
+            );
+        }
     }
 
     #[test]

@@ -104,7 +104,8 @@ pub fn decode_header(h: &[u8], volume_id: &[u8; 16]) -> Option<Header> {
     let ok = match hdr.kind {
         KIND_WRITE => u64::from(hdr.data_len) == hdr.len && hdr.len > 0,
         KIND_ZERO => hdr.data_len == 0 && hdr.len > 0,
-        KIND_WRAP => hdr.data_len == 0,
+        // A wrap record carries no request: its epoch, offset and length are zero.
+        KIND_WRAP => hdr.data_len == 0 && hdr.epoch == 0 && hdr.offset == 0 && hdr.len == 0,
         KIND_SNAPSHOT => hdr.len == 0 && (1..=MAX_NAME).contains(&hdr.data_len),
         _ => false,
     };

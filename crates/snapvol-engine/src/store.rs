@@ -19,11 +19,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::{self, CheckOptions, CheckReport};
 use crate::error::{Error, Result};
-use crate::journal::DEFAULT_JOURNAL_SIZE;
+use crate::journal::{DEFAULT_JOURNAL_SIZE, RING_OFFSET};
 use crate::names::validate_name;
 use crate::paths::VolumePaths;
 use crate::units::{Geometry, DEFAULT_CHUNK};
+use crate::vlun::FileVlun;
 use crate::volume::{Layout, Volume, VolumeOptions};
 
 /// Default size of the write-back cache in RAM.
@@ -229,10 +231,10 @@ impl Store {
     /// Checks a volume's devices (see [`crate::check`]) without changing them, unless
     /// `repair`. Takes the volume's lock (shared to look, exclusive to repair), so it fails
     /// with [`Error::Locked`] while the volume is open for writing elsewhere.
-    pub fn check(&self, name: &str, repair: bool) -> Result<crate::check::CheckReport> {
+    pub fn check(&self, name: &str, repair: bool) -> Result<CheckReport> {
         self.check_with(
             name,
-            crate::check::CheckOptions {
+            CheckOptions {
                 repair,
                 ..Default::default()
             },
@@ -240,18 +242,14 @@ impl Store {
     }
 
     /// [`Store::check`] with every option.
-    pub fn check_with(
-        &self,
-        name: &str,
-        opts: crate::check::CheckOptions,
-    ) -> Result<crate::check::CheckReport> {
+    pub fn check_with(&self, name: &str, opts: CheckOptions) -> Result<CheckReport> {
         let (dir, config) = self.config(name)?;
         let _lock = if opts.repair {
             VolumeLock::acquire(name, &dir)?
         } else {
             VolumeLock::acquire_shared(name, &dir)?
         };
-        crate::check::check_paths(name, &config.paths(&dir), opts)
+        check_paths(name, &config.paths(&dir), opts)
     }
 
     /// The directory and configuration of an existing volume.
@@ -365,6 +363,66 @@ impl Drop for VolumeLock {
             let _ = self.file.set_len(0);
         }
     }
+}
+
+/// Checks the volume whose devices are at `paths`: opened read-only, unless `repair`. A
+/// repair rewrites a damaged superblock copy from the good one (the target opened for
+/// writing), then, if the cache journal holds damaged records that later appends follow,
+/// salvages it: the volume is opened replaying every intact record and closed (so the
+/// journal is empty and everything consistent), and each lost record is listed in
+/// `repaired` with what it held.
+fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Result<CheckReport> {
+    // Opened read-only, so a check cannot change a byte even by mistake.
+    let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
+    let source = ro(&paths.source)?;
+    let journal = ro(&paths.journal)?;
+    if !opts.repair {
+        let target = ro(&paths.target)?;
+        return check::check_with(&source, &target, &journal, opts);
+    }
+    let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
+    let mut report = check::check_with(&source, &target, &journal, opts)?;
+    let salvageable = report
+        .problems
+        .iter()
+        .any(|p| p.repairable && p.location.starts_with("journal record"));
+    if !salvageable {
+        return Ok(report);
+    }
+    drop((source, target, journal));
+    let options = VolumeOptions {
+        background_destage: false,
+        ..Default::default()
+    };
+    let (volume, lost) = Volume::open_salvaging_on(name, paths.open()?, options)?;
+    volume.close()?;
+    let mut repaired = std::mem::take(&mut report.repaired);
+    repaired.push(format!(
+        "cache journal: replayed every intact record; {} damaged record{} lost",
+        lost.len(),
+        if lost.len() == 1 { "" } else { "s" }
+    ));
+    for l in &lost {
+        let at = l
+            .pos
+            .map_or(String::new(), |pos| format!(" at {:#x}", RING_OFFSET + pos));
+        repaired.push(format!(
+            "lost journal record {}{at}: {}",
+            l.seq,
+            check::describe_held(l.held)
+        ));
+    }
+    let (source, target, journal) = (ro(&paths.source)?, ro(&paths.target)?, ro(&paths.journal)?);
+    let after = check::check_with(
+        &source,
+        &target,
+        &journal,
+        CheckOptions {
+            repair: false,
+            ..opts
+        },
+    )?;
+    Ok(after.after_repair(repaired))
 }
 
 #[cfg(test)]

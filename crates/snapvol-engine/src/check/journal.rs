@@ -1,6 +1,6 @@
 //! The cache journal's part of a check: its header (this volume's, a ring the device holds)
 //! and its records from the superblock's head, replayed as open would without applying
-//! anything. Reads only; a salvage is `check_paths`'s decision.
+//! anything. Reads only; a salvage is the store's decision (`Store::check_with`).
 
 use crate::error::{Device, Error, Result};
 use crate::format::{self, Superblock};

@@ -20,11 +20,13 @@
 //!   inside the ring, and records from the head that lie inside the volume, with epochs and
 //!   sequence numbers a volume reaches (a torn tail is the journal's normal end).
 //!
-//! Repair: a bad superblock copy is rewritten from the good one, with the next generation (the
-//! copy a generation lives in is fixed by its parity, so the same generation cannot go in the
-//! other slot). Everything else the format holds once: bitmaps, logs and the allocator are
-//! derived from the metadata log on open, so there is nothing derived to rebuild, and a damaged
-//! log block or journal header cannot be reconstructed.
+//! Repair ([`check_with`] with `repair`): a bad superblock copy is rewritten from the good one,
+//! with the next generation (the copy a generation lives in is fixed by its parity, so the same
+//! generation cannot go in the other slot); a damaged copy of a metadata block is rewritten from
+//! its whole ditto copy. Bitmaps, logs and the allocator are derived from the metadata log on
+//! open, so there is nothing derived to rebuild. A journal with damaged records that later
+//! appends follow is salvaged by opening the volume (`Store::check_with`): this module reads
+//! devices and never opens a volume, so nothing above it is imported here.
 
 mod journal;
 mod metadata;
@@ -34,10 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{self, superblock_location as sb_loc};
 use crate::error::{Device, Error, Result};
 use crate::format::{self, Superblock, BLOCK_SIZE};
-use crate::journal::RING_OFFSET;
-use crate::paths::VolumePaths;
 use crate::units::Geometry;
-use crate::vlun::{FileVlun, Vlun};
+use crate::vlun::Vlun;
 
 use journal::{check_journal_header, check_journal_records};
 use metadata::{check_metadata, DittoFix};
@@ -108,7 +108,7 @@ impl CheckReport {
 
     /// The report of the pass after a repair: what was repaired, and every problem that is
     /// left as not repaired.
-    fn after_repair(mut self, repaired: Vec<String>) -> Self {
+    pub(crate) fn after_repair(mut self, repaired: Vec<String>) -> Self {
         self.repaired = repaired;
         self.not_repaired = self
             .problems
@@ -202,66 +202,6 @@ pub fn check_with(
         scan(source, target, journal, opts)?.report
     };
     Ok(report.after_repair(repaired))
-}
-
-/// Checks the volume whose devices are at `paths`: opened read-only, unless `repair`. A
-/// repair rewrites a damaged superblock copy from the good one (the target opened for
-/// writing), then, if the cache journal holds damaged records that later appends follow,
-/// salvages it: the volume is opened replaying every intact record and closed (so the
-/// journal is empty and everything consistent), and each lost record is listed in
-/// `repaired` with what it held.
-pub fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Result<CheckReport> {
-    // Opened read-only, so a check cannot change a byte even by mistake.
-    let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
-    let source = ro(&paths.source)?;
-    let journal = ro(&paths.journal)?;
-    if !opts.repair {
-        let target = ro(&paths.target)?;
-        return check_with(&source, &target, &journal, opts);
-    }
-    let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
-    let mut report = check_with(&source, &target, &journal, opts)?;
-    let salvageable = report
-        .problems
-        .iter()
-        .any(|p| p.repairable && p.location.starts_with("journal record"));
-    if !salvageable {
-        return Ok(report);
-    }
-    drop((source, target, journal));
-    let options = crate::VolumeOptions {
-        background_destage: false,
-        ..Default::default()
-    };
-    let (volume, lost) = crate::Volume::open_salvaging_on(name, paths.open()?, options)?;
-    volume.close()?;
-    let mut repaired = std::mem::take(&mut report.repaired);
-    repaired.push(format!(
-        "cache journal: replayed every intact record; {} damaged record{} lost",
-        lost.len(),
-        if lost.len() == 1 { "" } else { "s" }
-    ));
-    for l in &lost {
-        let at = l
-            .pos
-            .map_or(String::new(), |pos| format!(" at {:#x}", RING_OFFSET + pos));
-        repaired.push(format!(
-            "lost journal record {}{at}: {}",
-            l.seq,
-            describe_held(l.held)
-        ));
-    }
-    let (source, target, journal) = (ro(&paths.source)?, ro(&paths.target)?, ro(&paths.journal)?);
-    let after = check_with(
-        &source,
-        &target,
-        &journal,
-        CheckOptions {
-            repair: false,
-            ..opts
-        },
-    )?;
-    Ok(after.after_repair(repaired))
 }
 
 /// What one pass finds, and the superblock rewrite that would fix a bad copy.

@@ -1,4 +1,6 @@
-//! Errors of the engine: a stable kind, the context a user needs, and the cause.
+//! Errors of the engine: a stable kind, the context a user needs, and the cause. It decides
+//! nothing: whether an error fails the volume or only its request is the volume's call
+//! (`Inner::fail`); [`Error::errno`] only maps a kind to what NBD and the CLI report.
 
 use std::io;
 use std::path::PathBuf;

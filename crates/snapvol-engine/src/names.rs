@@ -1,4 +1,5 @@
 //! Names of volumes and snapshots: what users type, what export names and directories use.
+//! Rules only: it looks nothing up and imports nothing but the error type.
 
 use crate::error::{Error, Result};
 

@@ -1,4 +1,5 @@
-//! Where a volume's devices are.
+//! Where a volume's devices are, and opening them as a set. It knows file names, not formats:
+//! nothing here reads a byte of a device.
 
 use std::path::{Path, PathBuf};
 

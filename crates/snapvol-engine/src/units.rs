@@ -1,4 +1,5 @@
-//! Newtypes that carry units, so a chunk number is never added to a byte offset.
+//! Newtypes that carry units, so a chunk number is never added to a byte offset. The lowest
+//! layer: it imports nothing from the crate.
 
 use std::fmt;
 

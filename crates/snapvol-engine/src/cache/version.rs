@@ -1,4 +1,5 @@
-//! What the cache holds of a chunk: versions, their data, and which blocks they hold.
+//! What the cache holds of a chunk: versions, their data, and which blocks they hold. Plain
+//! data: no locks, no I/O, and no say in when a version is taken or retired (`cache`'s).
 
 use std::sync::Arc;
 

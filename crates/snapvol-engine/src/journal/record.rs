@@ -1,4 +1,5 @@
-//! A journal record's header: its bytes, and nothing else (see the layout in `mod.rs`).
+//! A journal record's header: its bytes, and nothing else (see the layout in `mod.rs`). No
+//! I/O, and no decision about where a record goes in the ring.
 
 use super::{Request, RECORD_HEADER, SECTOR};
 

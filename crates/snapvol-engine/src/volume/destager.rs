@@ -1,5 +1,6 @@
 //! The destage executor (claims 14–16): performs the plans of [`crate::destage`] in the order
-//! that keeps I1 and I2, and the background thread that runs it.
+//! that keeps I1 and I2, and the background thread that runs it. It decides nothing about what
+//! to preserve (the plan does) and never appends to the journal (the journal writer does).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

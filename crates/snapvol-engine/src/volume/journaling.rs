@@ -1,5 +1,7 @@
 //! The journal writer: appends staged requests to the persistent cache journal, makes flushes
-//! durable, and moves the journal head once the data before it is on the source.
+//! durable, and moves the journal head once the data before it is on the source. It never
+//! writes the source or the target's data area, and moves the head only past appends whose
+//! data the destager has made durable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

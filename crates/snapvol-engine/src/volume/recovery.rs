@@ -1,4 +1,6 @@
 //! Recovery after a crash (claim 25): every write the cache journal holds is examined again.
+//! It lands journaled writes through the same path as live writes (`Inner::land`) and never
+//! writes a device except through the destager and the journal head move.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

@@ -1,4 +1,6 @@
-//! Snapshot creation and deletion, and per-snapshot space accounting.
+//! Snapshot creation and deletion, and per-snapshot space accounting. A creation copies no
+//! data and writes one journal record; a deletion unpublishes the snapshot before it frees
+//! anything. Nothing here reads or writes a volume's data.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

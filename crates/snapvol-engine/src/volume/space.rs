@@ -1,5 +1,6 @@
 //! Target space: what the target can hold, and the slots promised to cached writes whose
-//! originals are not yet preserved.
+//! originals are not yet preserved. Accounting only: it hands out no slot (the allocator does,
+//! in a destage batch) and writes no data.
 
 use std::sync::atomic::Ordering;
 

@@ -314,21 +314,14 @@ fn create_record(s: &SnapshotMeta) -> Record {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn random_id() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
+/// A new volume's id, from the operating system's random source. The superblock, every
+/// metadata block and every journal record carry it, so that a block or record left over from
+/// another volume (a reused file, a stale journal) is never taken for one of this volume's.
+fn random_id() -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
-    for (i, part) in id.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(now_ms() ^ (i as u64) << 32 ^ u64::from(std::process::id()));
-        part.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    id
+    getrandom::fill(&mut id)
+        .map_err(|e| Error::io("drawing a random volume id", Device::Other, 0, e.into()))?;
+    Ok(id)
 }
 
 /// The shape of a new volume.
@@ -454,7 +447,7 @@ impl Volume {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let volume_id = random_id();
+        let volume_id = random_id()?;
         Journal::format(&**journal, volume_id, layout.journal_size)?;
         let mut sb = Superblock {
             generation: 0,

@@ -11,6 +11,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use parking_lot::RwLock;
+use rustix::fs::{FallocateFlags, FlockOperation, SeekFrom};
 
 /// Positional, synchronous I/O on a virtual LUN.
 ///
@@ -181,12 +182,8 @@ impl Vlun for FileVlun {
     }
 
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        if !self.block_device {
-            let fd = self.file.as_raw_fd();
-            let r = fallocate_punch(fd, offset, len);
-            if r.is_ok() {
-                return Ok(());
-            }
+        if !self.block_device && fallocate_punch(&self.file, offset, len).is_ok() {
+            return Ok(());
         }
         // Block devices and file systems without hole punching: write the zeroes.
         write_zeros(self, offset, len)
@@ -196,19 +193,14 @@ impl Vlun for FileVlun {
         if self.block_device {
             return Some(0);
         }
-        statvfs_free(self.file.as_raw_fd()).ok()
+        statvfs_free(&self.file).ok()
     }
 
     fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.block_device || len == 0 {
             return Ok(());
         }
-        match fallocate(
-            self.file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
+        match fallocate(&self.file, FallocateFlags::KEEP_SIZE, offset, len) {
             // A file system that cannot preallocate: writes find out for themselves.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
             r => r,
@@ -222,14 +214,14 @@ impl Vlun for FileVlun {
         if self.block_device {
             return blkdiscard(self.file.as_raw_fd(), offset, len);
         }
-        match fallocate_punch(self.file.as_raw_fd(), offset, len) {
+        match fallocate_punch(&self.file, offset, len) {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
             r => r,
         }
     }
 
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        match seek(self.file.as_raw_fd(), offset, libc::SEEK_DATA) {
+        match seek(&self.file, SeekFrom::Data(offset)) {
             Ok(at) => Ok(Some(at)),
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
             // File systems without SEEK_DATA: everything may be data.
@@ -239,7 +231,7 @@ impl Vlun for FileVlun {
     }
 
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
-        match seek(self.file.as_raw_fd(), offset, libc::SEEK_HOLE) {
+        match seek(&self.file, SeekFrom::Hole(offset)) {
             Ok(at) => Ok(at),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.len(),
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(offset),
@@ -248,43 +240,32 @@ impl Vlun for FileVlun {
     }
 }
 
+// The system calls below answer `io::Error::from(errno)`, which carries the same raw OS
+// error as `last_os_error` would: callers tell ENOSPC, EDQUOT, EOPNOTSUPP, ENXIO and EINVAL
+// apart by `raw_os_error`.
+
 /// `lseek(2)` with SEEK_DATA or SEEK_HOLE. The file position it moves is never used: all I/O
 /// here is positional.
-#[allow(unsafe_code)]
-fn seek(fd: i32, offset: u64, whence: i32) -> io::Result<u64> {
-    // SAFETY: lseek takes a descriptor owned by a live `File` and integers; it touches no
-    // memory of ours.
-    let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
+fn seek(file: &File, pos: SeekFrom) -> io::Result<u64> {
+    rustix::fs::seek(file, pos).map_err(io::Error::from)
 }
 
-fn fallocate_punch(fd: i32, offset: u64, len: u64) -> io::Result<()> {
+fn fallocate_punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     fallocate(
-        fd,
-        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
         offset,
         len,
     )
 }
 
-#[allow(unsafe_code)]
-fn fallocate(fd: i32, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate only reads its integer arguments; `fd` is a descriptor owned by a
-    // live `File` for the duration of the call.
-    let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+fn fallocate(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+    rustix::fs::fallocate(file, mode, offset, len).map_err(io::Error::from)
 }
 
 /// `BLKDISCARD` on a block device: tells the device the range is unused. Devices that cannot
-/// discard say so, and that is fine.
+/// discard say so, and that is fine. rustix has no safe call for this ioctl (its generic
+/// `ioctl` is `unsafe` too), so it stays a libc call.
 #[allow(unsafe_code)]
 fn blkdiscard(fd: i32, offset: u64, len: u64) -> io::Result<()> {
     /// `_IO(0x12, 119)` from `<linux/fs.h>`.
@@ -303,42 +284,28 @@ fn blkdiscard(fd: i32, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-#[allow(unsafe_code)]
-fn statvfs_free(fd: i32) -> io::Result<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `st` is a properly sized, writable statvfs buffer and `fd` is an open descriptor.
-    let r = unsafe { libc::fstatvfs(fd, st.as_mut_ptr()) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstatvfs returned 0, so it initialised the whole structure.
-    let st = unsafe { st.assume_init() };
+/// Bytes free for an unprivileged user on the file system holding `file`.
+fn statvfs_free(file: &File) -> io::Result<u64> {
+    let st = rustix::fs::fstatvfs(file).map_err(io::Error::from)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Takes a non-blocking exclusive `flock(2)` on `file`; `Ok(false)` if another holder has it.
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
-    try_flock(file, libc::LOCK_EX)
+    try_flock(file, FlockOperation::NonBlockingLockExclusive)
 }
 
 /// Takes a non-blocking shared `flock(2)` on `file` (readers share it; a writer's exclusive
 /// lock excludes it); `Ok(false)` if a writer has it. Works on a file opened read-only.
 pub(crate) fn try_lock_shared(file: &File) -> io::Result<bool> {
-    try_flock(file, libc::LOCK_SH)
+    try_flock(file, FlockOperation::NonBlockingLockShared)
 }
 
-#[allow(unsafe_code)]
-fn try_flock(file: &File, how: libc::c_int) -> io::Result<bool> {
-    // SAFETY: flock takes a descriptor owned by the live `file` and integer flags.
-    let r = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+fn try_flock(file: &File, how: FlockOperation) -> io::Result<bool> {
+    match rustix::fs::flock(file, how) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -492,5 +459,35 @@ mod tests {
         let mut buf = [1u8; 5];
         f.read_at(&mut buf, 10).unwrap();
         assert_eq!(buf, [0; 5]);
+    }
+
+    /// The file VLUN's system calls go through rustix; their answers, and the raw OS errors
+    /// that callers match on, must be what they were with libc.
+    #[test]
+    fn file_vlun_system_calls_answer_as_the_engine_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let f = FileVlun::create(&path, 1 << 20).unwrap();
+        f.write_at(&[7; 4096], 0).unwrap();
+        assert_eq!(f.next_data(0).unwrap(), Some(0));
+        assert!(f.next_hole(0).unwrap() >= 4096);
+        // At the end of the file SEEK_DATA fails with ENXIO, which means "no more data".
+        assert_eq!(f.next_data(1 << 20).unwrap(), None);
+        f.reserve_space(1 << 20, 1 << 16).unwrap();
+        assert_eq!(
+            f.len().unwrap(),
+            1 << 20,
+            "KEEP_SIZE leaves the length alone"
+        );
+        f.discard(0, 4096).unwrap();
+        assert!(f.growth_room().is_some_and(|n| n > 0));
+
+        let other = File::open(&path).unwrap();
+        assert!(try_lock_exclusive(&f.file).unwrap());
+        assert!(
+            !try_lock_exclusive(&other).unwrap(),
+            "EWOULDBLOCK is a refusal"
+        );
+        assert!(!try_lock_shared(&other).unwrap());
     }
 }

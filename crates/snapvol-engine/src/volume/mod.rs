@@ -291,12 +291,6 @@ fn create_record(s: &SnapshotMeta) -> Record {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The shape of a new volume.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {

@@ -22,7 +22,7 @@ use crate::vlun::Vlun;
 
 use super::epoch::EpochGate;
 use super::metalog::load;
-use super::{now_ms, Inner, Layout, MetaState, Stats, Volume, VolumeOptions, STAGING_SHARDS};
+use super::{Inner, Layout, MetaState, Stats, Volume, VolumeOptions, STAGING_SHARDS};
 
 /// Logs damage the journal scan found: corruption that a salvage skipped, or a damaged last
 /// append, which open drops (it cannot be told from an append a crash cut short).
@@ -45,15 +45,14 @@ fn report_journal_damage(name: &str, d: &Damage) {
     }
 }
 
-fn random_id() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
+/// A new volume's id, from the operating system's random source. The superblock, every
+/// metadata block and every journal record carry it, so that a block or record left over from
+/// another volume (a reused file, a stale journal) is never taken for one of this volume's.
+fn random_id() -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
-    for (i, part) in id.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(now_ms() ^ (i as u64) << 32 ^ u64::from(std::process::id()));
-        part.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    id
+    getrandom::fill(&mut id)
+        .map_err(|e| Error::io("drawing a random volume id", Device::Other, 0, e.into()))?;
+    Ok(id)
 }
 
 impl Volume {
@@ -157,7 +156,7 @@ impl Volume {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let volume_id = random_id();
+        let volume_id = random_id()?;
         Journal::format(&**journal, volume_id, layout.journal_size)?;
         let mut sb = Superblock {
             generation: 0,

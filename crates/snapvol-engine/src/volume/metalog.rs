@@ -193,6 +193,10 @@ impl Inner {
     /// (the copy its new generation selects) at the new head and syncs again. The caller made
     /// sure there is room.
     pub(super) fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
+        // A commit that failed left RAM out of step with the disk (the pending snapshots it
+        // took, a journal head already set) and failed the volume under this lock: a call
+        // that passed its own check before then must not write that RAM to the superblock.
+        self.check_writable()?;
         // Snapshots still pending go first (after the creations a checkpoint rewrites: their
         // sequence numbers are higher), ahead of any record that may name them. The durable
         // prefix of the pending list only grows meanwhile (we hold the metadata lock), so the

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use snapvol_engine::error::Device;
 use snapvol_engine::fault::IoOp;
@@ -123,24 +123,29 @@ pub(crate) fn execute(
                 Err(e) => Err(e),
             }
         }
-        Step::FlushAndCrash => {
-            // A killed process reports nothing: an error that the background destager meets
-            // after the flush, while the process dies, has no caller left to reach.
-            let before = machine.ctl.faults_injected();
-            match v.flush() {
-                Ok(()) => {
-                    model.made_durable();
-                    // The destager may have met the fault just before the flush, and failed
-                    // the volume just after it looked.
-                    let failed_unseen = vol.take().expect("open").kill().is_some();
-                    if failed_unseen || machine.ctl.faults_injected() > before {
-                        machine.fired_in_kill.store(true, Ordering::SeqCst);
+        Step::FlushAndCrash => match v.flush() {
+            Ok(()) => {
+                model.made_durable();
+                // A fault met before now by a background thread that no caller has seen: the
+                // thread fails the volume once the call that met it returns, which may be
+                // after this flush and after a kill (which then reports nothing). The error
+                // must still reach a caller: ask until the volume refuses.
+                let before = machine.ctl.faults_injected();
+                if before > 0 && !machine.error_reported.load(Ordering::SeqCst) {
+                    if let Err(e) = wait_for_refusal(v) {
+                        return Outcome::Err(e);
                     }
-                    machine.open(opts).map(|reopened| *vol = Some(reopened))
                 }
-                Err(e) => Err(e),
+                // A killed process reports nothing: an error that a background thread meets
+                // from here on, while the process dies, has no caller left to reach.
+                let failed_unseen = vol.take().expect("open").kill().is_some();
+                if failed_unseen || machine.ctl.faults_injected() > before {
+                    machine.fired_in_kill.store(true, Ordering::SeqCst);
+                }
+                machine.open(opts).map(|reopened| *vol = Some(reopened))
             }
-        }
+            Err(e) => Err(e),
+        },
         Step::Close => {
             let r = vol.take().expect("open").close();
             if r.is_ok() {
@@ -153,6 +158,20 @@ pub(crate) fn execute(
         Ok(()) => Outcome::Ok,
         Err(e) => Outcome::Err(e),
     }
+}
+
+/// How long a background thread may take to fail the volume after meeting an error.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Flushes until the volume refuses (a flush with nothing staged writes nothing) and returns
+/// that error, or `Ok` if it still accepts after `REFUSAL_TIMEOUT`.
+fn wait_for_refusal(v: &Volume) -> Result<(), Error> {
+    let deadline = Instant::now() + REFUSAL_TIMEOUT;
+    while Instant::now() < deadline {
+        v.flush()?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Whether an operation's error names `device`: an I/O error on it, or the refusal of a
@@ -230,6 +249,7 @@ fn run_case(
                     _ => {}
                 }
                 first_error = Some((i - 1, e));
+                machine.error_reported.store(true, Ordering::SeqCst);
                 let Some(v) = &vol.0 else { break };
                 // Is the volume failed, or did it shrug off a read error?
                 let fatal = point.kind != Kind::Read
@@ -399,7 +419,7 @@ impl Progress {
 }
 
 /// A case takes milliseconds; one that takes this long is stuck in the engine.
-const CASE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A sweep stops after this many stuck cases (each leaves a thread behind).
 pub(crate) const MAX_HUNG: usize = 2;
 

@@ -91,6 +91,8 @@ pub(crate) struct Machine {
     log: Arc<Mutex<Log>>,
     /// The fault fired while a volume was being killed.
     pub(crate) fired_in_kill: AtomicBool,
+    /// A caller has seen an error.
+    pub(crate) error_reported: AtomicBool,
 }
 
 const DEVICES: [Device; 3] = [Device::Source, Device::Target, Device::Journal];
@@ -106,6 +108,7 @@ impl Machine {
             ],
             log: Arc::default(),
             fired_in_kill: AtomicBool::new(false),
+            error_reported: AtomicBool::new(false),
         }
     }
 

@@ -17,7 +17,7 @@
 //! the workload goes to; then, for one device and one kind of call (read, write, sync), the
 //! workload runs again once per matching call with an `EIO` armed at exactly that call. One
 //! more test does the same with the background destager, where the order is not fixed, and
-//! the last two are the smallest cases the sweeps found.
+//! the last three are the smallest cases the sweeps found.
 //!
 //! A failing sweep lists the fault points that broke a rule, each as `KIND #INDEX on (device,
 //! call)` and what went wrong; `SNAPVOL_FAULT_POINT=INDEX` reruns only that point. A case that

@@ -1,6 +1,7 @@
 //! The smallest cases the sweeps found, one rule each.
 
-use std::sync::Arc;
+use std::io;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use snapvol_engine::error::Device;
 use snapvol_engine::fault::{FaultController, FaultyVlun};
@@ -8,7 +9,7 @@ use snapvol_engine::units::Geometry;
 use snapvol_engine::vlun::{MemVlun, Vlun};
 use snapvol_engine::{Error, Layout, Vluns, Volume};
 
-use crate::case::Held;
+use crate::case::{Held, CASE_TIMEOUT};
 use crate::devices::opts;
 use crate::workload::{pattern, Kind};
 use crate::{CHUNK, JOURNAL, KIB, SIZE};
@@ -179,5 +180,138 @@ fn a_write_zeroes_request_the_engine_splits_is_all_old_or_all_new_after_a_crash_
         got == before || zeroed == got.len(),
         "the request is torn: {zeroed:#x} bytes of the volume are zero, the rest is the old data"
     );
+    vol.close().expect("close");
+}
+
+/// A source VLUN whose next `sync`, once armed, says so and waits for the test to let it go
+/// on: the call that made it has then passed every check a failed volume stops a call at.
+#[derive(Debug)]
+struct PausingSource {
+    inner: Arc<MemVlun>,
+    armed: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl PausingSource {
+    /// Arms the pause: the first receiver hears of the paused call, the sender lets it go on
+    /// (or its drop does).
+    fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (arrived, arrival) = mpsc::channel();
+        let (go, went) = mpsc::channel();
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((arrived, went));
+        (arrival, go)
+    }
+}
+
+impl Vlun for PausingSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        let armed = self
+            .armed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((arrived, go)) = armed {
+            let _ = arrived.send(());
+            let _ = go.recv();
+        }
+        self.inner.sync()
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn growable(&self) -> bool {
+        self.inner.growable()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.punch_zero(offset, len)
+    }
+    fn growth_room(&self) -> Option<u64> {
+        self.inner.growth_room()
+    }
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.reserve_space(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.inner.next_data(offset)
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.inner.next_hole(offset)
+    }
+}
+
+/// What broke: a metadata commit that fails fails the volume, but it has already taken the
+/// durable pending snapshots off the pending list and, for a journal head move, set the new
+/// head in RAM. A call on another thread that had passed its checks before (here a head move
+/// waiting for its source sync; with the background destager, the journal writer's head move
+/// racing a destage batch's commit) went on to write the superblock from that RAM: the
+/// journal head past the snapshot's record, the log without its creation. The call returned
+/// `Ok` from a failed volume, and the acknowledged snapshot was gone after a reopen.
+#[test]
+fn a_metadata_commit_racing_one_that_failed_is_refused_and_the_acknowledged_snapshot_survives() {
+    let d = Devices::new();
+    let source = Arc::new(PausingSource {
+        inner: Arc::clone(&d.mem[0]),
+        armed: Mutex::new(None),
+    });
+    let vluns = || Vluns {
+        source: Box::new(Arc::clone(&source)),
+        ..d.vluns()
+    };
+    let vol = Volume::create_on("v", vluns(), layout(), opts(false)).expect("create");
+    let vol = Held(Some(vol));
+    vol.snapshot_create("s0").expect("snapshot s0");
+    vol.destage_all()
+        .expect("s0's creation moves into the metadata log");
+    vol.snapshot_create("s1")
+        .expect("snapshot s1, durable in the journal only");
+    let (moved, deleted) = std::thread::scope(|scope| {
+        let (arrival, go) = source.arm();
+        // Moves the journal head past s1's record: the source sync first, then the
+        // superblock, with s1's creation going into the log.
+        let mover = scope.spawn(|| vol.destage_all());
+        arrival
+            .recv_timeout(CASE_TIMEOUT)
+            .expect("the set-up no longer moves the journal head in destage_all");
+        // Meanwhile a commit of its own takes s1's creation along and fails.
+        d.fail_next(1, Kind::Write);
+        let deleted = vol.snapshot_delete("s0");
+        drop(go);
+        (mover.join().expect("the head move does not panic"), deleted)
+    });
+    assert!(
+        matches!(
+            deleted,
+            Err(Error::Io {
+                device: Device::Target,
+                ..
+            })
+        ),
+        "the set-up no longer fails the deletion's metadata write: {deleted:?}"
+    );
+    let mut problems = Vec::new();
+    if !matches!(moved, Err(Error::Failed(_))) {
+        problems.push(format!(
+            "the head move that went on after the volume failed returned {moved:?}, not Error::Failed"
+        ));
+    }
+    let _ = vol.close();
+    let vol = Held(Some(
+        Volume::open_on("v", vluns(), opts(false)).expect("reopen"),
+    ));
+    if vol.snapshot("s1").is_err() {
+        problems.push("snapshot s1 was acknowledged and is gone after a reopen".into());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("; "));
     vol.close().expect("close");
 }

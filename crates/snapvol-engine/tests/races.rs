@@ -383,6 +383,16 @@ fn race(
                 break;
             }
         }
+        // On a loaded machine the readers may not have run yet (the assertion below wants at
+        // least one read checked): give them time to read a live snapshot, never forever.
+        let waited = std::time::Instant::now();
+        while cut_after.is_none()
+            && reads_checked.load(Ordering::Relaxed) == 0
+            && !history.lock().unwrap().live.is_empty()
+            && waited.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         stop.store(true, Ordering::SeqCst);
     });
     dev.ctl.free_space();
@@ -434,9 +444,18 @@ fn race_then_verify(fill: bool) {
                 }
                 checks
             });
+            // The checker stops when the race ends, also when the race fails an assertion:
+            // otherwise it would check on forever and the failure would never be reported.
+            struct EndRace<'a>(&'a AtomicBool);
+            impl Drop for EndRace<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+            let end_race = EndRace(&racing);
             let history = race(&vol, &dev, 40, round, None, fill);
             refused += history.refused;
-            racing.store(false, Ordering::SeqCst);
+            drop(end_race);
             assert!(checker.join().unwrap() > 0);
             history
         });

@@ -88,9 +88,13 @@ pub(super) fn check_journal_records(
         &sb.volume_id,
         ring_len,
         head,
+        sb.clean,
         // An open volume's journal ends where appends have got to.
-        sb.clean || in_use,
-        journal::Mode::Salvage,
+        if in_use {
+            journal::Mode::Live
+        } else {
+            journal::Mode::Salvage
+        },
     ) {
         Ok(scan) => scan,
         Err(e) => {

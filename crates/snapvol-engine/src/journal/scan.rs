@@ -38,6 +38,11 @@ pub enum Mode {
     /// Go on past damaged records with the intact records of later appends (what a salvage
     /// does).
     Salvage,
+    /// The journal of an open volume, appended to while it is read (`Volume::check`): read up
+    /// to where appends have got to and stop at the first break, without searching the rest of
+    /// the ring. A record being written there looks torn, and records appended while the ring
+    /// is searched would look like later appends around damage.
+    Live,
 }
 
 /// What replay finds in the ring from a head.
@@ -341,6 +346,9 @@ pub fn scan(
             }
             Step::Break(h) => h,
         };
+        if mode == Mode::Live {
+            break;
+        }
         if closed_cleanly && records.is_empty() && damage.is_none() {
             break;
         }

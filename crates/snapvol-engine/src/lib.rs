@@ -2,10 +2,13 @@
 //! snapshot store (the target VLUN) where the original of each overwritten chunk is preserved
 //! **once**, however many snapshots need it.
 //!
-//! Layers, bottom up: [`vlun`] (positional I/O), [`format`] (bytes on disk), [`metadata`]
-//! (snapshot table, shared preservation index, allocator), [`cache`] (write-back cache with
-//! dirty designations), [`destage`] (batch planning), [`volume`] (the public API) and
-//! [`store`] (a directory of volumes).
+//! Layers, bottom up: [`units`], [`error`] and [`names`]; [`vlun`] (positional I/O) and
+//! [`paths`]; [`format`](mod@format) (bytes on disk) and [`journal`] (the persistent cache
+//! journal); [`metadata`] (snapshot table, shared preservation index, allocator); [`cache`]
+//! (write-back cache with dirty designations); [`destage`] (batch planning); the reader of the
+//! metadata log that open and [`check`] share; [`volume`] (the public API); [`store`] (a
+//! directory of volumes). A module imports only from the layers below it.
+//! `docs/architecture.md` follows a write and a snapshot read through them.
 
 pub mod cache;
 mod chain;

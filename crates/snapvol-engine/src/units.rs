@@ -1,5 +1,5 @@
-//! Newtypes that carry units, so a chunk number is never added to a byte offset. The lowest
-//! layer: it imports nothing from the crate.
+//! Newtypes that carry units, so a chunk number is never added to a byte offset. Among the
+//! lowest layers: it imports nothing from the crate but the error type.
 
 use std::fmt;
 

@@ -10,7 +10,7 @@
 //! a snapshot read takes the versions below its epoch as a prefix, destage planning walks
 //! the images in order. The epoch gate (`volume::epoch`) lets no write of a new epoch land
 //! before every write of the old one has, and landing refuses a write older than a chunk's
-//! newest version ([`landing`]), so the order holds whatever the landing order of threads.
+//! newest version (`landing`), so the order holds whatever the landing order of threads.
 //!
 //! Versions hold whole chunk buffers with a mask of which 4 KiB blocks are valid, so a 4 KiB
 //! write into a 64 KiB chunk reads nothing; only writes smaller than a block need the rest of

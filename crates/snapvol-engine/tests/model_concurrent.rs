@@ -264,7 +264,19 @@ fn assert_snapshots_unchanged(vol: &Volume, snaps: &[Taken], when: &str) {
     for s in snaps {
         vol.read_snapshot(s.seq, 0, &mut buf)
             .unwrap_or_else(|e| panic!("snapshot {} {when}: {e}", s.name));
-        assert!(buf == s.image, "snapshot {} changed {when}", s.name);
+        if buf != s.image {
+            // Where, to tell a chunk that lost its preserved copy from a torn block.
+            let differ: Vec<usize> = (0..buf.len()).filter(|&i| buf[i] != s.image[i]).collect();
+            panic!(
+                "snapshot {} changed {when}: {} bytes differ, from {:#x} to {:#x} (chunk {} to {})",
+                s.name,
+                differ.len(),
+                differ[0],
+                differ[differ.len() - 1],
+                differ[0] as u64 / u64::from(CHUNK),
+                differ[differ.len() - 1] as u64 / u64::from(CHUNK)
+            );
+        }
     }
 }
 

@@ -126,14 +126,26 @@ impl Inner {
         }
         self.reserve(pool)?;
         let shared: Option<Arc<[u8]>> = data.map(Arc::from);
+        // Pin the journal head before the append: an append that is durable but not yet landed
+        // is only in the journal, and a head move between the append and a pin set after it
+        // would pass its record (a power cut then loses an acknowledged write). Every append
+        // from here on has a generation at least this one.
+        let pin = self.journal.lock().generation() + 1;
+        self.landing.lock().push(pin);
+        let unpin = || {
+            let mut pins = self.landing.lock();
+            if let Some(i) = pins.iter().position(|&g| g == pin) {
+                pins.swap_remove(i);
+            }
+        };
         let generation = match self.journal_now(epoch, offset, len, shared.clone()) {
             Ok(g) => g,
             Err(e) => {
+                unpin();
                 self.unreserve(pool);
                 return Err(e);
             }
         };
-        self.landing.lock().push(generation);
         let landed = (|| {
             for (pos, n) in pieces(offset, len, step) {
                 let per_chunk = if data.is_some() {
@@ -161,10 +173,7 @@ impl Inner {
             Ok(())
         })();
         self.unreserve(pool);
-        let mut pins = self.landing.lock();
-        if let Some(i) = pins.iter().position(|&g| g == generation) {
-            pins.swap_remove(i);
-        }
+        unpin();
         drop(alone);
         // The request is journaled: a piece that could not land leaves the cache short of
         // it, so refuse to go on rather than guess (a reopen replays it whole).

@@ -57,11 +57,16 @@ fn record_location(block: u64, i: usize) -> String {
     format!("metadata block at {block:#x} record {i}")
 }
 
-fn read_block(target: &dyn Vlun, op: &'static str, off: u64) -> Result<[u8; BLOCK_SIZE]> {
+/// Reads the 4 KiB block at `off` of `dev` (`device`, for the error), as `op`.
+pub(crate) fn read_block(
+    dev: &dyn Vlun,
+    device: Device,
+    op: &'static str,
+    off: u64,
+) -> Result<[u8; BLOCK_SIZE]> {
     let mut b = [0u8; BLOCK_SIZE];
-    target
-        .read_at(&mut b, off)
-        .map_err(|e| Error::io(op, Device::Target, off, e))?;
+    dev.read_at(&mut b, off)
+        .map_err(|e| Error::io(op, device, off, e))?;
     Ok(b)
 }
 
@@ -75,7 +80,7 @@ pub(crate) fn target_len(target: &dyn Vlun) -> Result<u64> {
 pub(crate) fn read_superblocks(target: &dyn Vlun) -> Result<[(u64, Result<Superblock>); 2]> {
     let copy = |g: u64| -> Result<(u64, Result<Superblock>)> {
         let off = format::superblock_offset(g);
-        let b = read_block(target, "read superblock", off)?;
+        let b = read_block(target, Device::Target, "read superblock", off)?;
         Ok((off, Superblock::decode(&b, off)))
     };
     Ok([copy(0)?, copy(1)?])
@@ -212,7 +217,7 @@ pub(crate) fn walk_chain(
         }
         // Each copy on its own: whole, or its damage with its location.
         let decode = |at: u64| -> Result<([u8; BLOCK_SIZE], Result<MetaBlock>)> {
-            let b = read_block(target, "read metadata", at)?;
+            let b = read_block(target, Device::Target, "read metadata", at)?;
             let blk = MetaBlock::decode(&b, at, &sb.volume_id).and_then(|blk| {
                 if blk.seq == expect_seq {
                     Ok(blk)

@@ -8,7 +8,8 @@ use crate::journal::{self, JournalHead, JournalHeader, RING_OFFSET, SECTOR};
 use crate::units::Geometry;
 use crate::vlun::Vlun;
 
-use super::{read_block, sb_loc, Problem, Problems};
+use super::{sb_loc, Problem, Problems};
+use crate::chain::read_block;
 
 pub(super) const JOURNAL_HEADER_LOC: &str = "journal header at 0x0";
 
@@ -18,7 +19,7 @@ pub(super) fn check_journal_header(
     sb: Option<&Superblock>,
     p: &mut Problems,
 ) -> Result<Option<u64>> {
-    let b = read_block(journal, Device::Journal, 0)?;
+    let b = read_block(journal, Device::Journal, "read", 0)?;
     let header = match JournalHeader::decode(&b) {
         Ok(h) => h,
         Err(e) => {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::{self, superblock_location as sb_loc};
 use crate::error::{Device, Error, Result};
-use crate::format::{self, Superblock, BLOCK_SIZE};
+use crate::format::{self, Superblock};
 use crate::units::Geometry;
 use crate::vlun::Vlun;
 
@@ -268,13 +268,6 @@ fn split_record(detail: &str) -> Option<(usize, &str)> {
     let rest = detail.strip_prefix("record ")?;
     let (n, rest) = rest.split_once(": ")?;
     Some((n.parse().ok()?, rest))
-}
-
-fn read_block(dev: &dyn Vlun, device: Device, off: u64) -> Result<[u8; BLOCK_SIZE]> {
-    let mut b = [0u8; BLOCK_SIZE];
-    dev.read_at(&mut b, off)
-        .map_err(|e| Error::io("read", device, off, e))?;
-    Ok(b)
 }
 
 /// One pass over the devices.

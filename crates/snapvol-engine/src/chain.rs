@@ -15,7 +15,7 @@ use crate::error::{Device, Error, Result};
 use crate::format::{self, MetaBlock, Record, Superblock, BLOCK_SIZE};
 use crate::metadata::{Entry, Index, SnapshotMeta, SnapshotTable};
 use crate::names::validate_name;
-use crate::units::{ChunkIndex, Geometry, TargetSlot};
+use crate::units::{ChunkIndex, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 
 /// What a walk does with a problem it finds.
@@ -491,6 +491,18 @@ pub(crate) fn replay(
                 }
             }
         }
+    }
+    // A rollback under way restores a live snapshot (its creation is committed before the
+    // superblock names it, and it cannot be deleted until the rollback ends).
+    if sb.rollback_to != 0 && !r.table.is_alive(SnapshotSeq(sb.rollback_to)) {
+        f.problem(Error::corrupt(
+            superblock_location(format::superblock_offset(sb.generation)),
+            format!(
+                "a rollback to snapshot sequence number {} is under way, but no live snapshot \
+                 has that number",
+                sb.rollback_to
+            ),
+        ))?;
     }
     // Copies no live snapshot reads (their snapshot was deleted, or never committed before a
     // crash) are dropped here: the allocator is derived from what the logs still reference.

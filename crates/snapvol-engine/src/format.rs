@@ -90,7 +90,9 @@ fn crc_ok(block: &[u8; BLOCK_SIZE]) -> bool {
 /// 104    8  journal head: ring position of the first live journal record
 /// 112    8  journal head seq: that record's sequence number
 /// 120    8  meta_head_copy: byte offset of the ditto copy of the newest metadata block
-/// 128 3964  zero
+/// 128    8  rollback_to: sequence number of the snapshot the live volume is being rolled
+///           back to (0 = none); an open finishes the rollback
+/// 136 3956  zero
 /// 4092   4  CRC-32C of bytes 0..4092
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,11 @@ pub struct Superblock {
     /// The volume was closed cleanly: the journal holds nothing after its head, so replay
     /// need not look past a break for records of later appends (`journal::scan`).
     pub clean: bool,
+    /// A rollback of the live volume to this snapshot is under way (0 = none): it was
+    /// recorded before the rollback's first write and is cleared after its last one is
+    /// durable. An open for writing finishes it; an open for reading reads the live volume
+    /// as this snapshot, which is what it is about to become.
+    pub rollback_to: u64,
 }
 
 /// Superblock flag: closed cleanly.
@@ -162,6 +169,7 @@ impl Superblock {
         put_u64(&mut b, 104, self.journal_head);
         put_u64(&mut b, 112, self.journal_head_seq);
         put_u64(&mut b, 120, self.meta_head_copy);
+        put_u64(&mut b, 128, self.rollback_to);
         seal(&mut b);
         b
     }
@@ -210,11 +218,12 @@ impl Superblock {
             journal_head: get_u64(b, 104),
             journal_head_seq: get_u64(b, 112),
             clean: get_u32(b, 12) & SB_CLEAN != 0,
+            rollback_to: get_u64(b, 128),
         };
         if get_u32(b, 12) & !SB_CLEAN != 0 {
             return Err(Error::corrupt(loc(), "unknown flags set"));
         }
-        if let Some(at) = nonzero(b, 36..40).or_else(|| nonzero(b, 128..BLOCK_SIZE - 4)) {
+        if let Some(at) = nonzero(b, 36..40).or_else(|| nonzero(b, 136..BLOCK_SIZE - 4)) {
             return Err(Error::corrupt(loc(), reserved_not_zero(at)));
         }
         if superblock_offset(sb.generation) != offset {
@@ -227,6 +236,15 @@ impl Superblock {
             || sb.data_start != data_start(sb.chunk_size)
         {
             return Err(Error::corrupt(loc(), "impossible geometry"));
+        }
+        if sb.rollback_to > sb.last_snapshot_seq {
+            return Err(Error::corrupt(
+                loc(),
+                format!(
+                    "a rollback to snapshot sequence number {}, above the highest ever taken ({})",
+                    sb.rollback_to, sb.last_snapshot_seq
+                ),
+            ));
         }
         for (field, value) in [
             ("generation", sb.generation),
@@ -598,6 +616,7 @@ mod tests {
             journal_head: 0x2000,
             journal_head_seq: 17,
             clean: true,
+            rollback_to: 4,
         }
     }
 
@@ -628,7 +647,7 @@ mod tests {
     fn a_sealed_block_with_a_reserved_byte_set_is_refused() {
         let refused = |e: Error| matches!(&e, Error::Corrupt { detail, .. } if detail.contains("reserved byte"));
         let good = sb().encode();
-        for at in [36, 39, 128, 2048, BLOCK_SIZE - 5] {
+        for at in [36, 39, 136, 2048, BLOCK_SIZE - 5] {
             let mut b = good;
             b[at] = 1;
             seal(&mut b);

@@ -170,6 +170,28 @@ impl Index {
             .map_or(Epoch(0), |e| Epoch(e.hi))
     }
 
+    /// Whether a destaged write changed chunk `c` between snapshot `from` and the epoch
+    /// `to` (exclusive): the copy snapshot `from` reads, if any, was superseded by a write
+    /// of epoch `hi`, the first at or after `from` (see `destage::plan_chunk`), so the chunk
+    /// changed exactly when `hi < to`. No copy for `from` means no write since `from` has
+    /// been destaged.
+    pub fn changed(&self, c: ChunkIndex, from: SnapshotSeq, to: Epoch) -> bool {
+        self.lookup(c, from).is_some_and(|e| e.hi < to.0)
+    }
+
+    /// Adds to `out` every chunk [`Index::changed`] holds for (unordered). Costs one step per
+    /// preserved copy, whatever the volume's size.
+    pub fn changed_chunks(&self, from: SnapshotSeq, to: Epoch, out: &mut Vec<ChunkIndex>) {
+        for shard in &self.shards {
+            let shard = shard.read();
+            out.extend(shard.iter().filter_map(|(c, entries)| {
+                let i = entries.partition_point(|e| e.hi < from.0);
+                let e = entries.get(i)?;
+                (e.lo <= from.0 && e.hi < to.0).then_some(ChunkIndex(*c))
+            }));
+        }
+    }
+
     /// Records a preserved copy (newer than every other copy of the chunk).
     pub fn insert(&self, c: ChunkIndex, e: Entry) {
         let mut shard = self.shard(c).write();

@@ -88,6 +88,12 @@ fn shard_of(c: ChunkIndex) -> usize {
     (c.0 % SHARDS as u64) as usize
 }
 
+/// Whether one of `versions` (oldest first) is of an epoch in `from..to`.
+fn in_epochs(versions: &[Version], from: Epoch, to: Epoch) -> bool {
+    let first = versions.partition_point(|v| v.epoch < from);
+    versions.get(first).is_some_and(|v| v.epoch < to)
+}
+
 impl Cache {
     /// A cache for `geo` holding at most about `limit` dirty bytes.
     pub fn new(geo: Geometry, limit: u64) -> Self {
@@ -188,6 +194,30 @@ impl Cache {
             .chunks
             .get(&c.0)
             .is_some_and(|vs| vs.first().is_some_and(|v| v.epoch < before))
+    }
+
+    /// Whether chunk `c` holds a version of an epoch in `from..to`: a write not yet destaged
+    /// that readers of `from` do not see and readers of `to` do.
+    pub fn changed(&self, c: ChunkIndex, from: Epoch, to: Epoch) -> bool {
+        self.shard(c)
+            .lock()
+            .chunks
+            .get(&c.0)
+            .is_some_and(|vs| in_epochs(vs, from, to))
+    }
+
+    /// Adds to `out` every chunk that holds a version of an epoch in `from..to` (unordered).
+    pub fn changed_chunks(&self, from: Epoch, to: Epoch, out: &mut Vec<ChunkIndex>) {
+        for shard in &self.shards {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .chunks
+                    .iter()
+                    .filter(|(_, vs)| in_epochs(vs, from, to))
+                    .map(|(c, _)| ChunkIndex(*c)),
+            );
+        }
     }
 
     /// Records that a write into version `id` of chunk `c` is durable in journal append

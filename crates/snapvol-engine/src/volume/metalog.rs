@@ -338,7 +338,7 @@ impl Inner {
     /// tears at most the copy being written while the other holds a whole state, and at rest
     /// both copies hold the newest state, so a copy damaged later never makes an open fall
     /// back to stale metadata. `last_seq` is the highest snapshot creation the log now holds.
-    fn write_superblock(&self, meta: &mut MetaState, last_seq: u64) -> Result<()> {
+    pub(super) fn write_superblock(&self, meta: &mut MetaState, last_seq: u64) -> Result<()> {
         let mut sb = meta.sb.clone();
         sb.last_snapshot_seq = sb.last_snapshot_seq.max(last_seq);
         for _ in 0..2 {

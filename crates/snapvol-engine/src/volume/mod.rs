@@ -33,6 +33,7 @@
 //! | `destager` | the destage executor and its background thread (claims 14–16) |
 //! | `recovery` | replaying the cache journal after a crash (claim 25) |
 //! | `metalog` | the metadata log: loading the chain, commits, compaction, superblocks |
+//! | `restore` | diffs between two points, and rollback |
 //! | `snapshots` | snapshot create and delete, space accounting |
 
 mod destager;
@@ -42,6 +43,7 @@ mod metalog;
 mod open;
 mod read;
 mod recovery;
+mod restore;
 mod snapshots;
 mod space;
 mod write;
@@ -65,6 +67,7 @@ use crate::vlun::Vlun;
 
 use crate::chain::BlockPlace;
 use epoch::EpochGate;
+pub use restore::RollbackReport;
 
 /// Tunables for an open volume.
 #[derive(Debug, Clone)]
@@ -236,6 +239,9 @@ struct Inner {
     shutdown: AtomicBool,
     /// Opened to be looked at: nothing is written, ever.
     read_only: bool,
+    /// Opened read-only in the middle of a rollback: the live volume reads as this snapshot,
+    /// which it is becoming (`restore`).
+    live_view: Option<SnapshotSeq>,
     /// The last destage batch found a file system full (which one: `space::device_code`):
     /// writes that need the cache to drain get ENOSPC instead of waiting, until a batch gets
     /// through again. 0 when not.
@@ -381,6 +387,72 @@ impl Volume {
         len: u64,
     ) -> Result<Vec<(u64, bool)>> {
         self.inner.allocation(snap, offset, len)
+    }
+
+    /// The chunks that changed between snapshot `from` and `to` (a newer snapshot, or the
+    /// live volume for `None`), from metadata alone: sorted, merged byte extents
+    /// `(offset, length)` in whole chunks. A chunk changed when some write between the two
+    /// points touched it (trims and zeroing included). Costs one step per preserved copy and
+    /// cached chunk, never per chunk of the volume. Fails when `to` is not newer than `from`
+    /// or either snapshot is gone.
+    pub fn diff(&self, from: SnapshotSeq, to: Option<SnapshotSeq>) -> Result<Vec<(u64, u64)>> {
+        self.check_order(from, to)?;
+        self.inner.diff(from, to)
+    }
+
+    /// Which parts of `[offset, offset + len)` changed between snapshot `from` and `to` (as
+    /// [`Volume::diff`] says), as consecutive `(length, changed)` runs from `offset`. Covers
+    /// at most 1 GiB (callers ask again for the rest).
+    pub fn changed(
+        &self,
+        from: SnapshotSeq,
+        to: Option<SnapshotSeq>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.check_order(from, to)?;
+        self.inner.changed(from, to, offset, len)
+    }
+
+    fn check_order(&self, from: SnapshotSeq, to: Option<SnapshotSeq>) -> Result<()> {
+        match to {
+            Some(to) if to <= from => {
+                let table = self.inner.table.load();
+                let name = |s: SnapshotSeq| {
+                    table
+                        .by_seq(s)
+                        .map_or_else(|| format!("sequence number {}", s.0), |m| m.name.clone())
+                };
+                Err(Error::InvalidArgument(format!(
+                    "a diff goes from an older point to a newer one: {}@{} is {} {}@{}",
+                    self.inner.name,
+                    name(from),
+                    if to == from { "the same snapshot as" } else { "newer than" },
+                    self.inner.name,
+                    name(to)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes the live volume exactly snapshot `to`'s content; every snapshot, older and newer,
+    /// stays as it was. Rewrites only the chunks that differ (from [`Volume::diff`]), through
+    /// the cache, so the cost follows the amount of change, not the volume's size. Crash-safe:
+    /// if the process dies part-way, the next open finishes the rollback. Snapshot creation
+    /// and deletion wait for it. `progress` is told the bytes rewritten so far and the total.
+    pub fn rollback(
+        &self,
+        to: SnapshotSeq,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<RollbackReport> {
+        self.inner.rollback(to, progress)
+    }
+
+    /// The snapshot an unfinished rollback is making the live volume (one that failed
+    /// part-way, say on a full disk): running it again, or reopening, finishes it.
+    pub fn rollback_pending(&self) -> Option<SnapshotSeq> {
+        self.inner.rollback_target()
     }
 
     /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).

@@ -17,7 +17,7 @@ use crate::journal::{Damage, Held, Journal, JournalHead, LostRecord, Mode as Jou
 use crate::names::validate_name;
 use crate::paths::{Vluns, VolumePaths};
 use crate::store::VolumeLock;
-use crate::units::{Epoch, Geometry};
+use crate::units::{Epoch, Geometry, SnapshotSeq};
 use crate::vlun::Vlun;
 
 use super::epoch::EpochGate;
@@ -173,6 +173,7 @@ impl Volume {
             journal_head: 0,
             journal_head_seq: 1,
             clean: true,
+            rollback_to: 0,
         };
         // Both copies valid from the start; generation 1 is the current one.
         for g in 0..2 {
@@ -259,6 +260,7 @@ impl Volume {
                 .fold(loaded.last_seq, u64::max),
         );
         let volume_id = loaded.sb.volume_id;
+        let rollback_to = (loaded.sb.rollback_to != 0).then_some(SnapshotSeq(loaded.sb.rollback_to));
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             geo,
@@ -308,6 +310,7 @@ impl Volume {
             journal_wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             read_only,
+            live_view: rollback_to.filter(|_| read_only),
             out_of_space: AtomicU8::new(0),
             source_room: (0..geo.chunks().div_ceil(64))
                 .map(|_| AtomicU64::new(0))
@@ -338,14 +341,15 @@ impl Volume {
                     .map_err(|e| Error::file("journal thread", e))?,
             );
         }
-        Ok((
-            Self {
-                inner,
-                destager,
-                open: true,
-                _lock: None,
-            },
-            damage,
-        ))
+        let v = Self {
+            inner,
+            destager,
+            open: true,
+            _lock: None,
+        };
+        if let (Some(to), false) = (rollback_to, read_only) {
+            v.inner.finish_rollback(to)?;
+        }
+        Ok((v, damage))
     }
 }

@@ -89,6 +89,7 @@ impl Inner {
         snap: Option<SnapshotSeq>,
     ) -> Result<()> {
         self.geo.check_range(offset, buf.len() as u64)?;
+        let snap = self.reader_of(snap);
         let name = match snap {
             Some(s) => match self.table.load().by_seq(s) {
                 Some(m) => Some(format!("{}@{}", self.name, m.name)),
@@ -211,6 +212,7 @@ impl Inner {
         len: u64,
     ) -> Result<Vec<(u64, bool)>> {
         self.geo.check_range(offset, len)?;
+        let snap = self.reader_of(snap);
         let end = offset + len.min(64 << 20);
         let io = |e| Error::io("seek", Device::Source, offset, e);
         let mut runs: Vec<(u64, bool)> = Vec::new();

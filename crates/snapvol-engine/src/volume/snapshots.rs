@@ -85,6 +85,12 @@ impl Inner {
         // No destage batch may be between planning and publishing while copies are freed.
         let _d = self.destage_lock.lock();
         let mut meta = self.meta.lock();
+        if meta.sb.rollback_to == seq.0 {
+            return Err(Error::InvalidArgument(format!(
+                "{full} is the snapshot an unfinished rollback is restoring: run \
+                 `snapvol snapshot rollback {full}` to finish it before deleting the snapshot"
+            )));
+        }
         self.commit_locked(&mut meta, vec![Record::SnapshotDelete { seq }])?;
         // The snapshot leaves the table before its copies leave the index: a reader of it
         // that found no pointer (and read the live volume's data instead) then sees it gone

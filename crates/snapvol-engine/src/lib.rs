@@ -32,4 +32,6 @@ pub use paths::{Vluns, VolumePaths};
 pub use store::{
     parse_snapshot_name, parse_volume_or_snapshot, CreateOptions, Store, DEFAULT_CACHE_SIZE,
 };
-pub use volume::{Layout, RollbackReport, SnapshotInfo, Volume, VolumeInfo, VolumeOptions};
+pub use volume::{
+    ChangeGuard, Layout, RollbackReport, SnapshotInfo, Volume, VolumeInfo, VolumeOptions,
+};

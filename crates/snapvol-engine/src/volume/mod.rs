@@ -67,7 +67,7 @@ use crate::vlun::Vlun;
 
 use crate::chain::BlockPlace;
 use epoch::EpochGate;
-pub use restore::RollbackReport;
+pub use restore::{ChangeGuard, RollbackReport};
 
 /// Tunables for an open volume.
 #[derive(Debug, Clone)]
@@ -427,7 +427,11 @@ impl Volume {
                     "a diff goes from an older point to a newer one: {}@{} is {} {}@{}",
                     self.inner.name,
                     name(from),
-                    if to == from { "the same snapshot as" } else { "newer than" },
+                    if to == from {
+                        "the same snapshot as"
+                    } else {
+                        "newer than"
+                    },
                     self.inner.name,
                     name(to)
                 )))
@@ -447,6 +451,14 @@ impl Volume {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<RollbackReport> {
         self.inner.rollback(to, progress)
+    }
+
+    /// Starts changes to the live volume that must happen entirely or not at all: until
+    /// [`ChangeGuard::finish`] returns, a crash leaves the live volume as snapshot `fallback`,
+    /// and so does dropping the guard (an error part-way). Snapshot creation and deletion wait
+    /// meanwhile. For applying an incremental stream on top of `fallback`.
+    pub fn guarded_changes(&self, fallback: SnapshotSeq) -> Result<ChangeGuard<'_>> {
+        ChangeGuard::start(&self.inner, fallback)
     }
 
     /// The snapshot an unfinished rollback is making the live volume (one that failed

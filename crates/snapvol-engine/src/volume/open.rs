@@ -260,7 +260,8 @@ impl Volume {
                 .fold(loaded.last_seq, u64::max),
         );
         let volume_id = loaded.sb.volume_id;
-        let rollback_to = (loaded.sb.rollback_to != 0).then_some(SnapshotSeq(loaded.sb.rollback_to));
+        let rollback_to =
+            (loaded.sb.rollback_to != 0).then_some(SnapshotSeq(loaded.sb.rollback_to));
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             geo,

@@ -92,11 +92,7 @@ impl Inner {
     /// The chunks that changed between `a` and `b` (either order; `None` = the live volume),
     /// as sorted, merged byte extents `(offset, length)`. Costs one step per preserved copy
     /// and per cached chunk, whatever the volume's size.
-    pub(super) fn diff(
-        &self,
-        a: SnapshotSeq,
-        b: Option<SnapshotSeq>,
-    ) -> Result<Vec<(u64, u64)>> {
+    pub(super) fn diff(&self, a: SnapshotSeq, b: Option<SnapshotSeq>) -> Result<Vec<(u64, u64)>> {
         let mut chunks = Vec::new();
         if let Some(span) = self.span(a, b)? {
             self.cache
@@ -158,20 +154,31 @@ impl Inner {
     ) -> Result<RollbackReport> {
         self.check_writable()?;
         let _a = self.admin_lock.lock();
+        self.record_rollback(to)?;
+        self.rollback_writes(to, progress)
+    }
+
+    /// Records in the superblock that the live volume is becoming snapshot `to` (durably,
+    /// before anything is written). The caller holds `admin_lock`.
+    fn record_rollback(&self, to: SnapshotSeq) -> Result<()> {
         self.alive(to)?;
         // The snapshot's creation must be in the metadata log before the superblock names it:
         // the journal append makes it durable, the commit below moves it into the log.
         self.flush()?;
-        {
-            let mut meta = self.meta.lock();
-            let before = meta.sb.rollback_to;
-            meta.sb.rollback_to = to.0;
-            if let Err(e) = self.commit_locked(&mut meta, Vec::new()) {
-                meta.sb.rollback_to = before;
-                return Err(e);
-            }
-        }
-        self.rollback_writes(to, progress)
+        let mut meta = self.meta.lock();
+        let before = meta.sb.rollback_to;
+        meta.sb.rollback_to = to.0;
+        self.commit_locked(&mut meta, Vec::new())
+            .inspect_err(|_| meta.sb.rollback_to = before)
+    }
+
+    /// Clears the rollback record once every write before this call is durable.
+    fn clear_rollback(&self) -> Result<()> {
+        self.flush()?;
+        let mut meta = self.meta.lock();
+        meta.sb.rollback_to = 0;
+        self.write_superblock(&mut meta, 0)
+            .inspect_err(|e| self.fail(e))
     }
 
     /// The writes of a rollback whose start is recorded, then the record cleared.
@@ -205,12 +212,7 @@ impl Inner {
                 progress(report.rewritten_bytes, total);
             }
         }
-        self.flush()?;
-        let mut meta = self.meta.lock();
-        meta.sb.rollback_to = 0;
-        self.write_superblock(&mut meta, 0)
-            .inspect_err(|e| self.fail(e))?;
-        drop(meta);
+        self.clear_rollback()?;
         Ok(report)
     }
 
@@ -227,5 +229,59 @@ impl Inner {
     pub(super) fn rollback_target(&self) -> Option<SnapshotSeq> {
         let s = self.meta.lock().sb.rollback_to;
         (s != 0).then_some(SnapshotSeq(s))
+    }
+}
+
+/// Changes to the live volume that must happen entirely or not at all, such as applying an
+/// incremental stream: until [`ChangeGuard::finish`], the volume is recorded as rolling back
+/// to a snapshot, so a crash (or dropping the guard) leaves it as that snapshot.
+#[must_use = "dropping the guard rolls the changes back"]
+pub struct ChangeGuard<'a> {
+    pub(super) inner: &'a Inner,
+    pub(super) to: SnapshotSeq,
+    pub(super) _admin: parking_lot::MutexGuard<'a, ()>,
+    pub(super) finished: bool,
+}
+
+impl std::fmt::Debug for ChangeGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeGuard")
+            .field("volume", &self.inner.name)
+            .field("fallback", &self.to)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl<'a> ChangeGuard<'a> {
+    /// Starts guarded changes that fall back to snapshot `to`.
+    pub(super) fn start(inner: &'a Inner, to: SnapshotSeq) -> Result<Self> {
+        inner.check_writable()?;
+        let admin = inner.admin_lock.lock();
+        inner.record_rollback(to)?;
+        Ok(ChangeGuard {
+            inner,
+            to,
+            _admin: admin,
+            finished: false,
+        })
+    }
+
+    /// Keeps the changes: makes every write so far durable, then clears the record.
+    pub fn finish(mut self) -> Result<()> {
+        self.finished = true;
+        self.inner.clear_rollback()
+    }
+}
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // The changes failed part-way: put the volume back as it was now, not at the next open.
+        if let Err(e) = self.inner.rollback_writes(self.to, &mut |_, _| {}) {
+            tracing::error!(volume = %self.inner.name, error = %e, "undoing unfinished changes failed; the next open rolls the volume back");
+        }
     }
 }

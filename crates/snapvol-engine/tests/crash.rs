@@ -17,11 +17,13 @@ mod crashkit;
 use std::time::Instant;
 
 use crashkit::{
-    assert_live_volume, catching, crash_at, dry_run, needed_copies, pattern, recover_and_check,
-    run_workload, sweep, Images, Loss, Model, Op, Outcome, Req, SplitMix, Summary, Workload, KIB,
+    assert_live_volume, catching, check_clean_but_torn, crash_at, dry_run, needed_copies, pattern,
+    recover_and_check, run_workload, sweep, torn_superblocks, Devices, Images, Loss, Model, Op,
+    Outcome, Req, SplitMix, Summary, Workload, KIB,
 };
 use snapvol_engine::journal::RING_OFFSET;
-use snapvol_engine::units::SnapshotSeq;
+use snapvol_engine::units::{Geometry, SnapshotSeq};
+use snapvol_engine::{Layout, Volume, VolumeOptions};
 
 use Op::{Delete, DestageAll, Flush, Reopen, Snap};
 
@@ -618,4 +620,120 @@ fn a_write_zeroes_longer_than_a_quarter_of_the_cache_is_all_old_or_all_new_after
     if let Err(e) = catching(|| recover_and_check(&w, &run.model, img, &[])) {
         panic!("{e}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollback: finished or never happened.
+// ---------------------------------------------------------------------------------------------
+
+fn rollback_options() -> VolumeOptions {
+    VolumeOptions {
+        cache_size: 16 * KIB,
+        compact_after_records: 16,
+        background_destage: false,
+    }
+}
+
+/// The volume a rollback crash point starts from: three phases of writes around snapshots s1
+/// and s2, everything flushed. Returns the volume with what s1, s2 and the live volume hold.
+fn rollback_setup(dev: &Devices) -> (Volume, [Vec<u8>; 3]) {
+    let (chunk, chunks) = (4096u64, 48u64);
+    let size = chunk * chunks;
+    let mut layout = Layout::new(Geometry::new(size, chunk as u32).unwrap());
+    layout.journal_size = crashkit::JOURNAL_SIZE;
+    let vol = Volume::create_on("rb", dev.vluns(), layout, rollback_options()).unwrap();
+    vol.write(0, &pattern(1, size)).unwrap();
+    vol.snapshot_create("s1").unwrap();
+    vol.write(5000, &pattern(2, 60 * KIB)).unwrap();
+    vol.trim(100 * KIB, 24 * KIB).unwrap();
+    vol.snapshot_create("s2").unwrap();
+    vol.write(40 * KIB, &pattern(3, 50 * KIB)).unwrap();
+    vol.write_zeroes(150 * KIB, 9000).unwrap();
+    vol.flush().unwrap();
+    let read = |snap: Option<&str>| {
+        let mut buf = vec![0; size as usize];
+        match snap {
+            Some(s) => vol
+                .read_snapshot(vol.snapshot(s).unwrap().seq, 0, &mut buf)
+                .unwrap(),
+            None => vol.read(0, &mut buf).unwrap(),
+        }
+        buf
+    };
+    let images = [read(Some("s1")), read(Some("s2")), read(None)];
+    (vol, images)
+}
+
+/// A power loss at every I/O of a rollback to s1, with the unsynced writes kept, dropped or
+/// torn: the next open leaves the live volume as it was before the rollback (the loss came
+/// before the rollback was recorded) or exactly as s1 (the open finished it), never a mix;
+/// s1 and s2 read what they held; `check` is clean.
+#[test]
+fn every_crash_point_of_a_rollback_recovers_to_before_or_to_the_snapshot() {
+    let size = 48 * 4096;
+    let ios = {
+        let dev = Devices::blank(size);
+        let (vol, [s1, ..]) = rollback_setup(&dev);
+        let base = dev.ctl.io_count();
+        let seq = vol.snapshot("s1").unwrap().seq;
+        vol.rollback(seq, &mut |_, _| {}).unwrap();
+        let mut live = vec![0; s1.len()];
+        vol.read(0, &mut live).unwrap();
+        assert!(live == s1, "the rollback without a crash gives s1");
+        dev.ctl.io_count() - base
+    };
+    assert!(
+        ios > 10,
+        "a rollback of this much change does some I/O ({ios})"
+    );
+    let (mut finished, mut undone, mut points) = (0, 0, 0);
+    for k in 0..=ios {
+        for loss in [
+            Loss::DropAll,
+            Loss::KeepAll,
+            Loss::Random(k),
+            Loss::Mixed(k),
+        ] {
+            let dev = Devices::blank(size);
+            let (vol, [s1, s2, before]) = rollback_setup(&dev);
+            dev.ctl.crash_at(dev.ctl.io_count() + k);
+            let seq = vol.snapshot("s1").unwrap().seq;
+            let _ = vol.rollback(seq, &mut |_, _| {});
+            vol.kill();
+            let img = dev.crash_images(loss);
+            let torn = torn_superblocks(&dev, &img);
+            let dev = Devices::restart(img);
+            let at = format!("rollback crash at I/O {k} of {ios}, {loss:?}");
+            check_clean_but_torn(&*dev.source, &*dev.target, &*dev.journal, &torn, &at);
+            // Opened read-only, the volume reads as it will once an open finishes the rollback.
+            let ro = Volume::open_read_only_on("rb", dev.vluns())
+                .unwrap_or_else(|e| panic!("{at}: read-only open failed: {e}"));
+            let mut seen = vec![0; s1.len()];
+            ro.read(0, &mut seen).unwrap();
+            drop(ro);
+            let vol = Volume::open_on("rb", dev.vluns(), rollback_options())
+                .unwrap_or_else(|e| panic!("{at}: open failed: {e}"));
+            let mut got = vec![0; s1.len()];
+            vol.read(0, &mut got).unwrap();
+            if got == s1 {
+                finished += 1;
+            } else if got == before {
+                undone += 1;
+            } else {
+                panic!("{at}: the live volume is neither as before nor s1");
+            }
+            assert!(got == seen, "{at}: a read-only open read something else");
+            for (name, want) in [("s1", &s1), ("s2", &s2)] {
+                let seq = vol.snapshot(name).unwrap().seq;
+                vol.read_snapshot(seq, 0, &mut got).unwrap();
+                assert!(&got == want, "{at}: snapshot {name} changed");
+            }
+            assert_eq!(vol.rollback_pending(), None, "{at}: the open finished it");
+            vol.close().unwrap();
+            check_clean_but_torn(&*dev.source, &*dev.target, &*dev.journal, &[], &at);
+            points += 1;
+        }
+    }
+    println!("rollback crash points: {points}; finished by the open {finished}, undone {undone}");
+    assert!(finished > 0 && undone > 0, "both outcomes are reached");
 }

@@ -1,10 +1,12 @@
 //! Model-based test: random sequences of writes, zeroing, flushes, snapshot create and delete,
-//! close and reopen, checked against a plain in-memory oracle (a `Vec<u8>` per snapshot).
+//! rollback, close and reopen, checked against a plain in-memory oracle (a `Vec<u8>` per
+//! snapshot, and the chunks each write touched, which is what a diff must say).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use snapvol_engine::units::Geometry;
+use snapvol_engine::units::{Geometry, SnapshotSeq};
 use snapvol_engine::vlun::{MemVlun, Vlun};
 use snapvol_engine::{Layout, Vluns, Volume, VolumeOptions};
 
@@ -34,6 +36,13 @@ enum Op {
         off: u64,
         len: u64,
     },
+    /// Diff between snapshot `from` and snapshot `to` (the live volume when `None`); the pair
+    /// is put in order first.
+    Diff {
+        from: usize,
+        to: Option<usize>,
+    },
+    Rollback(usize),
 }
 
 fn range(size: u64) -> impl Strategy<Value = (u64, u64)> {
@@ -60,6 +69,8 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
         1 => Just(Op::FlushAndKill),
         2 => range(size).prop_map(|(off, len)| Op::ReadLive { off, len }),
         3 => (any::<usize>(), range(size)).prop_map(|(idx, (off, len))| Op::ReadSnap { idx, off, len }),
+        3 => (any::<usize>(), any::<Option<usize>>()).prop_map(|(from, to)| Op::Diff { from, to }),
+        1 => any::<usize>().prop_map(Op::Rollback),
     ]
 }
 
@@ -75,7 +86,11 @@ struct Harness {
     journal: Arc<MemVlun>,
     vol: Option<Volume>,
     live: Vec<u8>,
-    snaps: Vec<(String, Vec<u8>)>,
+    /// Name, content, and how many writes came before it (an index into `writes`).
+    snaps: Vec<(String, Vec<u8>, usize)>,
+    /// The chunks each write touched, in order: a zeroing and a rollback are writes too.
+    writes: Vec<BTreeSet<u64>>,
+    chunk: u64,
     next_name: usize,
     cache: u64,
     background: bool,
@@ -111,6 +126,8 @@ impl Harness {
             vol: Some(vol),
             live: vec![0; size as usize],
             snaps: Vec::new(),
+            writes: Vec::new(),
+            chunk: u64::from(chunk),
             next_name: 0,
             cache,
             background,
@@ -127,21 +144,24 @@ impl Harness {
                 let data = pattern(seed, off, len);
                 self.vol().write(off, &data).unwrap();
                 self.live[off as usize..(off + len) as usize].copy_from_slice(&data);
+                self.wrote(off, len);
             }
             Op::Zero { off, len } => {
                 self.vol().write_zeroes(off, len).unwrap();
                 self.live[off as usize..(off + len) as usize].fill(0);
+                self.wrote(off, len);
             }
             Op::Flush => self.vol().flush().unwrap(),
             Op::Snap => {
                 let name = format!("s{}", self.next_name);
                 self.next_name += 1;
                 self.vol().snapshot_create(&name).unwrap();
-                self.snaps.push((name, self.live.clone()));
+                self.snaps
+                    .push((name, self.live.clone(), self.writes.len()));
             }
             Op::Delete(i) => {
                 if !self.snaps.is_empty() {
-                    let (name, _) = self.snaps.remove(i % self.snaps.len());
+                    let (name, ..) = self.snaps.remove(i % self.snaps.len());
                     self.vol().snapshot_delete(&name).unwrap();
                 }
             }
@@ -168,7 +188,7 @@ impl Harness {
                 if self.snaps.is_empty() {
                     return;
                 }
-                let (name, data) = &self.snaps[idx % self.snaps.len()];
+                let (name, data, _) = &self.snaps[idx % self.snaps.len()];
                 let seq = self.vol().snapshot(name).unwrap().seq;
                 let mut buf = vec![0; len as usize];
                 self.vol().read_snapshot(seq, off, &mut buf).unwrap();
@@ -178,7 +198,84 @@ impl Harness {
                     "snapshot {name} read {off}+{len}"
                 );
             }
+            Op::Diff { from, to } => {
+                if self.snaps.is_empty() {
+                    return;
+                }
+                let n = self.snaps.len();
+                let (from, to) = match to {
+                    Some(to) => {
+                        let (x, y) = (from % n, to % n);
+                        (x.min(y), Some(x.max(y)))
+                    }
+                    None => (from % n, None),
+                };
+                if to == Some(from) {
+                    let seq = self.seq(from);
+                    assert!(
+                        self.vol().diff(seq, Some(seq)).is_err(),
+                        "a diff from a snapshot to itself is refused"
+                    );
+                    return;
+                }
+                let expected = self.changed(from, to);
+                let (a, b) = (self.seq(from), to.map(|t| self.seq(t)));
+                let mut got = BTreeSet::new();
+                for (off, len) in self.vol().diff(a, b).unwrap() {
+                    assert!(off % self.chunk == 0 && len % self.chunk == 0);
+                    got.extend(off / self.chunk..(off + len) / self.chunk);
+                }
+                assert_eq!(got, expected, "diff {from} -> {to:?}");
+                // Block status over the same span says the same, chunk by chunk.
+                let mut runs = BTreeSet::new();
+                let mut pos = 0;
+                for (len, changed) in self.vol().changed(a, b, 0, self.live.len() as u64).unwrap() {
+                    if changed {
+                        runs.extend(pos / self.chunk..(pos + len) / self.chunk);
+                    }
+                    pos += len;
+                }
+                assert_eq!(pos, self.live.len() as u64);
+                assert_eq!(runs, expected, "changed runs {from} -> {to:?}");
+                if let Some(to) = b {
+                    assert!(
+                        self.vol().diff(to, Some(a)).is_err(),
+                        "a diff backwards is refused"
+                    );
+                }
+            }
+            Op::Rollback(i) => {
+                if self.snaps.is_empty() {
+                    return;
+                }
+                let i = i % self.snaps.len();
+                let touched = self.changed(i, None);
+                let seq = self.seq(i);
+                let report = self.vol().rollback(seq, &mut |_, _| {}).unwrap();
+                assert_eq!(report.rewritten_bytes, touched.len() as u64 * self.chunk);
+                self.live = self.snaps[i].1.clone();
+                self.writes.push(touched);
+            }
         }
+    }
+
+    fn wrote(&mut self, off: u64, len: u64) {
+        self.writes
+            .push((off / self.chunk..(off + len).div_ceil(self.chunk)).collect());
+    }
+
+    fn seq(&self, i: usize) -> SnapshotSeq {
+        self.vol().snapshot(&self.snaps[i].0).unwrap().seq
+    }
+
+    /// The chunks written after snapshot `from` and before snapshot `to` (or now).
+    fn changed(&self, from: usize, to: Option<usize>) -> BTreeSet<u64> {
+        let end = to.map_or(self.writes.len(), |t| self.snaps[t].2);
+        self.writes[self.snaps[from].2..end]
+            .iter()
+            .flatten()
+            .copied()
+            .collect()
     }
 
     fn reopen(&mut self) {
@@ -200,7 +297,7 @@ impl Harness {
         let mut buf = vec![0; size];
         self.vol().read(0, &mut buf).unwrap();
         assert!(buf == self.live, "live volume differs from the oracle");
-        for (name, data) in &self.snaps {
+        for (name, data, _) in &self.snaps {
             let seq = self.vol().snapshot(name).unwrap().seq;
             self.vol().read_snapshot(seq, 0, &mut buf).unwrap();
             assert!(&buf == data, "snapshot {name} differs from the oracle");

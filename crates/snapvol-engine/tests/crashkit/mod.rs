@@ -18,8 +18,11 @@ mod run;
 mod sweep;
 mod workload;
 
-pub use devices::{Images, Loss};
-pub use judge::{assert_live_volume, needed_copies, recover_and_check, Outcome};
+pub use devices::{Devices, Images, Loss};
+pub use judge::{
+    assert_live_volume, check_clean_but_torn, needed_copies, recover_and_check, torn_superblocks,
+    Outcome,
+};
 pub use oracle::{Model, Req};
 pub use run::run_workload;
 pub use sweep::{catching, crash_at, dry_run, sweep, Summary};

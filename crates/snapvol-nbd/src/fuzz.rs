@@ -133,7 +133,14 @@ pub fn fuzz_transmission(data: &[u8]) {
         })
         .collect();
     let req_len = extents.first().map_or(1, |e| e.flags.max(1));
-    let _ = transmission::clip_extents(&extents, req_len, u64::from(mode) * 4096, mode & 8 != 0);
+    let unknown = (mode & 16 != 0).then_some(0);
+    let _ = transmission::clip_extents(
+        &extents,
+        req_len,
+        u64::from(mode) * 4096,
+        mode & 8 != 0,
+        unknown,
+    );
 }
 
 impl ExportMap {

@@ -102,7 +102,9 @@ Examples:
   nbdcopy nbd://127.0.0.1:10809/vol@s1 s1.img   a snapshot (read-only)
 
 Exports are named VOL (read-write) and VOL@SNAP (read-only); a snapshot taken while serving \
-is exported at once. On an empty store, serve creates a 10G volume named 'vol' (sparse). While \
+is exported at once. Besides base:allocation, VOL offers the block-status context \
+qemu:dirty-bitmap:SNAP for every snapshot SNAP (the chunks changed since SNAP), and VOL@B one for \
+every snapshot older than B (changed between SNAP and B), for incremental backups. On an empty store, serve creates a 10G volume named 'vol' (sparse). While \
 it runs, info and snapshot commands go to the server through STORE/control.sock. SIGTERM or \
 SIGINT stops accepting, finishes the requests in flight, destages every volume and exits 0.";
 

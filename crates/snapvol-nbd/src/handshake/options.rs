@@ -149,17 +149,14 @@ impl<'a> ServerHandshake<'a> {
         }
     }
 
-    fn contexts_for(&self, name: &str, export: &Export) -> Vec<MetaContext> {
-        // proto.md: contexts count only if the last SET_META_CONTEXT named this export.
+    /// The contexts selected for export `name`. proto.md: they count only if the last
+    /// SET_META_CONTEXT named this export. They are kept even if the export no longer offers
+    /// one of them (a dirty bitmap whose snapshot was deleted since): the client was told it
+    /// is selected and expects its chunk in every BLOCK_STATUS reply, so such a request fails
+    /// with the device's error rather than silently lacking a chunk.
+    fn contexts_for(&self, name: &str) -> Vec<MetaContext> {
         match &self.meta {
-            Some((meta_name, contexts)) if meta_name == name => {
-                let available = available_contexts(export);
-                contexts
-                    .iter()
-                    .filter(|c| available.contains(&c.name))
-                    .cloned()
-                    .collect()
-            }
+            Some((meta_name, contexts)) if meta_name == name => contexts.clone(),
             _ => Vec::new(),
         }
     }
@@ -168,7 +165,7 @@ impl<'a> ServerHandshake<'a> {
         Negotiated {
             flags: transmission_flags(&*export.device, self.structured),
             structured: self.structured,
-            contexts: self.contexts_for(&name, &export),
+            contexts: self.contexts_for(&name),
             name,
             export,
         }
@@ -704,6 +701,43 @@ mod tests {
         hs.option_too_big(NBD_OPT_SET_META_CONTEXT, &mut out);
         assert_eq!(types(&replies(&out)), vec![NBD_REP_ERR_TOO_BIG]);
         assert!(format!("{hs:?}").contains("structured: true"));
+    }
+
+    #[test]
+    fn a_context_gone_between_set_and_go_stays_selected() {
+        // What broke: GO dropped a selected context the export no longer offered (a dirty
+        // bitmap whose snapshot was deleted meanwhile), so BLOCK_STATUS replies lacked the
+        // chunk the client was promised. Now the device answers for it: with an error.
+        let map = exports();
+        let mut hs = ServerHandshake::new(&map);
+        let mut out = Vec::new();
+        hs.handle_option(NBD_OPT_STRUCTURED_REPLY, &[], &mut out);
+        out.clear();
+        hs.handle_option(
+            NBD_OPT_SET_META_CONTEXT,
+            &meta("vol", &[BASE_ALLOCATION, "qemu:dirty-bitmap:s1"]),
+            &mut out,
+        );
+        assert_eq!(listed(&out).len(), 2);
+        map.insert(
+            "vol",
+            Export::new(Arc::new(MemDevice::new(1 << 20)), "no bitmaps any more"),
+        );
+        out.clear();
+        let data = encode_info_request(&InfoRequest {
+            name: "vol".into(),
+            requests: vec![],
+        });
+        let Step::Transmission(n) = hs.handle_option(NBD_OPT_GO, &data, &mut out) else {
+            panic!("GO did not enter transmission")
+        };
+        let names: Vec<&str> = n.contexts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec![BASE_ALLOCATION, "qemu:dirty-bitmap:s1"]);
+        assert!(n
+            .export
+            .device
+            .context_block_status("qemu:dirty-bitmap:s1", 0, 4096)
+            .is_err());
     }
 
     #[test]

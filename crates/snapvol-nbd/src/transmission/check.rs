@@ -197,12 +197,23 @@ pub fn check_request(req: &Request, s: &SessionInfo) -> Result<Action, DevError>
     }
 }
 
-/// Makes a device's block-status answer follow the spec: no zero-length descriptors, never
-/// past the end of the export (`room` bytes from the request offset), no descriptor after
-/// the one that reaches the requested length, at most one descriptor (no longer than the
-/// request) with `req_one`, at most [`MAX_EXTENTS`], neighbours with equal flags merged, and
-/// at least one descriptor (flags 0 — "allocated, contents unknown" — is always true).
-pub fn clip_extents(raw: &[Extent], req_len: u32, room: u64, req_one: bool) -> Vec<Extent> {
+/// Makes a device's block-status answer follow the spec (proto.md, `NBD_CMD_BLOCK_STATUS`
+/// and `NBD_REPLY_TYPE_BLOCK_STATUS`): no zero-length descriptors, never past the end of the
+/// export (`room` bytes from the request offset), no descriptor after the one that reaches
+/// the requested length, exactly one descriptor (no longer than the request) with `req_one`,
+/// at most [`MAX_EXTENTS`], neighbours with equal flags merged, and at least one descriptor.
+///
+/// When the device answered nothing usable, the request is covered with `unknown`: flags
+/// that are true of any range in the context (for `base:allocation`, 0: "allocated, contents
+/// unknown"). A context without such a value gets `None`, and so does the answer: for a
+/// dirty bitmap 0 means "clean", which the server cannot know.
+pub fn clip_extents(
+    raw: &[Extent],
+    req_len: u32,
+    room: u64,
+    req_one: bool,
+    unknown: Option<u32>,
+) -> Option<Vec<Extent>> {
     let want = u64::from(req_len);
     let mut out: Vec<Extent> = Vec::new();
     let mut total = 0u64;
@@ -223,13 +234,13 @@ pub fn clip_extents(raw: &[Extent], req_len: u32, room: u64, req_one: bool) -> V
         total += u64::from(len);
     }
     if out.is_empty() {
-        out.push(Extent::new(want.min(room) as u32, 0));
+        out.push(Extent::new(want.min(room) as u32, unknown?));
     }
     if req_one {
         out.truncate(1);
         out[0].length = out[0].length.min(req_len);
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -424,33 +435,47 @@ mod tests {
     #[test]
     fn clipped_extents_stop_at_the_request_and_the_export_end() {
         let e = |l, f| Extent::new(l, f);
+        let clip = |raw: &[Extent], len, room, one| clip_extents(raw, len, room, one, Some(0));
         // Zero-length descriptors vanish and equal neighbours merge.
         assert_eq!(
-            clip_extents(&[e(0, 1), e(10, 1), e(10, 1), e(10, 0)], 100, 1000, false),
-            vec![e(20, 1), e(10, 0)]
+            clip(&[e(0, 1), e(10, 1), e(10, 1), e(10, 0)], 100, 1000, false),
+            Some(vec![e(20, 1), e(10, 0)])
         );
         // The descriptor reaching the requested length may extend past it; later ones go.
         assert_eq!(
-            clip_extents(&[e(10, 1), e(50, 0), e(10, 1)], 30, 1000, false),
-            vec![e(10, 1), e(50, 0)]
+            clip(&[e(10, 1), e(50, 0), e(10, 1)], 30, 1000, false),
+            Some(vec![e(10, 1), e(50, 0)])
         );
         // Never past the end of the export.
         assert_eq!(
-            clip_extents(&[e(10, 1), e(50, 0)], 30, 25, false),
-            vec![e(10, 1), e(15, 0)]
+            clip(&[e(10, 1), e(50, 0)], 30, 25, false),
+            Some(vec![e(10, 1), e(15, 0)])
         );
         // REQ_ONE: one descriptor, no longer than the request.
         assert_eq!(
-            clip_extents(&[e(50, 3), e(5, 0)], 30, 1000, true),
-            vec![e(30, 3)]
+            clip(&[e(50, 3), e(5, 0)], 30, 1000, true),
+            Some(vec![e(30, 3)])
         );
-        // Nothing usable: one descriptor of flags 0 covering the request.
-        assert_eq!(clip_extents(&[], 30, 1000, false), vec![e(30, 0)]);
-        assert_eq!(clip_extents(&[e(0, 2)], 30, 20, true), vec![e(20, 0)]);
+        // Nothing usable: one descriptor of the context's "unknown" flags covering the request.
+        assert_eq!(clip(&[], 30, 1000, false), Some(vec![e(30, 0)]));
+        assert_eq!(clip(&[e(0, 2)], 30, 20, true), Some(vec![e(20, 0)]));
         // Merging stops before a length would overflow.
         assert_eq!(
-            clip_extents(&[e(u32::MAX, 1), e(5, 1)], u32::MAX, u64::MAX, false),
-            vec![e(u32::MAX, 1)]
+            clip(&[e(u32::MAX, 1), e(5, 1)], u32::MAX, u64::MAX, false),
+            Some(vec![e(u32::MAX, 1)])
+        );
+    }
+
+    #[test]
+    fn a_context_without_an_unknown_value_gets_no_made_up_answer() {
+        // What broke: an empty answer for a dirty bitmap became one descriptor of flags 0,
+        // which a backup client reads as "clean" and skips.
+        let e = |l, f| Extent::new(l, f);
+        assert_eq!(clip_extents(&[], 30, 1000, false, None), None);
+        assert_eq!(clip_extents(&[e(0, 1)], 30, 1000, true, None), None);
+        assert_eq!(
+            clip_extents(&[e(64, 1)], 30, 1000, true, None),
+            Some(vec![e(30, 1)])
         );
     }
 }

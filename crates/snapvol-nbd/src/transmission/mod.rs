@@ -205,14 +205,26 @@ impl<W: Write> Ctx<'_, W> {
         req_one: bool,
     ) -> Result<(), DevError> {
         let room = self.info.size - offset;
+        // proto.md: a successful reply has exactly one chunk per selected context, so one
+        // context that fails fails the whole request.
         let mut chunks = Vec::with_capacity(self.contexts.len());
         for c in self.contexts {
-            let raw = if c.name == BASE_ALLOCATION {
-                self.device.block_status(offset, len)?
+            let (raw, unknown) = if c.name == BASE_ALLOCATION {
+                (self.device.block_status(offset, len)?, Some(0))
             } else {
-                self.device.context_block_status(&c.name, offset, len)?
+                // Only the device knows what its contexts' flags mean.
+                (
+                    self.device.context_block_status(&c.name, offset, len)?,
+                    None,
+                )
             };
-            chunks.push((c.id, clip_extents(&raw, len, room, req_one)));
+            let extents = clip_extents(&raw, len, room, req_one, unknown).ok_or_else(|| {
+                DevError::io(format!(
+                    "no block status of {} at {offset:#x}+{len:#x}",
+                    c.name
+                ))
+            })?;
+            chunks.push((c.id, extents));
         }
         let mut head = Vec::new();
         let last = chunks.len() - 1;

@@ -1,17 +1,21 @@
 //! The volume and its snapshots as NBD block devices, and the catalogue that finds them by
-//! export name (`VOL` read-write, `VOL@SNAP` read-only).
+//! export name (`VOL` read-write, `VOL@SNAP` read-only), with their dirty-bitmap contexts
+//! (`bitmaps.rs`) and a count of the connections using each volume's live export.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use snapvol_engine::units::SnapshotSeq;
 use snapvol_engine::{parse_volume_or_snapshot, Error, Store, Volume, VolumeOptions};
 use snapvol_nbd::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 use snapvol_nbd::{BlockDevice, DevError, Export, Exports, Extent};
 
+use super::bitmaps::Bitmaps;
+
 /// Maps an engine error to the errno an NBD client sees.
-fn dev_err(e: Error) -> DevError {
+pub(super) fn dev_err(e: Error) -> DevError {
     match e.errno() {
         libc::ENOSPC => DevError::no_space(e.to_string()),
         libc::EINVAL => DevError::invalid(e.to_string()),
@@ -43,9 +47,29 @@ fn allocation(
         .collect())
 }
 
+/// One live device's place in its volume's count of live clients: counted from its creation
+/// to its drop.
+struct LiveClient(Arc<AtomicUsize>);
+
+impl LiveClient {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        LiveClient(count)
+    }
+}
+
+impl Drop for LiveClient {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The live volume, read-write.
 pub struct LiveDevice {
     vol: Arc<Volume>,
+    /// `qemu:dirty-bitmap:SNAP`: changed since SNAP, for every snapshot.
+    bitmaps: Bitmaps,
+    _client: LiveClient,
 }
 
 impl BlockDevice for LiveDevice {
@@ -90,6 +114,19 @@ impl BlockDevice for LiveDevice {
         allocation(&self.vol, None, offset, len)
     }
 
+    fn meta_contexts(&self) -> Vec<String> {
+        self.bitmaps.names()
+    }
+
+    fn context_block_status(
+        &self,
+        context: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<Extent>, DevError> {
+        self.bitmaps.status(context, offset, len)
+    }
+
     /// One cache and one journal serve every connection: a FLUSH on any of them covers the
     /// writes of all.
     fn multi_conn_safe(&self) -> bool {
@@ -101,6 +138,8 @@ impl BlockDevice for LiveDevice {
 pub struct SnapshotDevice {
     vol: Arc<Volume>,
     seq: SnapshotSeq,
+    /// `qemu:dirty-bitmap:SNAP`: changed between SNAP and this snapshot, for every older SNAP.
+    bitmaps: Bitmaps,
 }
 
 impl BlockDevice for SnapshotDevice {
@@ -129,6 +168,19 @@ impl BlockDevice for SnapshotDevice {
     fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
         allocation(&self.vol, Some(self.seq), offset, len)
     }
+
+    fn meta_contexts(&self) -> Vec<String> {
+        self.bitmaps.names()
+    }
+
+    fn context_block_status(
+        &self,
+        context: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<Extent>, DevError> {
+        self.bitmaps.status(context, offset, len)
+    }
 }
 
 /// Every volume of the store, opened once and shared by the NBD server and the control
@@ -136,6 +188,9 @@ impl BlockDevice for SnapshotDevice {
 pub struct StoreExports {
     store: Store,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
+    /// Per volume, the live devices in existence: one per connection to `VOL` (see
+    /// [`StoreExports::live_clients`]).
+    live_clients: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl StoreExports {
@@ -144,7 +199,34 @@ impl StoreExports {
         Self {
             store,
             volumes: RwLock::new(volumes),
+            live_clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many NBD connections use volume `volume`'s live export (`VOL`) now; snapshot
+    /// exports do not count. A connection counts from the moment it chose the export (GO or
+    /// EXPORT_NAME) until it has ended and its final flush is done. A handshake's INFO or
+    /// meta-context option on `VOL` also counts while the server answers it (the server
+    /// looks the export up for it), and not afterwards.
+    #[allow(
+        dead_code,
+        reason = "for `snapshot rollback`, which refuses while it is not 0"
+    )]
+    pub fn live_clients(&self, volume: &str) -> usize {
+        self.live_clients
+            .lock()
+            .get(volume)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    fn live_client(&self, volume: &str) -> LiveClient {
+        let count = self
+            .live_clients
+            .lock()
+            .entry(volume.to_owned())
+            .or_default()
+            .clone();
+        LiveClient::new(count)
     }
 
     /// The open volume `name`, opening it if the store has it and nobody else holds it.
@@ -176,20 +258,30 @@ impl StoreExports {
         std::mem::take(&mut *self.volumes.write())
     }
 
+    /// The export `name`, with the dirty bitmaps of the snapshots alive now.
     fn export(&self, name: &str) -> Result<Export, Error> {
         let (vol_name, snap) = parse_volume_or_snapshot(name)?;
         let vol = self.volume(vol_name)?;
+        let snapshots = vol.snapshots();
         Ok(match snap {
             None => Export::new(
-                Arc::new(LiveDevice { vol: vol.clone() }),
+                Arc::new(LiveDevice {
+                    vol: vol.clone(),
+                    bitmaps: Bitmaps::new(vol, name.to_owned(), &snapshots, None),
+                    _client: self.live_client(vol_name),
+                }),
                 format!("snapvol volume {vol_name}"),
             ),
             Some(s) => {
-                let info = vol.snapshot(s)?;
+                let info = snapshots
+                    .iter()
+                    .find(|i| i.name == s)
+                    .ok_or_else(|| Error::SnapshotNotFound(name.to_owned()))?;
                 Export::new(
                     Arc::new(SnapshotDevice {
                         vol: vol.clone(),
                         seq: info.seq,
+                        bitmaps: Bitmaps::new(vol, name.to_owned(), &snapshots, Some(info.seq)),
                     }),
                     format!("snapvol snapshot {vol_name}@{s} (read-only)"),
                 )
@@ -234,5 +326,195 @@ impl Exports for StoreExports {
             );
         }
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use snapvol_engine::CreateOptions;
+    use snapvol_nbd::proto::NBD_STATE_DIRTY;
+    use snapvol_nbd::{Errno, Server};
+
+    use super::*;
+
+    const CHUNK: u64 = 64 << 10;
+
+    /// A store in `dir` with volume `v` of `chunks` 64 KiB chunks, served by a catalogue.
+    fn exports(dir: &Path, chunks: u64) -> StoreExports {
+        let store = Store::new(dir.join("store"));
+        let mut opts = CreateOptions::new(chunks * CHUNK);
+        opts.journal_size = 8 << 20;
+        let vol = store
+            .create("v", &opts, VolumeOptions::default())
+            .expect("create v");
+        StoreExports::new(store, BTreeMap::from([("v".to_owned(), Arc::new(vol))]))
+    }
+
+    fn write_chunks(e: &StoreExports, chunks: &[u64]) {
+        let vol = e.volume("v").unwrap();
+        for &c in chunks {
+            vol.write(c * CHUNK + 100, &[c as u8 + 1; 10]).unwrap();
+        }
+    }
+
+    /// The dirty chunks of a bitmap over the whole export, asked one request at a time as a
+    /// client would, checking that every extent is whole chunks and flags are 0 or 1.
+    fn dirty_chunks(dev: &dyn BlockDevice, context: &str) -> Vec<u64> {
+        let mut dirty = Vec::new();
+        let mut pos = 0;
+        while pos < dev.size() {
+            let len = (dev.size() - pos).min(u64::from(u32::MAX)) as u32;
+            let extents = dev.context_block_status(context, pos, len).unwrap();
+            assert!(!extents.is_empty());
+            for e in extents {
+                assert_eq!(u64::from(e.length) % CHUNK, 0, "{e:?}");
+                match e.flags {
+                    0 => {}
+                    NBD_STATE_DIRTY => {
+                        dirty.extend(pos / CHUNK..(pos + u64::from(e.length)) / CHUNK)
+                    }
+                    f => panic!("flags {f} in {context}"),
+                }
+                pos += u64::from(e.length);
+            }
+        }
+        dirty
+    }
+
+    #[test]
+    fn each_export_offers_the_bitmaps_of_older_snapshots_marking_what_changed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = exports(dir.path(), 16);
+        let vol = e.volume("v").unwrap();
+        write_chunks(&e, &[0]);
+        vol.snapshot_create("s1").unwrap();
+        write_chunks(&e, &[2, 5]);
+        vol.snapshot_create("s2").unwrap();
+        write_chunks(&e, &[7, 2]);
+
+        let live = e.lookup("v").unwrap().device;
+        let (b1, b2) = ("qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:s2");
+        assert_eq!(live.meta_contexts(), vec![b1, b2]);
+        assert_eq!(dirty_chunks(&*live, b1), vec![2, 5, 7]);
+        assert_eq!(dirty_chunks(&*live, b2), vec![2, 7]);
+        let at_s2 = e.lookup("v@s2").unwrap().device;
+        assert_eq!(at_s2.meta_contexts(), vec![b1]);
+        assert_eq!(dirty_chunks(&*at_s2, b1), vec![2, 5]);
+        assert_eq!(
+            at_s2.context_block_status(b2, 0, 4096).unwrap_err().errno,
+            Errno::EINVAL
+        );
+        assert!(e.lookup("v@s1").unwrap().device.meta_contexts().is_empty());
+
+        // An unaligned request: the answer runs to the end of the chunk it ends in.
+        assert_eq!(
+            live.context_block_status(b1, 2 * CHUNK + 100, 10).unwrap(),
+            vec![Extent::new((CHUNK - 100) as u32, NBD_STATE_DIRTY)]
+        );
+        assert_eq!(
+            live.context_block_status(b1, CHUNK, 1).unwrap(),
+            vec![Extent::new(CHUNK as u32, 0)]
+        );
+    }
+
+    #[test]
+    fn a_bitmap_whose_snapshot_was_deleted_fails_even_if_the_name_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = exports(dir.path(), 16);
+        let vol = e.volume("v").unwrap();
+        vol.snapshot_create("s1").unwrap();
+        vol.snapshot_create("b").unwrap();
+        write_chunks(&e, &[3]);
+        let b1 = "qemu:dirty-bitmap:s1";
+        let live = e.lookup("v").unwrap().device;
+        let at_b = e.lookup("v@b").unwrap().device;
+        vol.snapshot_delete("s1").unwrap();
+        vol.snapshot_create("s1").unwrap();
+        for dev in [&live, &at_b] {
+            let err = dev.context_block_status(b1, 0, 4096).unwrap_err();
+            assert_eq!(err.errno, Errno::EIO, "{err}");
+            assert!(err.message.contains("v@s1 was deleted"), "{err}");
+        }
+        // A new connection sees the new s1, with nothing changed since it.
+        let live = e.lookup("v").unwrap().device;
+        assert_eq!(dirty_chunks(&*live, b1), Vec::<u64>::new());
+        // The export's own snapshot deleted: its bitmaps fail too.
+        let at_s1 = e.lookup("v@s1").unwrap().device;
+        vol.snapshot_create("s3").unwrap();
+        let at_s3 = e.lookup("v@s3").unwrap().device;
+        vol.snapshot_delete("s3").unwrap();
+        let err = at_s3.context_block_status(b1, 0, 4096).unwrap_err();
+        assert_eq!(err.errno, Errno::EIO, "{err}");
+        assert!(err.message.contains("own snapshot was deleted"), "{err}");
+        assert!(at_s1.meta_contexts().iter().all(|c| c != b1));
+    }
+
+    /// Polls `live_clients("v")` until it is `want` (the server notices a disconnect a
+    /// moment after the client has gone).
+    fn wait_for_count(e: &StoreExports, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while e.live_clients("v") != want {
+            assert!(
+                Instant::now() < deadline,
+                "live_clients(\"v\") is {}, not {want}",
+                e.live_clients("v")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn live_clients_counts_connections_to_the_live_export_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Arc::new(exports(dir.path(), 16));
+        e.volume("v").unwrap().snapshot_create("s1").unwrap();
+        let server = Server::builder(e.clone())
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .bind()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let uri = |export: &str| format!("nbd://{}/{export}", server.local_addr().unwrap());
+        assert_eq!(e.live_clients("v"), 0);
+
+        // Two connections to v and one to v@s1, held open by python3-libnbd.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/hold_connection.py");
+        let mut hold = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([uri("v"), uri("v"), uri("v@s1")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3 with python3-libnbd (apt-get install python3-libnbd)");
+        let mut said = BufReader::new(hold.stdout.take().unwrap());
+        let mut line = String::new();
+        said.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "connected 3", "the client could not connect");
+        wait_for_count(&e, 2);
+
+        // nbdinfo's INFO and meta-context lookups of v leave nothing behind, nor does a
+        // connection that has ended.
+        let info = Command::new("nbdinfo")
+            .args(["--list", &uri("")])
+            .output()
+            .expect("nbdinfo (apt-get install libnbd-bin)");
+        assert!(info.status.success(), "{info:?}");
+        let info = Command::new("nbdinfo").arg(uri("v")).output().unwrap();
+        assert!(info.status.success(), "{info:?}");
+        wait_for_count(&e, 2);
+
+        hold.stdin.take().unwrap().write_all(b"close\n").unwrap();
+        line.clear();
+        said.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "closed");
+        assert!(hold.wait().unwrap().success());
+        wait_for_count(&e, 0);
+        assert_eq!(e.live_clients("other"), 0);
+        server.stop().unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! read-only — plus the control socket that lets other `snapvol` commands manage the volumes
 //! while they are served.
 
+mod bitmaps;
 pub mod control;
 mod devices;
 pub mod image_stream;

@@ -7,13 +7,16 @@
 //! test fails first. A missing client fails the test with the Debian package to install.
 //!
 //! By client and by concern: `qemu` (qemu-img and qemu-io), `libnbd` (nbdinfo and nbdcopy),
-//! `workloads` (fio and ext4), `sigkill`, `control` (SIGTERM, locking, the control socket),
-//! `consistency` (snapshots under concurrent writers) and `integrity` (a damaged journal or
-//! preserved chunk, a full file system); the helpers several of them use are below.
+//! `bitmaps` (the `qemu:dirty-bitmap:SNAP` contexts through nbdinfo, qemu-img, python3-libnbd,
+//! an incremental backup, and under churn), `workloads` (fio and ext4), `sigkill`, `control`
+//! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers)
+//! and `integrity` (a damaged journal or preserved chunk, a full file system); the helpers
+//! several of them use are below.
 
 #[path = "../serving/mod.rs"]
 mod serving;
 
+mod bitmaps;
 mod consistency;
 mod control;
 mod integrity;

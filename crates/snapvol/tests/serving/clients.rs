@@ -96,13 +96,18 @@ pub struct MapRow {
 
 /// `nbdinfo --map URI`, checked to cover `[0, size)` without gaps or overlaps.
 pub fn nbdinfo_map(uri: &str, size: u64) -> Vec<MapRow> {
-    let out = run_ok(tool("nbdinfo").arg("--map").arg(uri));
+    nbdinfo_map_of("base:allocation", uri, size)
+}
+
+/// `nbdinfo --map=CONTEXT URI`, checked to cover `[0, size)` without gaps or overlaps.
+pub fn nbdinfo_map_of(context: &str, uri: &str, size: u64) -> Vec<MapRow> {
+    let out = run_ok(tool("nbdinfo").arg(format!("--map={context}")).arg(uri));
     let stdout = text(&out.stdout);
     let rows: Vec<MapRow> = stdout
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            assert!(f.len() >= 3, "nbdinfo --map {uri}: bad row {l:?}");
+            assert!(f.len() >= 3, "nbdinfo --map={context} {uri}: bad row {l:?}");
             MapRow {
                 offset: f[0].parse().expect("offset"),
                 length: f[1].parse().expect("length"),
@@ -113,12 +118,15 @@ pub fn nbdinfo_map(uri: &str, size: u64) -> Vec<MapRow> {
         .collect();
     let mut next = 0;
     for r in &rows {
-        assert_eq!(r.offset, next, "nbdinfo --map {uri} has a gap:\n{stdout}");
+        assert_eq!(
+            r.offset, next,
+            "nbdinfo --map={context} {uri} has a gap:\n{stdout}"
+        );
         next += r.length;
     }
     assert_eq!(
         next, size,
-        "nbdinfo --map {uri} does not cover the export:\n{stdout}"
+        "nbdinfo --map={context} {uri} does not cover the export:\n{stdout}"
     );
     rows
 }

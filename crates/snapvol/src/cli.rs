@@ -65,10 +65,37 @@ Examples:
   snapvol snapshot list vm1
   snapvol snapshot list vm1 --json
   snapvol snapshot delete vm1@monday
+  snapvol snapshot rollback vm1@monday          the live volume becomes monday again
 
 A snapshot is instant and holds every write acknowledged before it was taken. Deleting one frees \
 the preserved data only it was using (its EXCLUSIVE bytes); data shared with other snapshots \
 stays.";
+
+const ROLLBACK_HELP: &str = "\
+The live volume becomes exactly the snapshot's content. Every snapshot, older and newer, stays \
+as it was (unlike ZFS, which destroys the newer ones): to keep the current state too, take a \
+snapshot first. Only the chunks that differ are rewritten, so the time follows the amount of \
+change since the snapshot, not the volume's size. If the process dies part-way, the next open \
+finishes the rollback. While snapvol serve holds the volume, a rollback is refused when clients \
+are connected to its live export (their view of the disk would change under them) unless \
+--force is given.
+
+Examples:
+  snapvol snapshot create vm1@before-upgrade
+  snapvol snapshot rollback vm1@monday
+  snapvol snapshot rollback vm1@monday --force  even with clients connected to nbd://.../vm1";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  snapvol diff vm1@monday                       what changed since monday (in the live volume)
+  snapvol diff vm1@monday vm1@tuesday           what changed between two snapshots
+  snapvol diff vm1@monday vm1@tuesday --json    {from, to, chunk_size, changed_bytes, extents}
+
+Computed from snapshot metadata alone, never by reading data: it costs one step per preserved \
+chunk, whatever the volume's size, and it cannot be lost the way a dirty bitmap can. Extents \
+are whole chunks that some write between the two points touched (trims and zeroing count); \
+data written back unchanged counts too. Over NBD the same is the metadata context \
+qemu:dirty-bitmap:SNAP of export VOL (changed since SNAP) and of VOL@TO (between SNAP and TO).";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -155,7 +182,7 @@ pub enum Command {
     List(ListArgs),
     /// Show a volume's geometry, space use and snapshots.
     Info(InfoArgs),
-    /// Create, list and delete snapshots.
+    /// Create, list, delete and roll back to snapshots.
     #[command(subcommand, after_help = SNAPSHOT_EXAMPLES)]
     Snapshot(SnapshotCommand),
     /// Write a raw image into the live volume, from offset 0.
@@ -164,6 +191,9 @@ pub enum Command {
     /// Read the live volume or a snapshot out as a full raw image.
     #[command(after_help = EXPORT_EXAMPLES)]
     Export(ExportArgs),
+    /// List the extents that changed between a snapshot and a newer point.
+    #[command(after_help = DIFF_EXAMPLES)]
+    Diff(DiffArgs),
     /// Verify a volume's metadata and report every problem with its location.
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
@@ -282,6 +312,34 @@ pub enum SnapshotCommand {
         #[arg(value_name = "VOL@SNAP")]
         snapshot: String,
     },
+    /// Make the live volume a snapshot's content again; every snapshot is kept.
+    #[command(after_help = ROLLBACK_HELP)]
+    Rollback {
+        /// VOL@SNAP: the snapshot to roll back to.
+        #[arg(value_name = "VOL@SNAP")]
+        snapshot: String,
+        /// Roll back even when clients are connected to the live export.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `snapvol diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older point: a snapshot.
+    #[arg(value_name = "VOL@FROM")]
+    pub from: String,
+
+    /// The newer point: a snapshot of the same volume, or VOL for the live volume (the
+    /// default).
+    #[arg(value_name = "VOL@TO")]
+    pub to: Option<String>,
+
+    /// Print JSON: {from, to, chunk_size, changed_bytes, extents: [{offset, length}]}, in
+    /// bytes.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `snapvol import`.

@@ -33,6 +33,8 @@ pub struct InfoJson {
     /// Reads of preserved chunks that failed their checksum since the volume was opened (each
     /// answered with EIO); non-zero means a damaged snapshot store: run `check --data`.
     pub checksum_errors: u64,
+    /// The snapshot an unfinished rollback is restoring (see `snapshot rollback`), or `null`.
+    pub rollback_to: Option<String>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotJson>,
 }
@@ -95,6 +97,7 @@ impl From<&VolumeInfo> for InfoJson {
             preserved_chunks: v.preserved_chunks,
             pending_preserve_bytes: v.pending_preserve_bytes,
             checksum_errors: v.checksum_errors,
+            rollback_to: v.rollback_to.clone(),
             snapshots: v.snapshots.iter().map(SnapshotJson::from).collect(),
         }
     }

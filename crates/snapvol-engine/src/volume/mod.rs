@@ -142,6 +142,11 @@ pub struct VolumeInfo {
     /// target slots promised to them. `target_used_bytes` plus this is what the target will
     /// hold once the cache is empty (fewer if snapshots are deleted first).
     pub pending_preserve_bytes: u64,
+    /// The snapshot an unfinished rollback is making the live volume (one interrupted by a
+    /// crash, or stopped by an error): the next open for writing, or running the rollback
+    /// again, finishes it. Until then a read-only open reads the live volume as it.
+    #[serde(default)]
+    pub rollback_to: Option<String>,
 }
 
 /// Metadata that changes only on commit; guarded by one mutex that the data path never takes.
@@ -521,6 +526,9 @@ impl Volume {
             dirty_bytes: i.cache.dirty_bytes(),
             pending_preserve_bytes: pending * i.geo.chunk(),
             checksum_errors: i.stats.checksum_failures.load(Ordering::Relaxed),
+            rollback_to: i
+                .rollback_target()
+                .and_then(|s| i.table.load().by_seq(s).map(|m| m.name.clone())),
         }
     }
 

@@ -75,6 +75,16 @@ pub fn render(info: &VolumeInfo) -> String {
             ),
         ));
     }
+    if let Some(snap) = &info.rollback_to {
+        lines.push((
+            "rollback",
+            format!(
+                "unfinished: the live volume is becoming {0}@{snap} (the next open for \
+                 writing finishes it, or run snapvol snapshot rollback {0}@{snap})",
+                info.name
+            ),
+        ));
+    }
     lines.push(("metadata", format_size(info.metadata_bytes)));
     lines.push(("target file", format_size(info.target_file_bytes)));
     let mut text = key_values(&lines);

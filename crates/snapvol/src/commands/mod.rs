@@ -2,6 +2,7 @@
 
 mod check;
 mod create;
+pub(crate) mod diff;
 mod export;
 mod import;
 mod info;
@@ -35,6 +36,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Snapshot(SnapshotCommand::Delete { snapshot }) => {
             snapshot::delete(&store, &snapshot)
         }
+        Command::Snapshot(SnapshotCommand::Rollback { snapshot, force }) => {
+            snapshot::rollback(&store, &snapshot, force)
+        }
+        Command::Diff(args) => diff::run(&store, args),
         Command::Import(args) => import::run(&store, args),
         Command::Export(args) => export::run(&store, args),
         Command::Check(args) => check::run(&store, args),

@@ -94,6 +94,25 @@ pub enum Request {
         #[serde(default)]
         data: bool,
     },
+    /// `snapvol diff VOL@FROM [VOL@TO]`: answered with the diff.
+    Diff {
+        /// The volume.
+        volume: String,
+        /// The older snapshot.
+        from: String,
+        /// The newer snapshot, or `None` for the live volume.
+        to: Option<String>,
+    },
+    /// `snapvol snapshot rollback VOL@SNAP`: answered with a `RollbackReport`.
+    Rollback {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+        /// Roll back even with clients connected to the live export.
+        #[serde(default)]
+        force: bool,
+    },
     /// `snapvol export VOL[@SNAP] FILE`: answered with `{"size": BYTES}`, then the image as
     /// the frames of [`super::image_stream`].
     Export {
@@ -184,12 +203,49 @@ fn handle(exports: &StoreExports, req: Request) -> Response {
             }
             Request::SnapshotList { volume } => json(&exports.volume(&volume)?.snapshots()),
             Request::Check { volume, data } => json(&exports.volume(&volume)?.check(data)?),
+            Request::Diff { volume, from, to } => {
+                let vol = exports.volume(&volume)?;
+                let diff = crate::commands::diff::compute(&vol, &volume, &from, to.as_deref())
+                    .map_err(engine_error)?;
+                json(&diff)
+            }
+            Request::Rollback {
+                volume,
+                snapshot,
+                force,
+            } => {
+                let vol = exports.volume(&volume)?;
+                let clients = exports.live_clients(&volume);
+                if clients > 0 && !force {
+                    return Err(Error::InvalidArgument(format!(
+                        "{volume} has {clients} client connection{} to its live export: a \
+                         rollback would change the disk under {}; disconnect {} first, or \
+                         use --force",
+                        if clients == 1 { "" } else { "s" },
+                        if clients == 1 { "it" } else { "them" },
+                        if clients == 1 { "it" } else { "them" },
+                    )));
+                }
+                let seq = vol.snapshot(&snapshot)?.seq;
+                let report = vol.rollback(seq, &mut |_, _| {})?;
+                tracing::info!(volume = %volume, snapshot = %snapshot, rewritten_bytes = report.rewritten_bytes, forced_with_clients = clients, "rolled back through the control socket");
+                json(&report)
+            }
             Request::Export { .. } => unreachable!("export streams its answer (serve_one)"),
         })
     })();
     match result {
         Ok(value) => Response::Ok { value },
         Err(e) => Response::from_error(e),
+    }
+}
+
+/// An error of a command's shared code run in the server, as the engine error it carries
+/// (so its kind reaches the client) or as a message.
+fn engine_error(e: anyhow::Error) -> Error {
+    match e.downcast::<Error>() {
+        Ok(e) => e,
+        Err(e) => Error::InvalidArgument(crate::output::error_message(&e)),
     }
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use crate::serving::*;
 
-const CHUNK: u64 = 64 * KIB;
+pub(crate) const CHUNK: u64 = 64 * KIB;
 /// The volume of the map tests: 256 chunks.
-const SIZE: u64 = 16 * MIB;
+pub(crate) const SIZE: u64 = 16 * MIB;
 
 /// Chunk numbers covered by `[offset, offset + len)`, which must be whole chunks.
 fn chunks_of(offset: u64, len: u64) -> Vec<u64> {
@@ -24,7 +24,7 @@ fn set(chunks: &[u64]) -> BTreeSet<u64> {
 }
 
 /// Runs qemu-io commands on the live export, all of which must succeed.
-fn qemu_io_ok(uri: &str, commands: &[&str]) {
+pub(crate) fn qemu_io_ok(uri: &str, commands: &[&str]) {
     let mut args = Vec::new();
     for c in commands.iter().chain(&["flush"]) {
         args.extend(["-c", c]);
@@ -38,7 +38,7 @@ fn qemu_io_ok(uri: &str, commands: &[&str]) {
 
 /// Volume `v` (16 MiB, 64 KiB chunks) served, written before and after snapshots s1 and s2:
 /// returns the server and the chunks changed since s1, since s2, and between s1 and s2.
-fn volume_with_known_changes(env: &Env) -> (Server, [BTreeSet<u64>; 3]) {
+pub(crate) fn volume_with_known_changes(env: &Env) -> (Server, [BTreeSet<u64>; 3]) {
     env.create("v", "16M");
     let server = env.serve();
     let live = server.uri("v");

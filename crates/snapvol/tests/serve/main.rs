@@ -8,7 +8,8 @@
 //!
 //! By client and by concern: `qemu` (qemu-img and qemu-io), `libnbd` (nbdinfo and nbdcopy),
 //! `bitmaps` (the `qemu:dirty-bitmap:SNAP` contexts through nbdinfo, qemu-img, python3-libnbd,
-//! an incremental backup, and under churn), `workloads` (fio and ext4), `sigkill`, `control`
+//! an incremental backup, and under churn), `restore` (`diff` and `snapshot rollback`, served,
+//! offline and killed part-way), `workloads` (fio and ext4), `sigkill`, `control`
 //! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers)
 //! and `integrity` (a damaged journal or preserved chunk, a full file system); the helpers
 //! several of them use are below.
@@ -22,6 +23,7 @@ mod control;
 mod integrity;
 mod libnbd;
 mod qemu;
+mod restore;
 mod sigkill;
 mod workloads;
 

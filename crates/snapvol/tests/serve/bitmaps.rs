@@ -214,6 +214,33 @@ fn python_libnbd_reads_both_contexts_as_virtnbdbackup_does_and_gets_the_changed_
             .expect("allocation covers chunk 200");
         assert_eq!(at_200.2, 3, "{r}");
     }
+
+    // One request at a time. Without REQ_ONE the answer is whole chunks from an aligned
+    // offset, the last one running to the end of its chunk; with REQ_ONE, exactly one
+    // descriptor per context, no longer than the request.
+    let live = server.uri("v");
+    let probe = |offset: u64, count: u64, flags: &[&str]| {
+        let (o, c) = (offset.to_string(), count.to_string());
+        let mut args = vec!["probe", &live, "s1", &o, &c];
+        args.extend(flags);
+        dirty_bitmap_py(&args)
+    };
+    let pairs = |v: &serde_json::Value| -> Vec<(u64, u64)> {
+        serde_json::from_value(v.clone()).expect("descriptors")
+    };
+    let r = probe(CHUNK, 4 * CHUNK + 10, &[]);
+    assert_eq!(
+        pairs(&r["dirty"]),
+        vec![(CHUNK, 0), (CHUNK, 1), (2 * CHUNK, 0), (CHUNK, 1)],
+        "{r}"
+    );
+    let r = probe(5 * CHUNK + 100, 3 * CHUNK, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(CHUNK - 100, 1)], "{r}");
+    assert_eq!(pairs(&r["allocation"]).len(), 1, "{r}");
+    let r = probe(6 * CHUNK, 1000, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(1000, 0)], "{r}");
+    let r = probe(20 * CHUNK, 3 * CHUNK, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(3 * CHUNK, 1)], "{r}");
     server.stop();
 }
 

@@ -168,18 +168,16 @@ fn qemu_img_map_with_x_dirty_bitmap_shows_the_changed_chunks_as_not_data() {
     server.stop();
 }
 
+/// Runs the Python client `script` with `args`, which must succeed; returns its JSON report.
+fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_ok(python_client(script).args(args));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} {args:?}: {e}: {}", text(&out.stdout)))
+}
+
 /// Runs tests/clients/dirty_bitmap.py with `args`; returns its JSON report.
 fn dirty_bitmap_py(args: &[&str]) -> serde_json::Value {
-    let out = output_within(python_client("dirty_bitmap.py").args(args), LIMIT);
-    assert!(
-        out.status.success(),
-        "dirty_bitmap.py {args:?}: {}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("dirty_bitmap.py {args:?}: {e}: {}", text(&out.stdout)))
+    python_json("dirty_bitmap.py", args)
 }
 
 /// `(offset, length, flags)` extents of a dirty_bitmap.py map.
@@ -284,8 +282,7 @@ fn an_incremental_backup_reads_only_the_dirty_extents_and_equals_snapvol_export(
     qemu_io_ok(&live, &["write -P 0x66 0 1M", "write -P 0x67 200M 1M"]);
 
     let r = dirty_bitmap_py(&["backup", &server.uri("v@s2"), "s1", full.to_str().unwrap()]);
-    let exported = output_within(env.snapvol().args(["export", "v@s2", "-"]), LIMIT);
-    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let exported = run_ok(env.snapvol().args(["export", "v@s2", "-"]));
     assert_eq!(exported.stdout.len() as u64, size);
     let backup = std::fs::read(&full).expect("read full.img");
     if let Some(i) = (0..backup.len()).find(|&i| backup[i] != exported.stdout[i]) {
@@ -311,26 +308,9 @@ fn the_bitmap_stays_exact_under_writes_and_snapshot_churn() {
     let server = env.serve();
     let store = env.store();
     let uri = format!("nbd://127.0.0.1:{}", server.port());
-    let out = output_within(
-        python_client("bitmap_race.py").args([
-            BIN,
-            store.to_str().unwrap(),
-            &uri,
-            "v",
-            &CHUNK.to_string(),
-            "8",
-            "7",
-        ]),
-        LIMIT,
-    );
-    assert!(
-        out.status.success(),
-        "bitmap_race.py: {}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let chunk = CHUNK.to_string();
+    let store = store.to_str().unwrap();
+    let r = python_json("bitmap_race.py", &[BIN, store, &uri, "v", &chunk, "8", "7"]);
     assert_eq!(r["problems"], serde_json::json!([]), "{r}");
     for n in [
         "writes",

@@ -592,6 +592,19 @@ mod tests {
         assert_eq!(types(&replies(&out)), vec![NBD_REP_ERR_INVALID]);
     }
 
+    /// `NBD_OPT_GO` of export `name`, which must enter transmission.
+    fn go(name: &str, hs: &mut ServerHandshake<'_>) -> Box<Negotiated> {
+        let mut out = Vec::new();
+        let data = encode_info_request(&InfoRequest {
+            name: name.into(),
+            requests: vec![],
+        });
+        match hs.handle_option(NBD_OPT_GO, &data, &mut out) {
+            Step::Transmission(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn meta(export: &str, queries: &[&str]) -> Vec<u8> {
         encode_meta_context_request(&MetaContextRequest {
             export: export.into(),
@@ -672,17 +685,6 @@ mod tests {
             ]
         );
         // GO to another export: the selection does not apply.
-        let go = |name: &str, hs: &mut ServerHandshake<'_>| {
-            let mut out = Vec::new();
-            let data = encode_info_request(&InfoRequest {
-                name: name.into(),
-                requests: vec![],
-            });
-            match hs.handle_option(NBD_OPT_GO, &data, &mut out) {
-                Step::Transmission(n) => n,
-                other => panic!("{other:?}"),
-            }
-        };
         assert!(go("vol@s1", &mut hs).contexts.is_empty());
         let n = go("vol", &mut hs);
         assert!(n.structured);
@@ -723,14 +725,7 @@ mod tests {
             "vol",
             Export::new(Arc::new(MemDevice::new(1 << 20)), "no bitmaps any more"),
         );
-        out.clear();
-        let data = encode_info_request(&InfoRequest {
-            name: "vol".into(),
-            requests: vec![],
-        });
-        let Step::Transmission(n) = hs.handle_option(NBD_OPT_GO, &data, &mut out) else {
-            panic!("GO did not enter transmission")
-        };
+        let n = go("vol", &mut hs);
         let names: Vec<&str> = n.contexts.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec![BASE_ALLOCATION, "qemu:dirty-bitmap:s1"]);
         assert!(n

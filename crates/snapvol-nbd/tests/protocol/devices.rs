@@ -1,5 +1,6 @@
 //! Block devices for the tests: one that counts the calls reaching it, one that fails (or
-//! panics) on chosen operations, and one whose requests wait at a gate the test opens.
+//! panics) on chosen operations, one that answers block status with nothing, and one whose
+//! requests wait at a gate the test opens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -73,6 +74,40 @@ impl BlockDevice for FailingDevice {
     }
     fn flush(&self) -> Result<(), DevError> {
         Err(DevError::io("flush failed"))
+    }
+}
+
+/// A zero-filled read-only device offering `qemu:dirty-bitmap:s1`, that answers every
+/// block-status request, in every context, with no descriptor at all.
+pub(crate) struct Silent {
+    pub(crate) size: u64,
+}
+
+impl BlockDevice for Silent {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn read(&self, _: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), DevError> {
+        Err(DevError::permission("read-only"))
+    }
+    fn flush(&self) -> Result<(), DevError> {
+        Ok(())
+    }
+    fn block_status(&self, _: u64, _: u32) -> Result<Vec<Extent>, DevError> {
+        Ok(Vec::new())
+    }
+    fn meta_contexts(&self) -> Vec<String> {
+        vec!["qemu:dirty-bitmap:s1".into()]
+    }
+    fn context_block_status(&self, _: &str, _: u64, _: u32) -> Result<Vec<Extent>, DevError> {
+        Ok(Vec::new())
     }
 }
 

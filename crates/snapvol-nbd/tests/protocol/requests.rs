@@ -11,7 +11,7 @@ use snapvol_nbd::{BlockDevice, DevError, Errno, Extent, MemDevice};
 
 use crate::client::{one_export, Client, Reply};
 use crate::common::*;
-use crate::devices::{Counting, FailingDevice};
+use crate::devices::{Counting, FailingDevice, Silent};
 
 #[test]
 fn writes_to_a_read_only_export_get_eperm_with_simple_and_structured_replies() {
@@ -212,36 +212,7 @@ fn block_status_reports_base_allocation_and_the_device_contexts() {
 fn a_context_the_device_answers_nothing_for_fails_instead_of_reading_as_clean() {
     // What broke: an empty answer became one descriptor of flags 0 for every context, and
     // for a dirty bitmap 0 means "clean": a backup would have skipped changed data.
-    struct Silent(MemDevice);
-    impl BlockDevice for Silent {
-        fn size(&self) -> u64 {
-            self.0.size()
-        }
-        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
-            self.0.read(offset, buf)
-        }
-        fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError> {
-            self.0.write(offset, data, fua)
-        }
-        fn flush(&self) -> Result<(), DevError> {
-            self.0.flush()
-        }
-        fn block_status(&self, _offset: u64, _len: u32) -> Result<Vec<Extent>, DevError> {
-            Ok(Vec::new())
-        }
-        fn meta_contexts(&self) -> Vec<String> {
-            vec!["qemu:dirty-bitmap:s1".into()]
-        }
-        fn context_block_status(
-            &self,
-            _context: &str,
-            _offset: u64,
-            _len: u32,
-        ) -> Result<Vec<Extent>, DevError> {
-            Ok(Vec::new())
-        }
-    }
-    let h = serve(one_export("b", Arc::new(Silent(MemDevice::new(8192)))));
+    let h = serve(one_export("b", Arc::new(Silent { size: 8192 })));
     let mut c = Client::tcp(h.addr);
     let (_, _, ids) = c.go("b", true, &[BASE_ALLOCATION, "qemu:dirty-bitmap:s1"]);
     assert_eq!(ids.len(), 2);

@@ -10,6 +10,10 @@ Usage: dirty_bitmap.py map URI BITMAP
     prints {"size": N, "allocation": [[offset, length, flags], ...],
             "dirty": [[offset, length, flags], ...], "requests": N}
 
+       dirty_bitmap.py probe URI BITMAP OFFSET COUNT [req-one]
+    one BLOCK_STATUS request (with NBD_CMD_FLAG_REQ_ONE if asked); prints
+    {"allocation": [[length, flags], ...], "dirty": [[length, flags], ...]}
+
        dirty_bitmap.py backup URI BITMAP IMAGE
     an incremental backup into IMAGE (a full copy of the bitmap's snapshot): every dirty
     extent is read and written into IMAGE at the same offset, except the parts that
@@ -116,9 +120,34 @@ def intersect(dirty, allocation):
     return out
 
 
+def probe(h, bitmap, offset, count, flags):
+    """One request's descriptors, by context."""
+    got = {}
+
+    def extent(ctx, off, entries, err):
+        key = "allocation" if ctx == ALLOCATION else "dirty"
+        got.setdefault(key, []).append(
+            [[entries[i], entries[i + 1]] for i in range(0, len(entries) - 1, 2)]
+        )
+        return 0
+
+    h.block_status(count, offset, extent, flags)
+    for key, chunks in got.items():
+        if len(chunks) != 1:
+            raise Bad(f"{len(chunks)} chunks for {key} in one reply")
+        got[key] = chunks[0]
+    return got
+
+
 def main():
     mode, uri, bitmap = sys.argv[1:4]
     h = connect(uri, bitmap)
+    if mode == "probe":
+        offset, count = int(sys.argv[4]), int(sys.argv[5])
+        flags = nbd.CMD_FLAG_REQ_ONE if sys.argv[6:] == ["req-one"] else 0
+        print(json.dumps(probe(h, bitmap, offset, count, flags)))
+        h.shutdown()
+        return
     size, maps, requests = walk(h, bitmap)
     if mode == "map":
         print(json.dumps({

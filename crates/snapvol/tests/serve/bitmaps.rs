@@ -168,18 +168,16 @@ fn qemu_img_map_with_x_dirty_bitmap_shows_the_changed_chunks_as_not_data() {
     server.stop();
 }
 
+/// Runs the Python client `script` with `args`, which must succeed; returns its JSON report.
+fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_ok(python_client(script).args(args));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} {args:?}: {e}: {}", text(&out.stdout)))
+}
+
 /// Runs tests/clients/dirty_bitmap.py with `args`; returns its JSON report.
 fn dirty_bitmap_py(args: &[&str]) -> serde_json::Value {
-    let out = output_within(python_client("dirty_bitmap.py").args(args), LIMIT);
-    assert!(
-        out.status.success(),
-        "dirty_bitmap.py {args:?}: {}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("dirty_bitmap.py {args:?}: {e}: {}", text(&out.stdout)))
+    python_json("dirty_bitmap.py", args)
 }
 
 /// `(offset, length, flags)` extents of a dirty_bitmap.py map.
@@ -214,6 +212,33 @@ fn python_libnbd_reads_both_contexts_as_virtnbdbackup_does_and_gets_the_changed_
             .expect("allocation covers chunk 200");
         assert_eq!(at_200.2, 3, "{r}");
     }
+
+    // One request at a time. Without REQ_ONE the answer is whole chunks from an aligned
+    // offset, the last one running to the end of its chunk; with REQ_ONE, exactly one
+    // descriptor per context, no longer than the request.
+    let live = server.uri("v");
+    let probe = |offset: u64, count: u64, flags: &[&str]| {
+        let (o, c) = (offset.to_string(), count.to_string());
+        let mut args = vec!["probe", &live, "s1", &o, &c];
+        args.extend(flags);
+        dirty_bitmap_py(&args)
+    };
+    let pairs = |v: &serde_json::Value| -> Vec<(u64, u64)> {
+        serde_json::from_value(v.clone()).expect("descriptors")
+    };
+    let r = probe(CHUNK, 4 * CHUNK + 10, &[]);
+    assert_eq!(
+        pairs(&r["dirty"]),
+        vec![(CHUNK, 0), (CHUNK, 1), (2 * CHUNK, 0), (CHUNK, 1)],
+        "{r}"
+    );
+    let r = probe(5 * CHUNK + 100, 3 * CHUNK, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(CHUNK - 100, 1)], "{r}");
+    assert_eq!(pairs(&r["allocation"]).len(), 1, "{r}");
+    let r = probe(6 * CHUNK, 1000, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(1000, 0)], "{r}");
+    let r = probe(20 * CHUNK, 3 * CHUNK, &["req-one"]);
+    assert_eq!(pairs(&r["dirty"]), vec![(3 * CHUNK, 1)], "{r}");
     server.stop();
 }
 
@@ -257,8 +282,7 @@ fn an_incremental_backup_reads_only_the_dirty_extents_and_equals_snapvol_export(
     qemu_io_ok(&live, &["write -P 0x66 0 1M", "write -P 0x67 200M 1M"]);
 
     let r = dirty_bitmap_py(&["backup", &server.uri("v@s2"), "s1", full.to_str().unwrap()]);
-    let exported = output_within(env.snapvol().args(["export", "v@s2", "-"]), LIMIT);
-    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let exported = run_ok(env.snapvol().args(["export", "v@s2", "-"]));
     assert_eq!(exported.stdout.len() as u64, size);
     let backup = std::fs::read(&full).expect("read full.img");
     if let Some(i) = (0..backup.len()).find(|&i| backup[i] != exported.stdout[i]) {
@@ -284,26 +308,9 @@ fn the_bitmap_stays_exact_under_writes_and_snapshot_churn() {
     let server = env.serve();
     let store = env.store();
     let uri = format!("nbd://127.0.0.1:{}", server.port());
-    let out = output_within(
-        python_client("bitmap_race.py").args([
-            BIN,
-            store.to_str().unwrap(),
-            &uri,
-            "v",
-            &CHUNK.to_string(),
-            "8",
-            "7",
-        ]),
-        LIMIT,
-    );
-    assert!(
-        out.status.success(),
-        "bitmap_race.py: {}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let chunk = CHUNK.to_string();
+    let store = store.to_str().unwrap();
+    let r = python_json("bitmap_race.py", &[BIN, store, &uri, "v", &chunk, "8", "7"]);
     assert_eq!(r["problems"], serde_json::json!([]), "{r}");
     for n in [
         "writes",

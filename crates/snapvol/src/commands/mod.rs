@@ -3,7 +3,9 @@
 mod check;
 mod create;
 mod export;
+mod export_diff;
 mod import;
+mod import_diff;
 mod info;
 mod list;
 mod snapshot;
@@ -37,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Import(args) => import::run(&store, args),
         Command::Export(args) => export::run(&store, args),
+        Command::ImportDiff(args) => import_diff::run(&store, args),
         Command::Check(args) => check::run(&store, args),
         Command::Serve(args) => crate::serve::run(&store, args),
     }

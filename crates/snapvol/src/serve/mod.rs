@@ -4,6 +4,7 @@
 
 pub mod control;
 mod devices;
+pub mod diff_socket;
 pub mod image_stream;
 
 use std::collections::BTreeMap;

@@ -251,15 +251,11 @@ pub fn apply_diff(
         }
     }
     if let (Some(seq), Some(from), false) = (from_seq, &header.from, force) {
-        let changed = vol.diff(seq, None)?;
-        if !changed.is_empty() {
-            let bytes: u64 = changed.iter().map(|e| e.1).sum();
+        if let Some(at) = first_difference(vol, seq)? {
             bail!(
-                "volume '{name}' has changed since {name}@{from} ({} in {} extents), so the \
-                 stream would be applied on top of those changes; roll it back to {name}@{from} \
-                 first, or pass --force to apply it anyway: {nothing}",
-                format_size(bytes),
-                changed.len()
+                "volume '{name}' has changed since {name}@{from} (first at offset {at:#x}), so \
+                 the stream would be applied on top of those changes; roll it back to \
+                 {name}@{from} first, or pass --force to apply it anyway: {nothing}"
             );
         }
     }
@@ -280,6 +276,24 @@ pub fn apply_diff(
         from: header.from,
         created: header.to,
     })
+}
+
+/// Where the live volume's content first differs from snapshot `seq`'s, if it does. Only the
+/// chunks written since `seq` (from metadata) are compared: a chunk written back to what it
+/// was, as when a failed import was undone, has not changed.
+fn first_difference(vol: &Volume, seq: SnapshotSeq) -> Result<Option<u64>> {
+    let mut old = vec![0u8; READ_STEP];
+    let mut new = vec![0u8; READ_STEP];
+    for (offset, len) in vol.diff(seq, None)? {
+        for (at, n) in pieces(len, READ_STEP) {
+            vol.read_snapshot(seq, offset + at, &mut old[..n])?;
+            vol.read(offset + at, &mut new[..n])?;
+            if let Some(i) = old[..n].iter().zip(&new[..n]).position(|(a, b)| a != b) {
+                return Ok(Some(offset + at + i as u64));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the stream's records into the live volume, up to its end record.

@@ -1,6 +1,7 @@
 //! The bytes of a whole image sent over the control socket (`snapvol export` of a volume that
-//! `snapvol serve` holds): after the answer line, a sequence of frames, each a one-byte tag
-//! and a little-endian u64:
+//! `snapvol serve` holds; an incremental export's stream travels the same way, through
+//! [`FrameWriter`] and [`FrameReader`]): after the answer line, a sequence of frames, each a
+//! one-byte tag and a little-endian u64:
 //!
 //! ```text
 //! 'd' len   then len bytes of the image (1 ..= MAX_DATA)

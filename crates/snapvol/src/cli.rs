@@ -26,7 +26,7 @@ Examples:
   snapvol snapshot create vm1@monday            take a snapshot (instant)
   snapvol snapshot list vm1                     snapshots with the space each one holds
   snapvol export vm1@monday monday.img          read the snapshot back as a full image
-  snapvol export vm1@tuesday d.rbd --from vm1@monday    only what changed (an rbd diff)
+  snapvol export vm1@tue d.rbd --from vm1@mon  only what changed since mon (an rbd diff)
   snapvol info vm1 --json                       machine-readable details
   snapvol --store /srv/volumes list             use another store (or set SNAPVOL_STORE)
 
@@ -57,7 +57,7 @@ Examples:
   snapvol export vm1@monday monday.img          a snapshot
   snapvol export vm1@monday - | gzip > monday.img.gz
 
-The output is always exactly the volume's size. A regular output file is written sparse: \
+A full image is always exactly the volume's size. A regular output file is written sparse: \
 all-zero regions are left as holes.
 
 Incremental (--from VOL@FROM): only the chunks that changed between FROM and VOL@TO (or the \

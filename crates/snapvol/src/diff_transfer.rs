@@ -302,22 +302,34 @@ fn apply_records(
     reader: &mut Reader<impl Read>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<DiffSummary> {
-    let mut summary = DiffSummary::default();
-    let mut buf = vec![0u8; MAX_PIECE];
-    while let Some(event) = reader.next(&mut buf)? {
+    drain(reader, |event, position| {
         match event {
-            Event::Data { offset, data } => {
-                vol.write(offset, data)?;
-                summary.data_bytes += data.len() as u64;
-            }
+            Event::Data { offset, data } => vol.write(offset, data)?,
             Event::Zero { offset, len } => {
                 for (at, n) in pieces(len, ZERO_STEP) {
                     vol.write_zeroes(offset + at, n as u64)?;
                 }
-                summary.zeroed_bytes += len;
             }
         }
-        progress(reader.position());
+        progress(position);
+        Ok(())
+    })
+}
+
+/// Reads `reader`'s records up to the end record, handing each piece to `each` with the
+/// stream bytes read so far; returns what the stream held.
+pub fn drain(
+    reader: &mut Reader<impl Read>,
+    mut each: impl FnMut(Event<'_>, u64) -> Result<()>,
+) -> Result<DiffSummary> {
+    let mut summary = DiffSummary::default();
+    let mut buf = vec![0u8; MAX_PIECE];
+    while let Some(event) = reader.next(&mut buf)? {
+        match event {
+            Event::Data { data, .. } => summary.data_bytes += data.len() as u64,
+            Event::Zero { len, .. } => summary.zeroed_bytes += len,
+        }
+        each(event, reader.position())?;
     }
     summary.records = reader.records();
     Ok(summary)

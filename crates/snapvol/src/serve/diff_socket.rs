@@ -22,8 +22,8 @@ use snapvol_engine::Store;
 use super::control::{converse, send, Request, Response, REPLY_TIMEOUT, STREAM_TIMEOUT};
 use super::devices::StoreExports;
 use super::image_stream::{write_error, FrameReader, FrameWriter};
-use crate::diff_transfer::{apply_diff, plan_export, write_diff, DiffSummary, ImportReport};
-use crate::rbd_diff::{Event, Reader, Writer, MAX_PIECE};
+use crate::diff_transfer::{apply_diff, drain, plan_export, write_diff, DiffSummary, ImportReport};
+use crate::rbd_diff::{Event, Reader, Writer};
 
 /// Answers an `export_diff` request on `stream`.
 pub(super) fn serve_export(
@@ -156,24 +156,20 @@ impl DiffDownload {
 fn relay(input: impl Read, out: impl Write, bar: &ProgressBar) -> Result<DiffSummary> {
     let mut reader = Reader::new(input)?;
     let mut writer = Writer::new(out, reader.header())?;
-    let mut summary = DiffSummary::default();
-    let mut buf = vec![0u8; MAX_PIECE];
-    while let Some(event) = reader.next(&mut buf)? {
+    let summary = drain(&mut reader, |event, _| {
         match event {
             Event::Data { offset, data } => {
                 writer.data(offset, data)?;
-                summary.data_bytes += data.len() as u64;
                 bar.inc(data.len() as u64);
             }
             Event::Zero { offset, len } => {
                 writer.zero(offset, len)?;
-                summary.zeroed_bytes += len;
                 bar.inc(len);
             }
         }
-    }
+        Ok(())
+    })?;
     writer.end()?;
-    summary.records = reader.records();
     Ok(summary)
 }
 

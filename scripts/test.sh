@@ -61,7 +61,7 @@ step "$current"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install cargo-fuzz --locked
 fi
-for target in nbd_handshake nbd_request engine_format; do
+for target in nbd_handshake nbd_request engine_format rbd_diff; do
     mkdir -p "fuzz/corpus/$target"
     seeds=()
     [[ -d "fuzz/seeds/$target" ]] && seeds=("fuzz/seeds/$target")

@@ -26,6 +26,7 @@ Examples:
   snapvol snapshot create vm1@monday            take a snapshot (instant)
   snapvol snapshot list vm1                     snapshots with the space each one holds
   snapvol export vm1@monday monday.img          read the snapshot back as a full image
+  snapvol export vm1@tue d.rbd --from vm1@mon  only what changed since mon (an rbd diff)
   snapvol info vm1 --json                       machine-readable details
   snapvol --store /srv/volumes list             use another store (or set SNAPVOL_STORE)
 
@@ -56,8 +57,41 @@ Examples:
   snapvol export vm1@monday monday.img          a snapshot
   snapvol export vm1@monday - | gzip > monday.img.gz
 
-The output is always exactly the volume's size. A regular output file is written sparse: \
-all-zero regions are left as holes.";
+A full image is always exactly the volume's size. A regular output file is written sparse: \
+all-zero regions are left as holes.
+
+Incremental (--from VOL@FROM): only the chunks that changed between FROM and VOL@TO (or the \
+live volume), as an 'rbd diff v1' stream that `snapvol import-diff` and Ceph's `rbd \
+import-diff` apply. What changed is known from metadata, so the cost follows the amount of \
+change, not the volume's size.
+  snapvol export vm1@tue tue.rbd --from vm1@mon        changes from mon to tue
+  snapvol export vm1 now.rbd --from vm1@tue            changes from tue to the live volume
+  snapvol export vm1@tue - --from vm1@mon | ssh backup snapvol import-diff vm1 -
+
+The stream names FROM (its from-snapshot) and TO (its to-snapshot, which import-diff creates); \
+a stream to the live volume names no to-snapshot, and since the live volume may change while \
+it is read, export a snapshot for a consistent copy. Zeroed or trimmed ranges travel as zero \
+records without data. FROM must be older than TO and of the same volume.";
+
+const IMPORT_DIFF_EXAMPLES: &str = "\
+Examples:
+  snapvol import-diff vm1 tue.rbd               apply a stream, then create its to-snapshot
+  snapvol export vm1@tue - --from vm1@mon | snapvol --store /backup import-diff vm1 -
+
+Restore a chain: import the full image of the first snapshot, take that snapshot, then apply \
+each stream in order:
+  snapvol import vm1 mon.img && snapvol snapshot create vm1@mon
+  snapvol import-diff vm1 tue.rbd && snapvol import-diff vm1 wed.rbd
+
+Before writing anything, import-diff checks that the volume has the stream's from-snapshot, \
+does not have its to-snapshot yet, is the stream's size (volumes are not resized), and has not \
+changed since the from-snapshot (the stream would be applied on top of those changes; --force \
+applies it anyway). The changes are all or nothing: if the stream is cut short, malformed, or \
+the process dies, the live volume is left as the from-snapshot (after a crash, by the next \
+open). A stream without a from-snapshot (rbd export-diff without --from-snap) is a whole image \
+and is applied without that guarantee. If the process died after the data was durable but \
+before the to-snapshot was created, the live volume differs from the from-snapshot: run the \
+same import-diff again with --force.";
 
 const SNAPSHOT_EXAMPLES: &str = "\
 Examples:
@@ -188,12 +222,16 @@ pub enum Command {
     /// Write a raw image into the live volume, from offset 0.
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
-    /// Read the live volume or a snapshot out as a full raw image.
+    /// Read the live volume or a snapshot out as a full raw image, or with --from as an
+    /// incremental 'rbd diff v1' stream.
     #[command(after_help = EXPORT_EXAMPLES)]
     Export(ExportArgs),
     /// List the extents that changed between a snapshot and a newer point.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
+    /// Apply an 'rbd diff v1' stream to the live volume, then create its to-snapshot.
+    #[command(after_help = IMPORT_DIFF_EXAMPLES)]
+    ImportDiff(ImportDiffArgs),
     /// Verify a volume's metadata and report every problem with its location.
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
@@ -368,6 +406,29 @@ pub struct ExportArgs {
     /// Output file or block device; '-' writes to standard output.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+
+    /// Write only what changed since this older snapshot of the same volume, as an 'rbd diff
+    /// v1' stream (without the to-snapshot record when the source is the live volume).
+    #[arg(long, value_name = "VOL@FROM")]
+    pub from: Option<String>,
+}
+
+/// `snapvol import-diff`.
+#[derive(Debug, Args)]
+pub struct ImportDiffArgs {
+    /// The volume to apply the stream to.
+    #[arg(value_name = "VOL")]
+    pub volume: String,
+
+    /// The 'rbd diff v1' stream; '-' reads standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Apply the stream even though the live volume changed since its from-snapshot (also how
+    /// to finish an import whose process died after its data was durable but before its
+    /// to-snapshot was created).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `snapvol check`.

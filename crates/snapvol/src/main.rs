@@ -2,7 +2,9 @@
 
 mod cli;
 mod commands;
+mod diff_transfer;
 mod output;
+mod rbd_diff;
 mod serve;
 mod size;
 mod transfer;

@@ -24,6 +24,9 @@ use crate::transfer::{pieces, Sink, PIECE};
 type Out = Sink<Box<dyn Write>>;
 
 pub fn run(store: &Store, args: ExportArgs) -> Result<()> {
+    if let Some(from) = &args.from {
+        return super::export_diff::run(store, &args, from);
+    }
     let (volume, snapshot) = parse_volume_or_snapshot(&args.source)?;
     let size = match store.open_read_only(volume) {
         Ok(vol) => with_volume(vol, |vol| {
@@ -166,16 +169,26 @@ fn copy_from_server(
 /// block device, a pipe, /dev/null) is written in order without truncation. The flag says
 /// whether the output is a regular file, which is removed again if the export fails.
 fn open_output(path: &Path) -> io::Result<(Out, bool)> {
+    let (file, regular) = open_truncated(path)?;
+    if regular {
+        Ok((Sink::Sparse { file, position: 0 }, true))
+    } else {
+        Ok((Sink::Stream(Box::new(file)), false))
+    }
+}
+
+/// Opens an output for writing from its start: a regular file is emptied, anything else is
+/// written over as it is. The flag says whether it is a regular file.
+pub(super) fn open_truncated(path: &Path) -> io::Result<(fs::File, bool)> {
     // Not truncated on open: O_TRUNC means nothing to a device; a regular file is cut below.
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    if file.metadata()?.is_file() {
+    let regular = file.metadata()?.is_file();
+    if regular {
         file.set_len(0)?;
-        Ok((Sink::Sparse { file, position: 0 }, true))
-    } else {
-        Ok((Sink::Stream(Box::new(file)), false))
     }
+    Ok((file, regular))
 }

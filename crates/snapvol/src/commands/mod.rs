@@ -4,7 +4,9 @@ mod check;
 mod create;
 pub(crate) mod diff;
 mod export;
+mod export_diff;
 mod import;
+mod import_diff;
 mod info;
 mod list;
 mod snapshot;
@@ -42,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff(args) => diff::run(&store, args),
         Command::Import(args) => import::run(&store, args),
         Command::Export(args) => export::run(&store, args),
+        Command::ImportDiff(args) => import_diff::run(&store, args),
         Command::Check(args) => check::run(&store, args),
         Command::Serve(args) => crate::serve::run(&store, args),
     }

@@ -46,11 +46,11 @@ pub const MAX_REQUEST: usize = 1 << 20;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Time the client has to take the answer; a client that does not read it is abandoned.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time the client of an export has to take each piece of the image (it may be writing the
 /// previous one to a slow disk).
-const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where the control socket of `store` is.
 pub fn socket_path(store: &Store) -> PathBuf {
@@ -121,6 +121,23 @@ pub enum Request {
         /// The snapshot, or `None` for the live volume.
         snapshot: Option<String>,
     },
+    /// `snapvol export VOL[@TO] FILE --from VOL@FROM`: see [`super::diff_socket`].
+    ExportDiff {
+        /// The volume.
+        volume: String,
+        /// The from-snapshot.
+        from: String,
+        /// The to-snapshot, or `None` for the live volume.
+        to: Option<String>,
+    },
+    /// `snapvol import-diff VOL FILE`: see [`super::diff_socket`].
+    ImportDiff {
+        /// The volume.
+        volume: String,
+        /// Apply even if the live volume changed since the from-snapshot.
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// The answer to a request.
@@ -155,7 +172,15 @@ impl Response {
         }
     }
 
-    fn from_error(e: Error) -> Self {
+    /// A failure of the binary's own code: the engine error it wraps, or its message.
+    pub(super) fn from_anyhow(e: anyhow::Error) -> Self {
+        match e.downcast::<Error>() {
+            Ok(e) => Self::from_error(e),
+            Err(e) => Self::error("other", crate::output::error_message(&e)),
+        }
+    }
+
+    pub(super) fn from_error(e: Error) -> Self {
         let (kind, name) = match &e {
             Error::SnapshotExists(n) => ("snapshot_exists", Some(n.clone())),
             Error::SnapshotNotFound(n) => ("snapshot_not_found", Some(n.clone())),
@@ -231,7 +256,9 @@ fn handle(exports: &StoreExports, req: Request) -> Response {
                 tracing::info!(volume = %volume, snapshot = %snapshot, rewritten_bytes = report.rewritten_bytes, forced_with_clients = clients, "rolled back through the control socket");
                 json(&report)
             }
-            Request::Export { .. } => unreachable!("export streams its answer (serve_one)"),
+            Request::Export { .. } | Request::ExportDiff { .. } | Request::ImportDiff { .. } => {
+                unreachable!("streams are answered in serve_one")
+            }
         })
     })();
     match result {
@@ -505,6 +532,12 @@ fn serve_one(exports: &StoreExports, stream: &UnixStream, connected: Instant) {
             Ok(Request::Export { volume, snapshot }) => {
                 return stream_export(exports, stream, &volume, snapshot.as_deref())
             }
+            Ok(Request::ExportDiff { volume, from, to }) => {
+                return super::diff_socket::serve_export(exports, stream, &volume, &from, to)
+            }
+            Ok(Request::ImportDiff { volume, force }) => {
+                return super::diff_socket::serve_import(exports, stream, &volume, force)
+            }
             Ok(req) => handle(exports, req),
             Err(e) => Response::error("bad_request", format!("bad control request: {e}")),
         },
@@ -589,7 +622,7 @@ fn stream_export(
 
 /// Writes `response` as one line; a client that went away or does not read is not our
 /// problem.
-fn send(stream: &UnixStream, response: &Response) {
+pub(super) fn send(stream: &UnixStream, response: &Response) {
     if let Ok(mut text) = serde_json::to_string(response) {
         text.push('\n');
         let _ = (&*stream).write_all(text.as_bytes());
@@ -637,20 +670,36 @@ pub fn export(
     volume: &str,
     snapshot: Option<&str>,
 ) -> anyhow::Result<Option<ImageStream>> {
-    let path = socket_path(store);
-    let Ok(mut stream) = UnixStream::connect(&path) else {
-        return Ok(None);
-    };
     let req = Request::Export {
         volume: volume.to_owned(),
         snapshot: snapshot.map(str::to_owned),
     };
-    let mut text = serde_json::to_string(&req)?;
+    let Some((value, frames)) = converse(store, &req)? else {
+        return Ok(None);
+    };
+    let size = value["size"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("the server's export answer has no size: {value}"))?;
+    Ok(Some(ImageStream { size, frames }))
+}
+
+/// Sends `req` and reads the answer line of a request that goes on streaming: the answer's
+/// value and the rest of the connection; `None` when no server answers on the store's socket.
+/// An error answer is returned as the error.
+pub fn converse(
+    store: &Store,
+    req: &Request,
+) -> anyhow::Result<Option<(serde_json::Value, BufReader<UnixStream>)>> {
+    let path = socket_path(store);
+    let Ok(mut stream) = UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let mut text = serde_json::to_string(req)?;
     text.push('\n');
     let sent = stream.write_all(text.as_bytes());
-    let mut frames = BufReader::with_capacity(1 << 20, stream);
+    let mut rest = BufReader::with_capacity(1 << 20, stream);
     let mut line = String::new();
-    let read = (&mut frames).take(MAX_REQUEST as u64).read_line(&mut line);
+    let read = (&mut rest).take(MAX_REQUEST as u64).read_line(&mut line);
     if line.trim().is_empty() {
         sent?;
         read?;
@@ -660,11 +709,7 @@ pub fn export(
         );
     }
     let response: Response = serde_json::from_str(&line)?;
-    let value = response.into_result()?;
-    let size = value["size"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("the server's export answer has no size: {value}"))?;
-    Ok(Some(ImageStream { size, frames }))
+    Ok(Some((response.into_result()?, rest)))
 }
 
 /// Whether the socket at `path` is answered.

@@ -208,10 +208,6 @@ impl StoreExports {
     /// EXPORT_NAME) until it has ended and its final flush is done. A handshake's INFO or
     /// meta-context option on `VOL` also counts while the server answers it (the server
     /// looks the export up for it), and not afterwards.
-    #[allow(
-        dead_code,
-        reason = "for `snapshot rollback`, which refuses while it is not 0"
-    )]
     pub fn live_clients(&self, volume: &str) -> usize {
         self.live_clients
             .lock()

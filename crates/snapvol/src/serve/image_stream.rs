@@ -1,6 +1,7 @@
 //! The bytes of a whole image sent over the control socket (`snapvol export` of a volume that
-//! `snapvol serve` holds): after the answer line, a sequence of frames, each a one-byte tag
-//! and a little-endian u64:
+//! `snapvol serve` holds; an incremental export's stream travels the same way, through
+//! [`FrameWriter`] and [`FrameReader`]): after the answer line, a sequence of frames, each a
+//! one-byte tag and a little-endian u64:
 //!
 //! ```text
 //! 'd' len   then len bytes of the image (1 ..= MAX_DATA)
@@ -85,6 +86,120 @@ pub fn read_frame(input: &mut impl Read, buf: &mut [u8]) -> io::Result<Frame> {
     }
 }
 
+/// Bytes sent as frames: what is written goes out in data frames of at most [`MAX_DATA`]
+/// bytes (an incremental export's stream through the control socket).
+#[derive(Debug)]
+pub struct FrameWriter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// Frames into `out`.
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            buf: Vec::with_capacity(MAX_DATA as usize),
+        }
+    }
+
+    /// Sends what is buffered, then the end frame.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        write_end(&mut self.out)?;
+        self.out.flush()
+    }
+
+    /// The output, for an error frame after a failure (what is buffered is dropped).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> Write for FrameWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() == MAX_DATA as usize {
+            self.flush()?;
+        }
+        let n = data.len().min(MAX_DATA as usize - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            write_data(&mut self.out, &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The bytes that frames carry, read back: data and zero frames in order, the end frame as the
+/// end of the input. An error frame fails the read; its answer is kept in
+/// [`FrameReader::failure`].
+#[derive(Debug)]
+pub struct FrameReader<R: Read> {
+    input: R,
+    buf: Vec<u8>,
+    /// The unread part of `buf`.
+    start: usize,
+    end: usize,
+    /// Zero bytes still to give from a zero frame.
+    zeroes: u64,
+    done: bool,
+    /// The server's error answer (JSON), once an error frame came.
+    pub failure: Option<Vec<u8>>,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads frames from `input`.
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            buf: vec![0u8; MAX_DATA as usize],
+            start: 0,
+            end: 0,
+            zeroes: 0,
+            done: false,
+            failure: None,
+        }
+    }
+}
+
+impl<R: Read> Read for FrameReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.start < self.end {
+                let n = out.len().min(self.end - self.start);
+                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+                self.start += n;
+                return Ok(n);
+            }
+            if self.zeroes > 0 {
+                let n = out
+                    .len()
+                    .min(usize::try_from(self.zeroes).unwrap_or(usize::MAX));
+                out[..n].fill(0);
+                self.zeroes -= n as u64;
+                return Ok(n);
+            }
+            if self.done || out.is_empty() {
+                return Ok(0);
+            }
+            match read_frame(&mut self.input, &mut self.buf)? {
+                Frame::Data(n) => (self.start, self.end) = (0, n),
+                Frame::Zero(n) => self.zeroes = n,
+                Frame::End => self.done = true,
+                Frame::Error(answer) => {
+                    self.failure = Some(answer);
+                    return Err(io::Error::other("the server's stream ended with an error"));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +230,35 @@ mod tests {
             read_frame(&mut input, &mut buf).is_err(),
             "nothing after the end"
         );
+    }
+
+    #[test]
+    fn bytes_written_as_frames_read_back_whole_zeroes_included() {
+        let mut bytes = vec![9u8; 10];
+        bytes.extend_from_slice(&[0; MAX_DATA as usize]);
+        bytes.extend_from_slice(&[3; 5]);
+        let mut wire = Vec::new();
+        let mut w = FrameWriter::new(&mut wire);
+        w.write_all(&bytes).unwrap();
+        w.flush().unwrap();
+        w.write_all(b"tail").unwrap();
+        w.finish().unwrap();
+        let mut out = Vec::new();
+        FrameReader::new(&wire[..]).read_to_end(&mut out).unwrap();
+        bytes.extend_from_slice(b"tail");
+        assert_eq!(out, bytes);
+        // Cut before the end frame: an error, not a short read.
+        let mut short = Vec::new();
+        let cut = FrameReader::new(&wire[..wire.len() - 9]).read_to_end(&mut short);
+        assert!(cut.is_err());
+        // An error frame fails the read and keeps the answer.
+        let mut wire = Vec::new();
+        write_data(&mut wire, &[1, 2]).unwrap();
+        write_error(&mut wire, b"{}").unwrap();
+        let mut r = FrameReader::new(&wire[..]);
+        let mut got = Vec::new();
+        assert!(r.read_to_end(&mut got).is_err());
+        assert_eq!(r.failure.as_deref(), Some(&b"{}"[..]));
     }
 
     #[test]

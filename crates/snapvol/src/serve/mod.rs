@@ -5,6 +5,7 @@
 mod bitmaps;
 pub mod control;
 mod devices;
+pub mod diff_socket;
 pub mod image_stream;
 
 use std::collections::BTreeMap;

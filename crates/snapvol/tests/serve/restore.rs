@@ -48,6 +48,14 @@ fn export(env: &Env, spec: &str) -> std::path::PathBuf {
     path
 }
 
+/// An interactive qemu-io connected to `uri`, once its first read has been answered.
+fn connected_client(uri: &str) -> Interactive {
+    let mut client = Interactive::spawn(tool("qemu-io").args(["-f", "raw", uri]));
+    client.send("read 0 4k");
+    client.wait_for("read 4096/4096");
+    client
+}
+
 #[test]
 fn diff_names_exactly_the_chunks_written_between_two_points_served_and_offline() {
     let env = Env::new();
@@ -86,9 +94,7 @@ fn rollback_while_serving_is_refused_with_clients_and_keeps_every_snapshot() {
     let (server, [since_s1, ..]) = volume_with_known_changes(&env);
     let (s1, s2) = (export(&env, "v@s1"), export(&env, "v@s2"));
 
-    let mut client = Interactive::spawn(tool("qemu-io").args(["-f", "raw", &server.uri("v")]));
-    client.send("read 0 4k");
-    client.wait_for("read 4096/4096");
+    let client = connected_client(&server.uri("v"));
     let refused = env.snapvol_fails(&["snapshot", "rollback", "v@s1"]);
     assert!(
         refused.contains("1 client connection") && refused.contains("--force"),
@@ -119,9 +125,7 @@ fn rollback_while_serving_is_refused_with_clients_and_keeps_every_snapshot() {
     assert_same_file(&copy, &s1);
 
     // Forward again to s2 with a client connected, forced.
-    let mut client = Interactive::spawn(tool("qemu-io").args(["-f", "raw", &server.uri("v")]));
-    client.send("read 0 4k");
-    client.wait_for("read 4096/4096");
+    let mut client = connected_client(&server.uri("v"));
     env.snapvol_ok(&["snapshot", "rollback", "v@s2", "--force"]);
     client.send("read -P 0x22 320k 64k");
     client.wait_for("read 65536/65536");

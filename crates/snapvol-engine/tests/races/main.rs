@@ -6,6 +6,8 @@
 //! is what it reads forever: while the writers go on, after everything is destaged, after a
 //! clean close and reopen, and after a power loss at any moment. A read of a snapshot that is
 //! being deleted returns that snapshot's data or an error, never other data.
+//!
+//! `rollback` races rollbacks and guarded changes (`import-diff`) with the same writers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use snapvol_engine::fault::{CrashMode, CrashVlun, FaultController};
 use snapvol_engine::units::{Geometry, SnapshotSeq};
 use snapvol_engine::{Error, Layout, Vluns, Volume, VolumeOptions};
+
+mod rollback;
 
 const KIB: u64 = 1 << 10;
 const CHUNK: u64 = 64 * KIB;
@@ -180,6 +184,16 @@ fn assert_unchanged(vol: &Volume, snap: &Taken, when: &str) {
     }
 }
 
+/// Sets its flag when dropped: the threads of a race stop when the thread driving it does,
+/// even when that one fails an assertion.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Runs writers, readers and the snapshot thread until `snapshots` snapshots were taken or the
 /// power went (`cut_after`: the controller crashes after that many snapshots, at a random
 /// moment of the next step). With `fill`, the file systems fill up and are freed again and
@@ -200,14 +214,8 @@ fn race(
     let misreads: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let next_tag = AtomicU64::new(1);
     let refused = AtomicU64::new(0);
-    // Every thread stops when the snapshot thread does, even when it fails an assertion.
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     std::thread::scope(|s| {
+        // Every thread stops when the snapshot thread does, even when it fails an assertion.
         let _stop_all = StopOnDrop(&stop);
         for w in 0..WRITERS {
             let (stop, next_tag, refused) = (&stop, &next_tag, &refused);

@@ -382,7 +382,7 @@ impl Volume {
 
     /// Which parts of `[offset, offset + len)` of the live volume (`snap = None`) or of a
     /// snapshot may hold data, as consecutive `(length, may_hold_data)` runs from `offset`; a
-    /// run without data reads as zeros. Covers at most 64 MiB (callers ask again for the rest).
+    /// run without data reads as zeros. Covers at most 1 GiB (callers ask again for the rest).
     /// A chunk counts as data when the cache or a preserved copy holds it for that reader, or
     /// the source VLUN has data (not a hole) there.
     pub fn allocation(

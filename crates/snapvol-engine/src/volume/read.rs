@@ -9,6 +9,11 @@ use crate::units::{ChunkIndex, ChunkPiece, Epoch, SnapshotSeq};
 
 use super::Inner;
 
+/// The most one [`Inner::allocation`] call covers: 16,384 chunks of 64 KiB, a few milliseconds
+/// of index lookups, so that a client mapping a sparse 1 TiB volume needs a thousand requests,
+/// not sixteen thousand.
+const ALLOCATION_SPAN: u64 = 1 << 30;
+
 /// Where the bytes of one piece of a read are: what mapping a read decides before any byte is
 /// read (claims 11, 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +218,7 @@ impl Inner {
     ) -> Result<Vec<(u64, bool)>> {
         self.geo.check_range(offset, len)?;
         let snap = self.reader_of(snap);
-        let end = offset + len.min(64 << 20);
+        let end = offset + len.min(ALLOCATION_SPAN);
         let io = |e| Error::io("seek", Device::Source, offset, e);
         let mut runs: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, data: bool| match runs.last_mut() {

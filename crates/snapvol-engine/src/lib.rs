@@ -18,6 +18,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod journal;
+pub mod location;
 pub mod metadata;
 pub mod names;
 pub mod paths;
@@ -27,6 +28,7 @@ pub mod vlun;
 pub mod volume;
 
 pub use error::{Error, Result};
+pub use location::{register_backend, Backend, Location};
 pub use names::validate_name;
 pub use paths::{Vluns, VolumePaths};
 pub use store::{

@@ -1,11 +1,10 @@
-//! Where a volume's devices are, and opening them as a set. It knows file names, not formats:
+//! Where a volume's devices are, and opening them as a set. It knows locations, not formats:
 //! nothing here reads a byte of a device.
 
-use std::path::{Path, PathBuf};
-
 use crate::error::{Error, Result};
+use crate::location::Location;
 use crate::units::Geometry;
-use crate::vlun::{FileVlun, Vlun};
+use crate::vlun::Vlun;
 
 /// The devices a volume lives on.
 #[derive(Debug)]
@@ -18,54 +17,79 @@ pub struct Vluns {
     pub journal: Box<dyn Vlun>,
 }
 
-/// Where a volume's devices are, as files or block devices.
+/// Where a volume's devices are: files, block devices, or devices of a backend.
 #[derive(Debug, Clone)]
 pub struct VolumePaths {
     /// Source VLUN.
-    pub source: PathBuf,
+    pub source: Location,
     /// Target VLUN.
-    pub target: PathBuf,
+    pub target: Location,
     /// Cache journal.
-    pub journal: PathBuf,
+    pub journal: Location,
 }
 
 impl VolumePaths {
+    /// Creates the three devices (files and backend devices are made new; an existing block
+    /// device is used as it is). On failure, the backend devices this call made are removed
+    /// again.
     pub(crate) fn create(&self, geo: Geometry) -> Result<Vluns> {
-        let src =
-            FileVlun::create(&self.source, geo.size).map_err(|e| Error::file(&self.source, e))?;
-        let len = src.len().map_err(|e| Error::file(&self.source, e))?;
+        let source = self.source.create(geo.size)?;
+        let made = |upto: &[&Location]| {
+            for loc in upto.iter().filter(|l| !l.is_path()) {
+                let _ = loc.remove();
+            }
+        };
+        let len = source
+            .len()
+            .map_err(|e| Error::file(self.source.to_string(), e))
+            .inspect_err(|_| made(&[&self.source]))?;
         if len < geo.size {
+            made(&[&self.source]);
             return Err(Error::InvalidArgument(format!(
                 "source {} holds {len} bytes, less than the volume size {}",
-                self.source.display(),
-                geo.size
+                self.source, geo.size
             )));
         }
-        let tgt = FileVlun::create(&self.target, 0).map_err(|e| Error::file(&self.target, e))?;
-        let jnl = FileVlun::create(&self.journal, 0).map_err(|e| Error::file(&self.journal, e))?;
+        let target = self
+            .target
+            .create(0)
+            .inspect_err(|_| made(&[&self.source]))?;
+        let journal = self
+            .journal
+            .create(0)
+            .inspect_err(|_| made(&[&self.source, &self.target]))?;
         Ok(Vluns {
-            source: Box::new(src),
-            target: Box::new(tgt),
-            journal: Box::new(jnl),
+            source,
+            target,
+            journal,
         })
+    }
+
+    /// Removes the devices that live in a backend (files are the store's business).
+    pub(crate) fn remove_backend_devices(&self) {
+        for loc in [&self.source, &self.target, &self.journal] {
+            if !loc.is_path() {
+                if let Err(e) = loc.remove() {
+                    tracing::warn!(device = %loc, error = %e, "could not remove a device of a volume whose creation failed");
+                }
+            }
+        }
     }
 
     /// The devices, opened for reading only.
     pub(crate) fn open_read_only(&self) -> Result<Vluns> {
-        let open = |p: &Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
         Ok(Vluns {
-            source: Box::new(open(&self.source)?),
-            target: Box::new(open(&self.target)?),
-            journal: Box::new(open(&self.journal)?),
+            source: self.source.open_read_only()?,
+            target: self.target.open_read_only()?,
+            journal: self.journal.open_read_only()?,
         })
     }
 
     pub(crate) fn open(&self) -> Result<Vluns> {
-        let open = |p: &Path| FileVlun::open(p).map_err(|e| Error::file(p, e));
         Ok(Vluns {
-            source: Box::new(open(&self.source)?),
-            target: Box::new(open(&self.target)?),
-            journal: Box::new(open(&self.journal)?),
+            source: self.source.open()?,
+            target: self.target.open()?,
+            journal: self.journal.open()?,
         })
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! STORE/
 //!   VOL/
-//!     volume.json   where the source and target VLUNs live (paths relative to VOL/ or absolute)
+//!     volume.json   where the VLUNs live (paths relative to VOL/ or absolute, or backend
+//!                   locations such as rbd:pool/image)
 //!     source.raw    the source VLUN (default location): byte for byte the live volume
 //!     target.svt    the target VLUN (default location): superblocks, metadata, preserved chunks
 //!     journal.svj   the persistent cache journal (default location)
@@ -22,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::check::{self, CheckOptions, CheckReport};
 use crate::error::{Error, Result};
 use crate::journal::{DEFAULT_JOURNAL_SIZE, RING_OFFSET};
+use crate::location::Location;
 use crate::names::validate_name;
 use crate::paths::VolumePaths;
 use crate::units::{Geometry, DEFAULT_CHUNK};
-use crate::vlun::FileVlun;
 use crate::volume::{Layout, Volume, VolumeOptions};
 
 /// Default size of the write-back cache in RAM.
@@ -37,20 +38,22 @@ const DEFAULT_SOURCE: &str = "source.raw";
 const DEFAULT_TARGET: &str = "target.svt";
 const DEFAULT_JOURNAL: &str = "journal.svj";
 
-/// Where a volume's VLUNs live, as recorded in `volume.json`.
+/// Where a volume's VLUNs live, as recorded in `volume.json`: each a [`Location`] as users
+/// write it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VolumeConfig {
-    source: PathBuf,
-    target: PathBuf,
-    journal: PathBuf,
+    source: String,
+    target: String,
+    journal: String,
 }
 
 impl VolumeConfig {
     fn paths(&self, dir: &Path) -> VolumePaths {
+        let at = |s: &str| Location::parse(s).relative_to(dir);
         VolumePaths {
-            source: dir.join(&self.source),
-            target: dir.join(&self.target),
-            journal: dir.join(&self.journal),
+            source: at(&self.source),
+            target: at(&self.target),
+            journal: at(&self.journal),
         }
     }
 }
@@ -62,14 +65,17 @@ pub struct CreateOptions {
     pub size: u64,
     /// Chunk size in bytes.
     pub chunk_size: u32,
-    /// Put the source VLUN here (a file or a block device) instead of inside the store.
-    pub source: Option<PathBuf>,
-    /// Put the target VLUN here (a file or a block device) instead of inside the store.
-    pub target: Option<PathBuf>,
+    /// Put the source VLUN here (a file, a block device or a backend location) instead of
+    /// inside the store.
+    pub source: Option<Location>,
+    /// Put the target VLUN here (a file, a block device or a backend location) instead of
+    /// inside the store.
+    pub target: Option<Location>,
     /// Cap on the target VLUN's size; `None` lets a target file grow as needed.
     pub target_size: Option<u64>,
-    /// Put the cache journal here (a faster device) instead of inside the store.
-    pub cache: Option<PathBuf>,
+    /// Put the cache journal here (a faster device, or a backend location) instead of inside
+    /// the store.
+    pub cache: Option<Location>,
     /// Size of the cache journal's ring.
     pub journal_size: u64,
 }
@@ -176,19 +182,15 @@ impl Store {
         }
         let result = (|| {
             let lock = VolumeLock::acquire(name, &dir)?;
+            let location = |given: &Option<Location>, default: &str| {
+                given
+                    .as_ref()
+                    .map_or_else(|| default.to_owned(), Location::to_string)
+            };
             let config = VolumeConfig {
-                source: opts
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_SOURCE)),
-                target: opts
-                    .target
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TARGET)),
-                journal: opts
-                    .cache
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL)),
+                source: location(&opts.source, DEFAULT_SOURCE),
+                target: location(&opts.target, DEFAULT_TARGET),
+                journal: location(&opts.cache, DEFAULT_JOURNAL),
             };
             let layout = Layout {
                 geometry,
@@ -373,15 +375,14 @@ impl Drop for VolumeLock {
 /// `repaired` with what it held.
 fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Result<CheckReport> {
     // Opened read-only, so a check cannot change a byte even by mistake.
-    let ro = |p: &std::path::Path| FileVlun::open_read_only(p).map_err(|e| Error::file(p, e));
-    let source = ro(&paths.source)?;
-    let journal = ro(&paths.journal)?;
+    let source = paths.source.open_read_only()?;
+    let journal = paths.journal.open_read_only()?;
     if !opts.repair {
-        let target = ro(&paths.target)?;
-        return check::check_with(&source, &target, &journal, opts);
+        let target = paths.target.open_read_only()?;
+        return check::check_with(&*source, &*target, &*journal, opts);
     }
-    let target = FileVlun::open(&paths.target).map_err(|e| Error::file(&paths.target, e))?;
-    let mut report = check::check_with(&source, &target, &journal, opts)?;
+    let target = paths.target.open()?;
+    let mut report = check::check_with(&*source, &*target, &*journal, opts)?;
     let salvageable = report
         .problems
         .iter()
@@ -412,11 +413,11 @@ fn check_paths(name: &str, paths: &VolumePaths, opts: CheckOptions) -> Result<Ch
             check::describe_held(l.held)
         ));
     }
-    let (source, target, journal) = (ro(&paths.source)?, ro(&paths.target)?, ro(&paths.journal)?);
+    let vluns = paths.open_read_only()?;
     let after = check::check_with(
-        &source,
-        &target,
-        &journal,
+        &*vluns.source,
+        &*vluns.target,
+        &*vluns.journal,
         CheckOptions {
             repair: false,
             ..opts

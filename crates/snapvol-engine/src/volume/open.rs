@@ -56,8 +56,9 @@ fn random_id() -> Result<[u8; 16]> {
 }
 
 impl Volume {
-    /// Creates a volume on files at `paths` (regular files are created; existing block devices
-    /// are used as they are).
+    /// Creates a volume on the devices at `paths` (regular files and backend devices are
+    /// created; existing block devices are used as they are). When it fails after creating
+    /// them, the backend devices are removed again.
     pub fn create(
         name: &str,
         paths: &VolumePaths,
@@ -66,12 +67,13 @@ impl Volume {
         lock: VolumeLock,
     ) -> Result<Self> {
         let vluns = paths.create(layout.geometry)?;
-        let mut v = Self::create_on(name, vluns, layout, opts)?;
+        let mut v = Self::create_on(name, vluns, layout, opts)
+            .inspect_err(|_| paths.remove_backend_devices())?;
         v._lock = Some(lock);
         Ok(v)
     }
 
-    /// Opens a volume on files at `paths`, recovering from the journal if it was not closed.
+    /// Opens a volume on the devices at `paths`, recovering from the journal if it was not closed.
     pub fn open(
         name: &str,
         paths: &VolumePaths,
@@ -83,7 +85,7 @@ impl Volume {
         Ok(v)
     }
 
-    /// Opens a volume on files at `paths` for reading only (see [`Volume::open_read_only_on`]).
+    /// Opens a volume on the devices at `paths` for reading only (see [`Volume::open_read_only_on`]).
     pub fn open_read_only(name: &str, paths: &VolumePaths, lock: VolumeLock) -> Result<Self> {
         let mut v = Self::open_read_only_on(name, paths.open_read_only()?)?;
         v._lock = Some(lock);

@@ -23,7 +23,7 @@ use snapvol_engine::check::check;
 use snapvol_engine::format::{self, Record};
 use snapvol_engine::units::{ChunkIndex, SnapshotSeq, TargetSlot};
 use snapvol_engine::vlun::Vlun;
-use snapvol_engine::{CreateOptions, Error, Store, VolumePaths};
+use snapvol_engine::{CreateOptions, Error, Store};
 
 use crate::on_disk::{append_block, current_superblock};
 use crate::volume::{build, describe, options};
@@ -66,19 +66,19 @@ fn store_check_reads_without_writing_and_refuses_an_open_volume() {
     ));
 
     let vdir = dir.path().join("store").join("v");
-    let paths = VolumePaths {
-        source: vdir.join("source.raw"),
-        target: vdir.join("target.svt"),
-        journal: vdir.join("journal.svj"),
-    };
-    let before: Vec<Vec<u8>> = [&paths.source, &paths.target, &paths.journal]
+    let paths = [
+        vdir.join("source.raw"),
+        vdir.join("target.svt"),
+        vdir.join("journal.svj"),
+    ];
+    let before: Vec<Vec<u8>> = paths
         .iter()
         .map(|p| std::fs::read(p).expect("read"))
         .collect();
     let r = store.check("v", false).expect("check");
     assert!(r.is_clean(), "{}", describe(&r));
     assert_eq!(r.summary.snapshots, 1);
-    let after: Vec<Vec<u8>> = [&paths.source, &paths.target, &paths.journal]
+    let after: Vec<Vec<u8>> = paths
         .iter()
         .map(|p| std::fs::read(p).expect("read"))
         .collect();
@@ -87,7 +87,7 @@ fn store_check_reads_without_writing_and_refuses_an_open_volume() {
     // A clean repair changes nothing either.
     let r = store.check("v", true).expect("repair");
     assert!(r.is_clean() && r.repaired.is_empty());
-    let again: Vec<Vec<u8>> = [&paths.source, &paths.target, &paths.journal]
+    let again: Vec<Vec<u8>> = paths
         .iter()
         .map(|p| std::fs::read(p).expect("read"))
         .collect();

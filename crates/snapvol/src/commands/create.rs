@@ -1,11 +1,11 @@
 //! `snapvol create`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use snapvol_engine::units::{MAX_CHUNK, MIN_CHUNK};
-use snapvol_engine::{validate_name, CreateOptions, Store, VolumeOptions};
+use snapvol_engine::{validate_name, CreateOptions, Location, Store, VolumeOptions};
 
 use crate::cli::CreateArgs;
 use crate::size::{format_exact, format_size};
@@ -17,10 +17,10 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
     let opts = CreateOptions {
         size: args.size,
         chunk_size,
-        source: args.source.as_deref().map(absolute).transpose()?,
-        target: args.target.as_deref().map(absolute).transpose()?,
+        source: args.source.as_deref().map(location).transpose()?,
+        target: args.target.as_deref().map(location).transpose()?,
         target_size: args.target_size,
-        cache: args.cache.as_deref().map(absolute).transpose()?,
+        cache: args.cache.as_deref().map(location).transpose()?,
         journal_size: args.journal_size,
     };
     let vol = store.create(&args.volume, &opts, VolumeOptions::default())?;
@@ -38,10 +38,16 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Paths are recorded in the volume directory, so a relative one is made absolute against the
-/// current directory (where the user meant it) rather than resolved later against the volume's.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot resolve path {}", path.display()))
+/// Where the user put a device. Paths are recorded in the volume directory, so a relative one
+/// is made absolute against the current directory (where the user meant it) rather than
+/// resolved later against the volume's.
+fn location(given: &Path) -> Result<Location> {
+    match given.to_str().map(Location::parse) {
+        Some(backend @ Location::Backend { .. }) => Ok(backend),
+        _ => std::path::absolute(given)
+            .map(Location::Path)
+            .with_context(|| format!("cannot resolve path {}", given.display())),
+    }
 }
 
 /// A chunk size must be a power of two from 4K to 1M.
@@ -127,9 +133,15 @@ mod tests {
     }
 
     #[test]
-    fn relative_paths_are_made_absolute() {
-        let p = absolute(Path::new("disk.raw")).expect("resolves");
+    fn relative_paths_are_made_absolute_and_backend_locations_kept() {
+        let Location::Path(p) = location(Path::new("disk.raw")).expect("resolves") else {
+            panic!("a path");
+        };
         assert!(p.is_absolute());
         assert!(p.ends_with("disk.raw"));
+        assert_eq!(
+            location(Path::new("rbd:pool/img")).expect("resolves"),
+            Location::parse("rbd:pool/img")
+        );
     }
 }

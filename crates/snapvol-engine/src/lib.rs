@@ -11,6 +11,7 @@
 //! `docs/architecture.md` follows a write and a snapshot read through them.
 
 pub mod cache;
+pub mod catalog;
 mod chain;
 pub mod check;
 pub mod destage;
@@ -27,6 +28,7 @@ pub mod units;
 pub mod vlun;
 pub mod volume;
 
+pub use catalog::{Catalog, Hold, Role, VolumeLock};
 pub use error::{Error, Result};
 pub use location::{register_backend, Backend, Location};
 pub use names::validate_name;

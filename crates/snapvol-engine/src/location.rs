@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::vlun::{FileVlun, Vlun};
 
@@ -25,6 +26,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn open(&self, name: &str, read_only: bool) -> io::Result<Box<dyn Vlun>>;
     /// Removes the VLUN `name`.
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// The store named `name` kept by this backend (`--store scheme:NAME`), for backends
+    /// that can keep one.
+    fn catalog(&self, name: &str) -> io::Result<Arc<dyn Catalog>> {
+        let _ = name;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this backend cannot keep a store: use a directory",
+        ))
+    }
 }
 
 static BACKENDS: RwLock<BTreeMap<String, Arc<dyn Backend>>> = RwLock::new(BTreeMap::new());
@@ -37,7 +47,7 @@ pub fn register_backend(scheme: &str, backend: Arc<dyn Backend>) {
         .insert(scheme.to_owned(), backend);
 }
 
-fn backend(scheme: &str) -> Result<Arc<dyn Backend>> {
+pub(crate) fn backend(scheme: &str) -> Result<Arc<dyn Backend>> {
     let backends = BACKENDS.read().unwrap_or_else(|e| e.into_inner());
     backends.get(scheme).cloned().ok_or_else(|| {
         let known: Vec<String> = backends.keys().map(|s| format!("{s}:")).collect();

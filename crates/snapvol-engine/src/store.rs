@@ -1,25 +1,16 @@
-//! A store: a directory holding one sub-directory per volume.
+//! A store: the volumes users name, each a descriptor (where its VLUNs are) and a lock kept
+//! by the store's [`Catalog`] — a directory (`STORE/VOL/volume.json`, see
+//! [`crate::catalog::DirCatalog`]) or a backend's pool (`--store rbd:POOL`).
 //!
-//! ```text
-//! STORE/
-//!   VOL/
-//!     volume.json   where the VLUNs live (paths relative to VOL/ or absolute, or backend
-//!                   locations such as rbd:pool/image)
-//!     source.raw    the source VLUN (default location): byte for byte the live volume
-//!     target.svt    the target VLUN (default location): superblocks, metadata, preserved chunks
-//!     journal.svj   the persistent cache journal (default location)
-//!     lock          held with flock(2) by the process that has the volume open
-//! ```
-//!
-//! Everything about the volume except where its files are lives in the target VLUN's
-//! superblock, so a volume directory cannot disagree with its own data.
+//! Everything about the volume except where its VLUNs are lives in the target VLUN's
+//! superblock, so a descriptor cannot disagree with its own data.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{Catalog, DirCatalog, Role};
 use crate::check::{self, CheckOptions, CheckReport};
 use crate::error::{Error, Result};
 use crate::journal::{DEFAULT_JOURNAL_SIZE, RING_OFFSET};
@@ -32,14 +23,8 @@ use crate::volume::{Layout, Volume, VolumeOptions};
 /// Default size of the write-back cache in RAM.
 pub const DEFAULT_CACHE_SIZE: u64 = 128 << 20;
 
-const CONFIG_FILE: &str = "volume.json";
-const LOCK_FILE: &str = "lock";
-const DEFAULT_SOURCE: &str = "source.raw";
-const DEFAULT_TARGET: &str = "target.svt";
-const DEFAULT_JOURNAL: &str = "journal.svj";
-
-/// Where a volume's VLUNs live, as recorded in `volume.json`: each a [`Location`] as users
-/// write it.
+/// Where a volume's VLUNs live, as its descriptor records them: each a [`Location`] as users
+/// write it, or an entry relative to the store that its catalog resolves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VolumeConfig {
     source: String,
@@ -48,12 +33,11 @@ struct VolumeConfig {
 }
 
 impl VolumeConfig {
-    fn paths(&self, dir: &Path) -> VolumePaths {
-        let at = |s: &str| Location::parse(s).relative_to(dir);
+    fn paths(&self, catalog: &dyn Catalog, volume: &str) -> VolumePaths {
         VolumePaths {
-            source: at(&self.source),
-            target: at(&self.target),
-            journal: at(&self.journal),
+            source: catalog.resolve(volume, &self.source),
+            target: catalog.resolve(volume, &self.target),
+            journal: catalog.resolve(volume, &self.journal),
         }
     }
 }
@@ -95,10 +79,10 @@ impl CreateOptions {
     }
 }
 
-/// A directory of volumes.
+/// The volumes of one store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    root: PathBuf,
+    catalog: Arc<dyn Catalog>,
 }
 
 /// Splits `VOL@SNAP` into its parts, validating both names.
@@ -128,96 +112,104 @@ pub fn parse_volume_or_snapshot(spec: &str) -> Result<(&str, Option<&str>)> {
 }
 
 impl Store {
-    /// A store rooted at `root`. The directory is created on the first `create`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+    /// A store in the directory `root`, created on the first `create`.
+    pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
+        Self::with_catalog(Arc::new(DirCatalog::new(root)))
     }
 
-    /// The store's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The store users name `spec`: a directory, or `scheme:NAME` for a store kept by a
+    /// registered backend (`rbd:POOL`).
+    pub fn at(spec: &Path) -> Result<Self> {
+        let Some(text) = spec.to_str() else {
+            return Ok(Self::new(spec));
+        };
+        match Location::parse(text) {
+            Location::Path(path) => Ok(Self::new(path)),
+            Location::Backend { scheme, name } => Ok(Self::with_catalog(
+                crate::location::backend(&scheme)?
+                    .catalog(&name)
+                    .map_err(|e| Error::file(text, e))?,
+            )),
+        }
     }
 
-    fn volume_dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// A store kept by `catalog`.
+    pub fn with_catalog(catalog: Arc<dyn Catalog>) -> Self {
+        Self { catalog }
+    }
+
+    /// The store as users name it (a directory, or `rbd:POOL`), for messages.
+    pub fn name(&self) -> String {
+        self.catalog.name()
+    }
+
+    /// Makes the store ready to hold volumes (creates its directory).
+    pub fn prepare(&self) -> Result<()> {
+        self.catalog.prepare()
+    }
+
+    /// The control socket through which commands reach a `snapvol serve` of this store on
+    /// this host.
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.catalog.control_socket()
     }
 
     /// Whether a volume of this name exists.
-    pub fn exists(&self, name: &str) -> bool {
-        self.volume_dir(name).join(CONFIG_FILE).is_file()
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        validate_name(name)?;
+        self.catalog.exists(name)
     }
 
     /// Names of all volumes, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::file(&self.root, e)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::file(&self.root, e))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if validate_name(name).is_ok() && self.exists(name) {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        self.catalog.list()
     }
 
     /// Creates a volume and returns it open.
     pub fn create(&self, name: &str, opts: &CreateOptions, vopts: VolumeOptions) -> Result<Volume> {
         validate_name(name)?;
         let geometry = Geometry::new(opts.size, opts.chunk_size)?;
-        let dir = self.volume_dir(name);
-        fs::create_dir_all(&self.root).map_err(|e| Error::file(&self.root, e))?;
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::VolumeExists(name.to_owned()))
-            }
-            Err(e) => return Err(Error::file(&dir, e)),
-        }
+        let lock = self.catalog.reserve(name)?;
         let result = (|| {
-            let lock = VolumeLock::acquire(name, &dir)?;
-            let location = |given: &Option<Location>, default: &str| {
-                given
-                    .as_ref()
-                    .map_or_else(|| default.to_owned(), Location::to_string)
+            let location = |given: &Option<Location>, role: Role| {
+                given.as_ref().map_or_else(
+                    || self.catalog.default_location(name, role),
+                    Location::to_string,
+                )
             };
             let config = VolumeConfig {
-                source: location(&opts.source, DEFAULT_SOURCE),
-                target: location(&opts.target, DEFAULT_TARGET),
-                journal: location(&opts.cache, DEFAULT_JOURNAL),
+                source: location(&opts.source, Role::Source),
+                target: location(&opts.target, Role::Target),
+                journal: location(&opts.cache, Role::Journal),
             };
             let layout = Layout {
                 geometry,
                 target_cap: opts.target_size,
                 journal_size: opts.journal_size,
             };
-            let volume = Volume::create(name, &config.paths(&dir), layout, vopts, lock)?;
-            // The configuration file is written last: a volume directory without it is a
-            // creation that did not finish, and `exists` does not count it.
-            write_atomically(
-                &dir.join(CONFIG_FILE),
-                &serde_json::to_vec_pretty(&config).expect("config serializes"),
-            )?;
+            let paths = config.paths(&*self.catalog, name);
+            let volume = Volume::create(name, &paths, layout, vopts, lock)?;
+            // The descriptor is written last: a volume without it is a creation that did not
+            // finish, and `exists` does not count it.
+            let descriptor = serde_json::to_vec_pretty(&config).expect("config serializes");
+            if let Err(e) = self.catalog.write_descriptor(name, &descriptor) {
+                drop(volume);
+                paths.remove_backend_devices();
+                return Err(e);
+            }
             Ok(volume)
         })();
         if result.is_err() {
-            // Leave nothing half-made behind in the store (external devices are left alone).
-            let _ = fs::remove_dir_all(&dir);
+            self.catalog.unreserve(name);
         }
         result
     }
 
     /// Opens an existing volume, taking its lock.
     pub fn open(&self, name: &str, vopts: VolumeOptions) -> Result<Volume> {
-        let (dir, config) = self.config(name)?;
-        let lock = VolumeLock::acquire(name, &dir)?;
-        Volume::open(name, &config.paths(&dir), vopts, lock)
+        let paths = self.paths(name)?;
+        let lock = self.catalog.lock(name, true)?;
+        Volume::open(name, &paths, vopts, lock)
     }
 
     /// Opens an existing volume for reading only: nothing is written to any of its files (a
@@ -225,9 +217,9 @@ impl Store {
     /// mounted read-only. Takes the volume's lock shared, so readers never exclude each other
     /// and fail with [`Error::Locked`] while a writer has the volume open.
     pub fn open_read_only(&self, name: &str) -> Result<Volume> {
-        let (dir, config) = self.config(name)?;
-        let lock = VolumeLock::acquire_shared(name, &dir)?;
-        Volume::open_read_only(name, &config.paths(&dir), lock)
+        let paths = self.paths(name)?;
+        let lock = self.catalog.lock(name, false)?;
+        Volume::open_read_only(name, &paths, lock)
     }
 
     /// Checks a volume's devices (see [`crate::check`]) without changing them, unless
@@ -245,125 +237,35 @@ impl Store {
 
     /// [`Store::check`] with every option.
     pub fn check_with(&self, name: &str, opts: CheckOptions) -> Result<CheckReport> {
-        let (dir, config) = self.config(name)?;
-        let _lock = if opts.repair {
-            VolumeLock::acquire(name, &dir)?
-        } else {
-            VolumeLock::acquire_shared(name, &dir)?
-        };
-        check_paths(name, &config.paths(&dir), opts)
+        let paths = self.paths(name)?;
+        let _lock = self.catalog.lock(name, opts.repair)?;
+        check_paths(name, &paths, opts)
     }
 
-    /// The directory and configuration of an existing volume.
-    fn config(&self, name: &str) -> Result<(PathBuf, VolumeConfig)> {
+    /// Where the VLUNs of an existing volume are, from its descriptor.
+    pub fn paths(&self, name: &str) -> Result<VolumePaths> {
         validate_name(name)?;
-        if !self.exists(name) {
-            return Err(Error::VolumeNotFound(name.to_owned()));
-        }
-        let dir = self.volume_dir(name);
-        let config_path = dir.join(CONFIG_FILE);
-        let bytes = fs::read(&config_path).map_err(|e| Error::file(&config_path, e))?;
-        let config = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(config_path.display().to_string(), e.to_string()))?;
-        Ok((dir, config))
+        let bytes = self.catalog.read_descriptor(name)?;
+        let config: VolumeConfig = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                format!("the descriptor of volume '{name}' in {}", self.name()),
+                e.to_string(),
+            )
+        })?;
+        Ok(config.paths(&*self.catalog, name))
     }
 
-    /// Removes a volume whose files live in the store (not used by the CLI yet; tests use it).
+    /// Removes a volume: its descriptor and the VLUNs that live in the store or a backend
+    /// (the user's own files and block devices outside the store are left alone).
     pub fn destroy(&self, name: &str) -> Result<()> {
-        validate_name(name)?;
-        let dir = self.volume_dir(name);
-        let _lock = VolumeLock::acquire(name, &dir)?;
-        fs::remove_dir_all(&dir).map_err(|e| Error::file(&dir, e))
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::file(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::file(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        let paths = self.paths(name)?;
+        let _lock = self.catalog.lock(name, true)?;
+        for loc in [&paths.source, &paths.target, &paths.journal] {
+            if !loc.is_path() {
+                loc.remove()?;
+            }
         }
-    }
-    Ok(())
-}
-
-/// The lock on a volume directory, held for as long as the volume is open: exclusive for the
-/// one process that may write, shared among readers.
-///
-/// `flock(2)` is released by the kernel when the process dies, so a crash never leaves a
-/// stale lock; the file's content (the writer's pid and command) only serves the error
-/// message. Readers write nothing, not even there.
-#[derive(Debug)]
-pub struct VolumeLock {
-    file: File,
-    exclusive: bool,
-}
-
-impl VolumeLock {
-    fn acquire(name: &str, dir: &Path) -> Result<Self> {
-        let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::file(&path, e))?;
-        if !crate::vlun::try_lock_exclusive(&file).map_err(|e| Error::file(&path, e))? {
-            return Err(Self::held(name, file));
-        }
-        let me = format!(
-            "process {} ({})",
-            std::process::id(),
-            std::env::args().collect::<Vec<_>>().join(" ")
-        );
-        file.set_len(0).map_err(|e| Error::file(&path, e))?;
-        file.rewind().map_err(|e| Error::file(&path, e))?;
-        file.write_all(me.as_bytes())
-            .map_err(|e| Error::file(&path, e))?;
-        Ok(Self {
-            file,
-            exclusive: true,
-        })
-    }
-
-    fn acquire_shared(name: &str, dir: &Path) -> Result<Self> {
-        let path = dir.join(LOCK_FILE);
-        let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
-        if !crate::vlun::try_lock_shared(&file).map_err(|e| Error::file(&path, e))? {
-            return Err(Self::held(name, file));
-        }
-        Ok(Self {
-            file,
-            exclusive: false,
-        })
-    }
-
-    /// The error for a lock another process holds, naming the writer if it said who it is.
-    fn held(name: &str, mut file: File) -> Error {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = holder.trim();
-        Error::Locked {
-            volume: name.to_owned(),
-            holder: if holder.is_empty() {
-                "another process".to_owned()
-            } else {
-                holder.to_owned()
-            },
-        }
-    }
-}
-
-impl Drop for VolumeLock {
-    fn drop(&mut self) {
-        if self.exclusive {
-            let _ = self.file.set_len(0);
-        }
+        self.catalog.remove(name)
     }
 }
 
@@ -442,5 +344,18 @@ mod tests {
         assert!(parse_snapshot_name("v").is_err());
         assert!(parse_snapshot_name("v@").is_err());
         assert_eq!(parse_volume_or_snapshot("v").unwrap(), ("v", None));
+    }
+
+    #[test]
+    fn a_store_is_a_directory_unless_it_names_a_backend() {
+        let dir = Store::at(Path::new("./a:b")).unwrap();
+        assert_eq!(dir.name(), "./a:b");
+        assert_eq!(dir.control_socket(), Path::new("./a:b/control.sock"));
+        assert_eq!(
+            Store::at(Path::new("/srv/volumes")).unwrap().name(),
+            "/srv/volumes"
+        );
+        let err = Store::at(Path::new("nosuch:pool")).unwrap_err().to_string();
+        assert!(err.contains("no backend for 'nosuch:'"), "{err}");
     }
 }

@@ -56,7 +56,7 @@ fn a_volume_left_by_a_kill_reads_back_whole_when_opened_read_only_and_no_byte_of
     vol.flush().unwrap();
     vol.kill();
 
-    let dir = fx.store.root().join("v");
+    let dir = fx.volume_dir("v");
     let before = fingerprint(&dir);
     let reader = fx.store.open_read_only("v").expect("open read-only");
     let second = fx

@@ -57,11 +57,12 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::{Cache, DirtyChunk, LandedVersion};
+use crate::catalog::VolumeLock;
 use crate::error::{Error, Result};
 use crate::format::{Record, Superblock, BLOCK_SIZE};
 use crate::journal::{Journal, DEFAULT_JOURNAL_SIZE};
 use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
-use crate::store::{VolumeLock, DEFAULT_CACHE_SIZE};
+use crate::store::DEFAULT_CACHE_SIZE;
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
 

@@ -11,12 +11,12 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::Cache;
+use crate::catalog::VolumeLock;
 use crate::error::{Device, Error, Result};
 use crate::format::{self, Superblock};
 use crate::journal::{Damage, Held, Journal, JournalHead, LostRecord, Mode as JournalMode};
 use crate::names::validate_name;
 use crate::paths::{Vluns, VolumePaths};
-use crate::store::VolumeLock;
 use crate::units::{Epoch, Geometry, SnapshotSeq};
 use crate::vlun::Vlun;
 

@@ -80,14 +80,19 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("open volume {name}: {e}"))
     }
 
+    /// The directory of volume `name` in the store.
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self._dir.path().join("store").join(name)
+    }
+
     /// The target VLUN file of a volume created with default locations.
     pub fn target_path(&self, name: &str) -> PathBuf {
-        self.store.root().join(name).join("target.svt")
+        self.volume_dir(name).join("target.svt")
     }
 
     /// The source VLUN file of a volume created with default locations.
     pub fn source_path(&self, name: &str) -> PathBuf {
-        self.store.root().join(name).join("source.raw")
+        self.volume_dir(name).join("source.raw")
     }
 
     /// Current length of a volume's target file.

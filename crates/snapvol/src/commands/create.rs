@@ -33,7 +33,7 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
         args.volume,
         format_size(args.size),
         format_size(u64::from(chunk_size)),
-        store.root().display()
+        store.name()
     )?;
     Ok(())
 }

@@ -21,7 +21,7 @@ pub fn run(store: &Store, json: bool) -> Result<()> {
     if json {
         print_json(&mut out, &entries)?;
     } else if entries.is_empty() {
-        writeln!(out, "no volumes in {}", store.root().display())?;
+        writeln!(out, "no volumes in {}", store.name())?;
     } else {
         write!(out, "{}", render(&entries))?;
     }

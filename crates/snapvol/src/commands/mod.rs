@@ -18,13 +18,13 @@ use crate::cli::{Cli, Command, SnapshotCommand};
 
 /// Runs the command the user asked for.
 pub fn run(cli: Cli) -> Result<()> {
+    let store = Store::at(&cli.store)?;
     if cli.store.exists() && !cli.store.is_dir() {
         bail!(
             "the store {} is not a directory (set --store or SNAPVOL_STORE to a directory)",
             cli.store.display()
         );
     }
-    let store = Store::new(cli.store);
     match cli.command {
         Command::Create(args) => create::run(&store, args),
         Command::List(args) => list::run(&store, args.json),
@@ -71,7 +71,7 @@ fn volume_options(cache_size: Option<u64>) -> VolumeOptions {
 /// An error opening a volume, saying which store it was looked for in when it is not there.
 fn open_error(store: &Store, e: Error) -> anyhow::Error {
     match e {
-        Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.root().display()),
+        Error::VolumeNotFound(_) => anyhow!("{e} in store {}", store.name()),
         e => e.into(),
     }
 }

@@ -28,9 +28,6 @@ use snapvol_engine::{Error, Store};
 
 use super::devices::StoreExports;
 
-/// Name of the control socket inside the store.
-pub const SOCKET: &str = "control.sock";
-
 /// Control connections served at once; one more is answered "too many control connections"
 /// and closed. Management commands are short and few, so this is only reached by a client
 /// that opens connections and leaves them, each of which [`REQUEST_DEADLINE`] ends.
@@ -54,7 +51,7 @@ pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where the control socket of `store` is.
 pub fn socket_path(store: &Store) -> PathBuf {
-    store.root().join(SOCKET)
+    store.control_socket()
 }
 
 /// A management request.

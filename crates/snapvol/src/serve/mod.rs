@@ -29,8 +29,9 @@ pub const DEFAULT_SIZE: u64 = 10 << 30;
 /// flight, destages every volume and returns.
 pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     bound_allocator_retention();
-    std::fs::create_dir_all(store.root())
-        .with_context(|| format!("cannot create the store {}", store.root().display()))?;
+    store
+        .prepare()
+        .with_context(|| format!("cannot create the store {}", store.name()))?;
     if store.list()?.is_empty() {
         store
             .create(
@@ -114,7 +115,7 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         } else {
             names.join(", ")
         },
-        store.root().display()
+        store.name()
     );
     if !unavailable.is_empty() {
         eprintln!(

@@ -5,31 +5,8 @@
 #[allow(dead_code)] // each test file uses its own part of the helpers
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::SystemTime;
-
-use common::{assert_volume, pattern, Fixture, KIB, MIB};
+use common::{assert_volume, fingerprint, pattern, Fixture, KIB, MIB};
 use snapvol_engine::{Error, VolumeOptions};
-
-/// Every file of a directory tree with its content and modification time.
-fn fingerprint(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).expect("read the volume directory") {
-        let entry = entry.expect("directory entry");
-        let meta = entry.metadata().expect("metadata");
-        if meta.is_file() {
-            out.insert(
-                entry.file_name().to_string_lossy().into_owned(),
-                (
-                    std::fs::read(entry.path()).expect("read a file"),
-                    meta.modified().expect("mtime"),
-                ),
-            );
-        }
-    }
-    out
-}
 
 #[test]
 fn a_volume_left_by_a_kill_reads_back_whole_when_opened_read_only_and_no_byte_of_it_changes() {

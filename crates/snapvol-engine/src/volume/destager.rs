@@ -314,6 +314,7 @@ impl Inner {
     /// Writes the newest image of a dirty chunk to the source: its whole buffer, its dirty
     /// blocks, or a hole for a chunk that reads as zero.
     fn write_source(&self, d: &DirtyChunk, nblocks: usize, compose_buf: &mut [u8]) -> Result<()> {
+        self.check_held()?;
         let off = self.source_offset(d.chunk);
         let io = |at: u64| move |e| Error::io_or_full("write", Device::Source, at, e);
         match destage::source_write(&d.versions, nblocks) {

@@ -193,6 +193,8 @@ impl Inner {
     /// (the copy its new generation selects) at the new head and syncs again. The caller made
     /// sure there is room.
     pub(super) fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
+        // A holder that lost its lock writes no metadata: another host may own the volume.
+        self.check_held()?;
         // A commit that failed left RAM out of step with the disk (the pending snapshots it
         // took, a journal head already set) and failed the volume under this lock: a call
         // that passed its own check before then must not write that RAM to the superblock.
@@ -339,6 +341,7 @@ impl Inner {
     /// both copies hold the newest state, so a copy damaged later never makes an open fall
     /// back to stale metadata. `last_seq` is the highest snapshot creation the log now holds.
     pub(super) fn write_superblock(&self, meta: &mut MetaState, last_seq: u64) -> Result<()> {
+        self.check_held()?;
         let mut sb = meta.sb.clone();
         sb.last_snapshot_seq = sb.last_snapshot_seq.max(last_seq);
         for _ in 0..2 {

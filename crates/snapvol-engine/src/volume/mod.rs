@@ -233,6 +233,10 @@ struct Inner {
     /// Snapshots not yet in the metadata log, oldest first.
     pending: Mutex<Vec<PendingSnapshot>>,
     failed: OnceLock<String>,
+    /// The store's lock on the volume, set once opened through a store; lives as long as
+    /// anything of the volume runs. A lost lock fails every later request (see
+    /// [`Inner::check_held`]).
+    lock: OnceLock<VolumeLock>,
     stats: Stats,
     wake_lock: Mutex<bool>,
     wake: Condvar,
@@ -267,7 +271,6 @@ pub struct Volume {
     /// The background destager and the journal writer that feeds it.
     destager: Vec<JoinHandle<()>>,
     open: bool,
-    _lock: Option<VolumeLock>,
 }
 
 /// A write request waiting for the journal: its bytes, and the cache versions it landed in.
@@ -549,6 +552,12 @@ impl Volume {
         crate::check::check_with(&*i.source, &*i.target, &*i.journal_dev, opts)
     }
 
+    /// Why the store's lock on the volume was lost, once it has been (another host took the
+    /// volume over); `None` while it is held, and for a volume opened without a store.
+    pub fn lock_lost(&self) -> Option<String> {
+        self.inner.lock.get().and_then(VolumeLock::lost)
+    }
+
     /// Destages everything, empties the journal and releases the volume.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
@@ -599,10 +608,25 @@ impl Drop for Volume {
 }
 
 impl Inner {
+    /// Fails when the store's lock on the volume was lost (another host broke it to take the
+    /// volume over): from then on nothing is read or written here, and the volume is failed
+    /// so that closing it writes nothing either.
+    fn check_held(&self) -> Result<()> {
+        match self.lock.get().and_then(VolumeLock::lost) {
+            None => Ok(()),
+            Some(why) => {
+                let e = Error::Failed(format!("lost the lock on volume '{}': {why}", self.name));
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.name.clone()));
         }
+        self.check_held()?;
         match self.failed.get() {
             Some(why) => Err(Error::Failed(why.clone())),
             None => Ok(()),

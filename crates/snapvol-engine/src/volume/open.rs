@@ -67,9 +67,9 @@ impl Volume {
         lock: VolumeLock,
     ) -> Result<Self> {
         let vluns = paths.create(layout.geometry)?;
-        let mut v = Self::create_on(name, vluns, layout, opts)
+        let v = Self::create_on(name, vluns, layout, opts)
             .inspect_err(|_| paths.remove_backend_devices())?;
-        v._lock = Some(lock);
+        v.hold(lock);
         Ok(v)
     }
 
@@ -80,16 +80,22 @@ impl Volume {
         opts: VolumeOptions,
         lock: VolumeLock,
     ) -> Result<Self> {
-        let mut v = Self::open_on(name, paths.open()?, opts)?;
-        v._lock = Some(lock);
+        let v = Self::open_on(name, paths.open()?, opts)?;
+        v.hold(lock);
         Ok(v)
     }
 
     /// Opens a volume on the devices at `paths` for reading only (see [`Volume::open_read_only_on`]).
     pub fn open_read_only(name: &str, paths: &VolumePaths, lock: VolumeLock) -> Result<Self> {
-        let mut v = Self::open_read_only_on(name, paths.open_read_only()?)?;
-        v._lock = Some(lock);
+        let v = Self::open_read_only_on(name, paths.open_read_only()?)?;
+        v.hold(lock);
         Ok(v)
+    }
+
+    /// Keeps the store's lock for as long as the volume lives.
+    fn hold(&self, lock: VolumeLock) {
+        let first = self.inner.lock.set(lock).is_ok();
+        debug_assert!(first, "a volume is locked once, when a store opens it");
     }
 
     /// Opens a volume on any set of VLUNs for reading only: nothing is ever written to them.
@@ -304,6 +310,7 @@ impl Volume {
             admin_lock: Mutex::new(()),
             pending: Mutex::new(Vec::new()),
             failed: OnceLock::new(),
+            lock: OnceLock::new(),
             stats: Stats::default(),
             wake_lock: Mutex::new(false),
             wake: Condvar::new(),
@@ -348,7 +355,6 @@ impl Volume {
             inner,
             destager,
             open: true,
-            _lock: None,
         };
         if let (Some(to), false) = (rollback_to, read_only) {
             v.inner.finish_rollback(to)?;

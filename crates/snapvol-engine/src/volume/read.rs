@@ -94,6 +94,7 @@ impl Inner {
         snap: Option<SnapshotSeq>,
     ) -> Result<()> {
         self.geo.check_range(offset, buf.len() as u64)?;
+        self.check_held()?;
         let snap = self.reader_of(snap);
         let name = match snap {
             Some(s) => match self.table.load().by_seq(s) {

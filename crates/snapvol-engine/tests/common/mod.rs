@@ -2,7 +2,9 @@
 //! data patterns, a small deterministic random generator, and byte comparisons that report
 //! where two images differ instead of dumping megabytes.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use snapvol_engine::units::SnapshotSeq;
 use snapvol_engine::{CreateOptions, Store, Volume, VolumeOptions};
@@ -236,4 +238,23 @@ pub fn assert_volume(vol: &Volume, live: &[u8], snaps: &[(String, Vec<u8>)], whe
             &format!("snapshot {name} {when}"),
         );
     }
+}
+
+/// Every file of a directory tree with its content and modification time.
+pub fn fingerprint(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("read the volume directory") {
+        let entry = entry.expect("directory entry");
+        let meta = entry.metadata().expect("metadata");
+        if meta.is_file() {
+            out.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                (
+                    std::fs::read(entry.path()).expect("read a file"),
+                    meta.modified().expect("mtime"),
+                ),
+            );
+        }
+    }
+    out
 }

@@ -10,6 +10,7 @@
 //! acknowledged before it), `unaligned` (unaligned I/O) and `zeroing` (write_zeroes and trim);
 //! the snapshots kept in the cache journal and the errors a user acts on are below.
 
+#[allow(dead_code)] // each test binary uses its own part of the helpers
 #[path = "../common/mod.rs"]
 mod common;
 mod concurrency;

@@ -174,7 +174,7 @@ impl Cluster {
 }
 
 /// A pool of a cluster (`rados_ioctx_t`): its objects, their locks, and (see
-/// [`crate::rbd`]) its images. Cheap to clone; keeps its [`Cluster`] connected.
+/// [`RbdImage`](crate::RbdImage)) its images. Cheap to clone; keeps its [`Cluster`] connected.
 ///
 /// Object operations here are synchronous and may be called from any number of threads.
 #[derive(Debug, Clone)]

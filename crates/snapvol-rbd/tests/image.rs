@@ -315,6 +315,14 @@ fn rbd_locations_create_open_and_remove_images_through_the_engine() {
     snapvol_rbd::register(None, "admin".into());
     let name = unique("loc");
     let loc = Location::parse(&format!("rbd:{POOL}/{name}"));
+    /// Removes the image if the test fails before it does.
+    struct Cleanup<'a>(&'a Location);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.remove();
+        }
+    }
+    let _cleanup = Cleanup(&loc);
     {
         let v = loc.create(4 * MIB).unwrap();
         v.write_at(b"through the engine", 4096).unwrap();

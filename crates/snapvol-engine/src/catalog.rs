@@ -103,9 +103,23 @@ pub trait Catalog: Send + Sync + fmt::Debug {
     /// have been removed, or are the user's own devices); the caller holds its lock.
     fn remove(&self, volume: &str) -> Result<()>;
 
-    /// The Unix socket through which other commands on this host reach a `snapvol serve`
-    /// that has this store's volumes open.
+    /// The Unix socket on which a `snapvol serve` of this store in this process listens for
+    /// the other commands of this host.
     fn control_socket(&self) -> PathBuf;
+
+    /// Whether other processes, perhaps on other hosts, may hold this store's volumes while a
+    /// server runs: `serve` then stands by for the volumes it cannot lock, and takes them
+    /// over when their holder goes, instead of refusing to start.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// The control socket of the server on this host that holds `volume`, if one may
+    /// (commands go there when they find the volume locked).
+    fn server_socket(&self, volume: &str) -> Option<PathBuf> {
+        let _ = volume;
+        Some(self.control_socket())
+    }
 }
 
 const CONFIG_FILE: &str = "volume.json";

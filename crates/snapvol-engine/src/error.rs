@@ -172,7 +172,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn file(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// An error of a store file or object at `path` (a file, or what a backend names).
+    pub fn file(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::File {
             path: path.into(),
             source,

@@ -154,6 +154,16 @@ impl Store {
         self.catalog.control_socket()
     }
 
+    /// Whether other hosts may hold this store's volumes (see [`Catalog::shared`]).
+    pub fn shared(&self) -> bool {
+        self.catalog.shared()
+    }
+
+    /// The control socket of the server on this host that holds `volume`, if one may.
+    pub fn server_socket(&self, volume: &str) -> Option<std::path::PathBuf> {
+        self.catalog.server_socket(volume)
+    }
+
     /// Whether a volume of this name exists.
     pub fn exists(&self, name: &str) -> Result<bool> {
         validate_name(name)?;

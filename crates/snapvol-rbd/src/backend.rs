@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use snapvol_engine::vlun::Vlun;
-use snapvol_engine::Backend;
+use snapvol_engine::{Backend, Catalog};
 
 use crate::error::{Error, Result};
+use crate::pool::PoolCatalog;
 use crate::rados::{Cluster, IoCtx};
 use crate::rbd::RbdImage;
 
@@ -136,6 +137,17 @@ impl Backend for RbdBackend {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         Ok(self.remove_image(name)?)
+    }
+
+    /// `--store rbd:POOL`: a store kept in the pool (see [`PoolCatalog`]).
+    fn catalog(&self, name: &str) -> io::Result<Arc<dyn Catalog>> {
+        if name.is_empty() || name.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{SCHEME}:{name}' is not a pool: a store in Ceph is written --store {SCHEME}:POOL"),
+            ));
+        }
+        Ok(Arc::new(PoolCatalog::new(self.ioctx(name)?)))
     }
 }
 

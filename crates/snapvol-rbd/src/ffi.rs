@@ -125,6 +125,16 @@ c_functions!(Rados {
         duration: *mut libc::timeval,
         flags: u8,
     ) -> c_int;
+    fn rados_lock_shared(
+        io: RadosIoctxT,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+        tag: *const c_char,
+        desc: *const c_char,
+        duration: *mut libc::timeval,
+        flags: u8,
+    ) -> c_int;
     fn rados_unlock(io: RadosIoctxT, oid: *const c_char, name: *const c_char, cookie: *const c_char)
         -> c_int;
     fn rados_list_lockers(

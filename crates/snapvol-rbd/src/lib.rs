@@ -72,11 +72,13 @@
 mod backend;
 mod error;
 mod ffi;
+mod pool;
 mod rados;
 mod rbd;
 
 pub use backend::{register, ImageSpec, RbdBackend, SCHEME};
 pub use error::{Error, Result, INSTALL_HINT};
+pub use pool::{host_name, run_dir, Holder, PoolCatalog, LEASE, RENEW_EVERY};
 pub use rados::{Cluster, IoCtx, LockInfo, Locker, ObjectStat};
 pub use rbd::{IoMode, RbdImage, OBJECT_ORDER, SEARCH_LIMIT};
 

@@ -409,6 +409,43 @@ impl IoCtx {
         self.lock_exclusive_flags(oid, name, cookie, desc, duration, LOCK_FLAG_RENEW)
     }
 
+    /// Takes lock `name` on `oid` shared, with `tag` (every shared holder uses the same tag),
+    /// as this connection with `cookie`; `duration` as for [`IoCtx::lock_exclusive`]. Fails
+    /// with `EBUSY` while someone holds it exclusively (or shared with another tag).
+    pub fn lock_shared(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        tag: &str,
+        desc: &str,
+        duration: Option<Duration>,
+    ) -> Result<()> {
+        self.lock_flags(oid, name, cookie, Some(tag), desc, duration, 0)
+    }
+
+    /// Like [`IoCtx::lock_shared`], but holding it already (same connection and cookie)
+    /// renews its duration.
+    pub fn renew_lock_shared(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        tag: &str,
+        desc: &str,
+        duration: Option<Duration>,
+    ) -> Result<()> {
+        self.lock_flags(
+            oid,
+            name,
+            cookie,
+            Some(tag),
+            desc,
+            duration,
+            LOCK_FLAG_RENEW,
+        )
+    }
+
     fn lock_exclusive_flags(
         &self,
         oid: &str,
@@ -418,10 +455,26 @@ impl IoCtx {
         duration: Option<Duration>,
         flags: u8,
     ) -> Result<()> {
+        self.lock_flags(oid, name, cookie, None, desc, duration, flags)
+    }
+
+    /// `rados_lock_exclusive` without a `tag`, `rados_lock_shared` with one.
+    #[allow(clippy::too_many_arguments)]
+    fn lock_flags(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        tag: Option<&str>,
+        desc: &str,
+        duration: Option<Duration>,
+        flags: u8,
+    ) -> Result<()> {
         let c_oid = cstring("object name", oid)?;
         let c_name = cstring("lock name", name)?;
         let c_cookie = cstring("lock cookie", cookie)?;
         let c_desc = cstring("lock description", desc)?;
+        let c_tag = tag.map(|t| cstring("lock tag", t)).transpose()?;
         let mut tv = duration.map(|d| libc::timeval {
             tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_usec: libc::suseconds_t::from(d.subsec_micros()),
@@ -429,20 +482,39 @@ impl IoCtx {
         let tv_ptr = tv
             .as_mut()
             .map_or(ptr::null_mut(), |t| t as *mut libc::timeval);
+        let rados = &self.api().rados;
         // SAFETY: a live pool handle; every string is NUL-terminated and outlives the call;
         // `tv_ptr` is NULL (no expiry) or points at a live timeval.
-        check(unsafe {
-            (self.api().rados.rados_lock_exclusive)(
-                self.handle(),
-                c_oid.as_ptr(),
-                c_name.as_ptr(),
-                c_cookie.as_ptr(),
-                c_desc.as_ptr(),
-                tv_ptr,
-                flags,
-            )
-        })
-        .map_err(|e| Error::ceph("rados_lock_exclusive", self.lock_target(oid, name), e))?;
+        let (op, r) = unsafe {
+            match &c_tag {
+                None => (
+                    "rados_lock_exclusive",
+                    (rados.rados_lock_exclusive)(
+                        self.handle(),
+                        c_oid.as_ptr(),
+                        c_name.as_ptr(),
+                        c_cookie.as_ptr(),
+                        c_desc.as_ptr(),
+                        tv_ptr,
+                        flags,
+                    ),
+                ),
+                Some(c_tag) => (
+                    "rados_lock_shared",
+                    (rados.rados_lock_shared)(
+                        self.handle(),
+                        c_oid.as_ptr(),
+                        c_name.as_ptr(),
+                        c_cookie.as_ptr(),
+                        c_tag.as_ptr(),
+                        c_desc.as_ptr(),
+                        tv_ptr,
+                        flags,
+                    ),
+                ),
+            }
+        };
+        check(r).map_err(|e| Error::ceph(op, self.lock_target(oid, name), e))?;
         Ok(())
     }
 

@@ -186,15 +186,25 @@ fn size_arg(s: &str) -> Result<u64, SizeError> {
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Directory holding the volumes.
+    /// Where the volumes are: a directory, or rbd:POOL for a store kept in a Ceph pool
+    /// (reachable from every host with the cluster's configuration).
     #[arg(
         long,
         global = true,
         env = "SNAPVOL_STORE",
-        value_name = "DIR",
+        value_name = "DIR|rbd:POOL",
         default_value = "./snapvol-store"
     )]
     pub store: PathBuf,
+
+    /// Ceph configuration file for rbd: locations and stores (default: $CEPH_CONF, else
+    /// /etc/ceph/ceph.conf).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ceph_conf: Option<PathBuf>,
+
+    /// Ceph client id to connect as (client.ID).
+    #[arg(long, global = true, value_name = "ID", default_value = "admin")]
+    pub ceph_id: String,
 
     /// Log level: error, warn, info, debug or trace (default: info for serve, warn otherwise;
     /// RUST_LOG, when set, wins).

@@ -591,6 +591,7 @@ impl Volume {
         if self.inner.read_only {
             return Ok(());
         }
+        // A volume whose lock was lost writes nothing more, not even to close.
         self.inner.check_writable()?;
         self.inner
             .drain()
@@ -602,7 +603,11 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            tracing::error!(volume = %self.inner.name, error = %e, "flush on close failed");
+            if let Some(why) = self.lock_lost() {
+                tracing::warn!(volume = %self.inner.name, reason = %why, "closed without writing anything: the volume's lock was lost");
+            } else {
+                tracing::error!(volume = %self.inner.name, error = %e, "flush on close failed");
+            }
         }
     }
 }

@@ -22,14 +22,14 @@ pub fn run(store: &Store, args: CheckArgs) -> Result<()> {
     let report = match store.check_with(name, opts) {
         Ok(report) => report,
         // A served volume is checked by the server, as it is durably, while it stays served.
-        Err(Error::Locked { .. }) if is_served(store) && !args.repair => remote(
+        Err(Error::Locked { .. }) if is_served(store, name) && !args.repair => remote(
             store,
             Request::Check {
                 volume: name.to_owned(),
                 data: args.data,
             },
         )?,
-        Err(Error::Locked { .. }) if is_served(store) => bail!(
+        Err(Error::Locked { .. }) if is_served(store, name) => bail!(
             "volume '{name}' is being served by snapvol serve; --repair needs it to itself: stop \
              the server first (a check without --repair works while it serves)"
         ),

@@ -39,7 +39,7 @@ pub fn run(store: &Store, args: ExportArgs) -> Result<()> {
                 copy_out(vol, seq, sink, bar, path)
             })
         })?,
-        Err(Error::Locked { .. }) if is_served(store) => {
+        Err(Error::Locked { .. }) if is_served(store, volume) => {
             // The server answers "no such snapshot" before sending anything.
             let mut image = control::export(store, volume, snapshot)
                 .map_err(|e| requalify(volume, e))?

@@ -38,7 +38,7 @@ pub fn run(store: &Store, args: &ExportArgs, from_spec: &str) -> Result<()> {
             })?;
             Ok((summary, plan.extents.len() as u64, plan.changed_bytes()))
         })?,
-        Err(Error::Locked { .. }) if is_served(store) => {
+        Err(Error::Locked { .. }) if is_served(store, volume) => {
             let mut download = diff_socket::export_diff(store, volume, from, to)
                 .map_err(|e| requalify(volume, e))?
                 .ok_or_else(|| anyhow!("the snapvol server holding the store stopped answering"))?;

@@ -31,7 +31,7 @@ pub fn run(store: &Store, args: ImportArgs) -> Result<()> {
 
     let vol = match store.open(name, volume_options(args.cache_size)) {
         Ok(vol) => vol,
-        Err(Error::Locked { .. }) if is_served(store) => bail!(
+        Err(Error::Locked { .. }) if is_served(store, name) => bail!(
             "volume '{name}' is being served by snapvol serve; write the image through NBD \
              instead, e.g. qemu-img convert -n -f raw -O raw {path} nbd://127.0.0.1:10809/{name} \
              (with the address serve listens on)"

@@ -65,7 +65,7 @@ fn inspect(store: &Store, name: String) -> Option<ListEntryJson> {
             let req = Request::Info {
                 volume: entry.name.clone(),
             };
-            match is_served(store).then(|| remote::<VolumeInfo>(store, req)) {
+            match is_served(store, &entry.name).then(|| remote::<VolumeInfo>(store, req)) {
                 Some(Ok(info)) => {
                     fill(&info);
                     entry.served = true;

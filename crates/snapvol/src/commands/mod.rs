@@ -18,6 +18,8 @@ use crate::cli::{Cli, Command, SnapshotCommand};
 
 /// Runs the command the user asked for.
 pub fn run(cli: Cli) -> Result<()> {
+    // rbd:POOL/IMAGE locations and rbd:POOL stores; Ceph is loaded the first time one is used.
+    snapvol_rbd::register(cli.ceph_conf.clone(), cli.ceph_id.clone());
     let store = Store::at(&cli.store)?;
     if cli.store.exists() && !cli.store.is_dir() {
         bail!(
@@ -85,26 +87,28 @@ enum Access {
 
 /// Opens `name` here to change it, or finds the server that has it open.
 fn access(store: &Store, name: &str) -> Result<Access> {
-    served_if_locked(store, store.open(name, VolumeOptions::default()))
+    served_if_locked(store, name, store.open(name, VolumeOptions::default()))
 }
 
 /// Opens `name` here to look at it (writing nothing, so this works on a store mounted
 /// read-only), or finds the server that has it open.
 fn access_read_only(store: &Store, name: &str) -> Result<Access> {
-    served_if_locked(store, store.open_read_only(name))
+    served_if_locked(store, name, store.open_read_only(name))
 }
 
-fn served_if_locked(store: &Store, opened: Result<Volume, Error>) -> Result<Access> {
+fn served_if_locked(store: &Store, name: &str, opened: Result<Volume, Error>) -> Result<Access> {
     match opened {
         Ok(v) => Ok(Access::Local(v)),
-        Err(Error::Locked { .. }) if is_served(store) => Ok(Access::Served),
+        Err(Error::Locked { .. }) if is_served(store, name) => Ok(Access::Served),
         Err(e) => Err(open_error(store, e)),
     }
 }
 
-/// Whether a `snapvol serve` answers on the store's control socket.
-fn is_served(store: &Store) -> bool {
-    crate::serve::control::is_live(&crate::serve::control::socket_path(store))
+/// Whether a `snapvol serve` on this host holds `volume` and answers on its control socket.
+fn is_served(store: &Store, volume: &str) -> bool {
+    store
+        .server_socket(volume)
+        .is_some_and(|path| crate::serve::control::is_live(&path))
 }
 
 /// Runs `req` in the server that holds the store.

@@ -49,9 +49,9 @@ pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// previous one to a slow disk).
 pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Where the control socket of `store` is.
-pub fn socket_path(store: &Store) -> PathBuf {
-    store.control_socket()
+/// The control socket of the server on this host that holds the volume `req` is about.
+fn socket_for(store: &Store, req: &Request) -> Option<PathBuf> {
+    store.server_socket(req.volume())
 }
 
 /// A management request.
@@ -135,6 +135,24 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+}
+
+impl Request {
+    /// The volume the request is about.
+    pub fn volume(&self) -> &str {
+        match self {
+            Request::Info { volume }
+            | Request::SnapshotCreate { volume, .. }
+            | Request::SnapshotDelete { volume, .. }
+            | Request::SnapshotList { volume }
+            | Request::Check { volume, .. }
+            | Request::Diff { volume, .. }
+            | Request::Rollback { volume, .. }
+            | Request::Export { volume, .. }
+            | Request::ExportDiff { volume, .. }
+            | Request::ImportDiff { volume, .. } => volume,
+        }
+    }
 }
 
 /// The answer to a request.
@@ -307,7 +325,11 @@ impl ControlServer {
     /// server that was killed) and is replaced; a live one means another server holds the
     /// store.
     pub fn start(store: &Store, exports: Arc<StoreExports>) -> anyhow::Result<Self> {
-        let path = socket_path(store);
+        let path = store.control_socket();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
                 anyhow::bail!(
@@ -628,7 +650,9 @@ pub(super) fn send(stream: &UnixStream, response: &Response) {
 
 /// Sends `req` to the server holding `store`; `None` when no server answers there.
 pub fn request(store: &Store, req: &Request) -> anyhow::Result<Option<Response>> {
-    let path = socket_path(store);
+    let Some(path) = socket_for(store, req) else {
+        return Ok(None);
+    };
     let Ok(mut stream) = UnixStream::connect(&path) else {
         return Ok(None);
     };
@@ -687,7 +711,9 @@ pub fn converse(
     store: &Store,
     req: &Request,
 ) -> anyhow::Result<Option<(serde_json::Value, BufReader<UnixStream>)>> {
-    let path = socket_path(store);
+    let Some(path) = socket_for(store, req) else {
+        return Ok(None);
+    };
     let Ok(mut stream) = UnixStream::connect(&path) else {
         return Ok(None);
     };

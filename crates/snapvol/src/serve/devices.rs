@@ -249,6 +249,17 @@ impl StoreExports {
             .collect()
     }
 
+    /// Stops serving `name` (its lock was lost): new connections no longer find it, and those
+    /// still open get errors from the volume itself.
+    pub fn forget(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes.write().remove(name)
+    }
+
+    /// Whether `name` is open here.
+    pub fn holds(&self, name: &str) -> bool {
+        self.volumes.read().contains_key(name)
+    }
+
     /// Gives the volumes back (for a clean shutdown).
     pub fn take_volumes(&self) -> BTreeMap<String, Arc<Volume>> {
         std::mem::take(&mut *self.volumes.write())

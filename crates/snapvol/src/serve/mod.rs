@@ -7,6 +7,7 @@ pub mod control;
 mod devices;
 pub mod diff_socket;
 pub mod image_stream;
+mod takeover;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,10 +49,17 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     }
     let mut volumes = BTreeMap::new();
     let mut unavailable = Vec::new();
+    let mut standing_by = Vec::new();
     for name in store.list()? {
         match store.open(&name, VolumeOptions::default()) {
             Ok(v) => {
                 volumes.insert(name, Arc::new(v));
+            }
+            // In a store that hosts share, another server holding a volume is normal: this one
+            // stands by and takes the volume over if that server goes.
+            Err(e @ Error::Locked { .. }) if store.shared() => {
+                tracing::info!(volume = %name, reason = %e, "standing by for the volume");
+                standing_by.push(name);
             }
             Err(e @ Error::Locked { .. }) => {
                 return Err(anyhow::anyhow!(
@@ -69,6 +77,10 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     }
     let exports = Arc::new(StoreExports::new(store.clone(), volumes));
     let control = control::ControlServer::start(store, exports.clone())?;
+    let supervisor = store
+        .shared()
+        .then(|| takeover::Supervisor::start(store.clone(), exports.clone()))
+        .transpose()?;
 
     let mut builder = Server::builder(exports.clone());
     let addr: SocketAddr = args.listen.parse().with_context(|| {
@@ -117,6 +129,12 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         },
         store.name()
     );
+    if !standing_by.is_empty() {
+        eprintln!(
+            "snapvol: standing by for {}: held by another server; taken over if it goes",
+            standing_by.join(", ")
+        );
+    }
     if !unavailable.is_empty() {
         eprintln!(
             "snapvol: not serving {}: cannot be opened (see the log above; `snapvol check VOL`)",
@@ -126,11 +144,19 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     let served = server.serve();
     signal_handle.close();
     let _ = watcher.join();
+    if let Some(s) = supervisor {
+        s.stop();
+    }
     control.stop();
 
     // Every volume is destaged and closed: the source VLUNs are the volumes again.
     let mut result = served.map_err(anyhow::Error::from);
     for (name, vol) in exports.take_volumes() {
+        // A volume whose lock was lost belongs to another server now: nothing to close here.
+        if let Some(why) = vol.lock_lost() {
+            tracing::warn!(volume = %name, reason = %why, "not closing the volume: another server holds it");
+            continue;
+        }
         match Arc::try_unwrap(vol) {
             Ok(vol) => {
                 if let Err(e) = vol.close() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::serving::*;
 use crate::sigkill::start_load;
-use crate::{fio_job, snapshot_names, with, SIZE};
+use crate::{snapshot_names, SIZE};
 
 #[test]
 fn sigterm_with_requests_in_flight_exits_0_and_flushed_data_is_there_after_restart() {

@@ -5,7 +5,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::serving::*;
-use crate::{fio_job, with};
 
 /// Hashes of each MiB of `[offset, offset + len)` of `export`, read over NBD.
 fn region_digest(server: &Server, export: &str, offset: u64, len: u64) -> Vec<u64> {
@@ -118,18 +117,8 @@ fn after_sigkill_under_fio_load_flushed_writes_and_earlier_snapshots_are_intact_
 
     let server = env.serve();
     let live = server.uri("v");
-    fio_ok(
-        &env,
-        &with(job_a(&live), &["--verify_only=1"]),
-        None,
-        64 * MIB,
-    );
-    fio_ok(
-        &env,
-        &with(job_d(&live), &["--verify_only=1"]),
-        None,
-        64 * MIB,
-    );
+    fio_verify(&env, job_a(&live), 64 * MIB);
+    fio_verify(&env, job_d(&live), 64 * MIB);
     assert!(
         server.log().contains("recovery complete"),
         "the restart replayed no journal: the crash tested nothing\n{}",

@@ -215,3 +215,37 @@ pub fn fio_ok(
     }
     v
 }
+
+/// A fio job over the nbd engine: `numjobs` jobs (one connection each), job k writing `size`
+/// bytes at random in `[offset + k * 64M, offset + k * 64M + size)`, every block checked with
+/// crc32c. The same arguments plus `--verify_only=1` re-read and check what it wrote.
+pub fn fio_job(uri: &str, offset: u64, size: u64, numjobs: u32, seed: u64) -> Vec<String> {
+    vec![
+        "--name=job".into(),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".into(),
+        "--bsrange=4k-128k".into(),
+        "--iodepth=16".into(),
+        format!("--offset={offset}"),
+        format!("--size={size}"),
+        format!("--numjobs={numjobs}"),
+        format!("--offset_increment={}", 64 * super::MIB),
+        "--verify=crc32c".into(),
+        "--verify_fatal=1".into(),
+        // fio would leave verify state files in the working directory.
+        "--verify_state_save=0".into(),
+        format!("--randseed={seed}"),
+    ]
+}
+
+/// `args` followed by `extra`.
+pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// Re-reads and checks with fio what the job `args` wrote: `bytes` of it.
+pub fn fio_verify(env: &Env, args: Vec<String>, bytes: u64) {
+    fio_ok(env, &with(args, &["--verify_only=1"]), None, bytes);
+}

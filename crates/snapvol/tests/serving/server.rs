@@ -18,12 +18,24 @@ use super::{BIN, LIMIT};
 #[derive(Debug)]
 pub struct Env {
     dir: TempDir,
+    /// `--store` when it is not `store/` in the directory (`rbd:POOL`).
+    store: Option<PathBuf>,
 }
 
 impl Env {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temporary directory"),
+            store: None,
+        }
+    }
+
+    /// An environment whose commands use the store `store` (such as `rbd:rbd`); the control
+    /// sockets of servers of a pool store go to `run/` in the directory.
+    pub fn with_store(store: &str) -> Self {
+        Self {
+            store: Some(PathBuf::from(store)),
+            ..Self::new()
         }
     }
 
@@ -33,7 +45,9 @@ impl Env {
     }
 
     pub fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+        self.store
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("store"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -46,6 +60,7 @@ impl Env {
         cmd.current_dir(self.dir.path())
             .env_remove("SNAPVOL_STORE")
             .env_remove("RUST_LOG")
+            .env("SNAPVOL_RUN_DIR", self.dir.path().join("run"))
             .arg("--store")
             .arg(self.store());
         cmd
@@ -89,6 +104,12 @@ impl Env {
     pub fn serve_with(&self, args: &[&str]) -> Server {
         Server::start(self, args)
     }
+
+    /// Starts `snapvol serve ARGS` on this store, logging to `LOG` in the directory (so that
+    /// several servers keep separate logs).
+    pub fn serve_logged(&self, args: &[&str], log: &str) -> Server {
+        Server::start_logged(self, args, log)
+    }
 }
 
 /// The server process. Dropping the guard kills it (a failing test leaves nothing running);
@@ -104,7 +125,12 @@ impl Server {
     /// Starts `snapvol serve --listen 127.0.0.1:PORT ARGS` on a free port and waits until it
     /// listens and accepts connections.
     pub fn start(env: &Env, args: &[&str]) -> Server {
-        let log = env.path("serve.log");
+        Self::start_logged(env, args, "serve.log")
+    }
+
+    /// [`Server::start`], logging to `log` in the environment's directory.
+    pub fn start_logged(env: &Env, args: &[&str], log: &str) -> Server {
+        let log = env.path(log);
         for _ in 0..8 {
             let port = free_port();
             let start = fs::metadata(&log).map_or(0, |m| m.len());

@@ -11,7 +11,7 @@
 //! log of every snapshot `lo..=hi` (claims 1–13). Memory therefore grows with preserved
 //! copies, never with copies × the snapshots that share them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
@@ -124,7 +124,15 @@ pub struct Entry {
 
 const INDEX_SHARDS: usize = 64;
 
-type Shard = HashMap<u64, Vec<Entry>>;
+/// One shard of the index: its chunks' copies, and the same copies ordered by their newest
+/// reader, so that a diff visits only the copies of the snapshots it spans.
+#[derive(Debug, Default)]
+struct Shard {
+    /// Chunk → its copies, sorted by `hi`.
+    chunks: HashMap<u64, Vec<Entry>>,
+    /// `(hi, chunk)` of every copy.
+    by_hi: BTreeSet<(u64, u64)>,
+}
 
 /// The shared preservation index: chunk → preserved copies, sorted by `hi`.
 ///
@@ -154,7 +162,7 @@ impl Index {
     /// from the source (claims 11, 12).
     pub fn lookup(&self, c: ChunkIndex, s: SnapshotSeq) -> Option<Entry> {
         let shard = self.shard(c).read();
-        let entries = shard.get(&c.0)?;
+        let entries = shard.chunks.get(&c.0)?;
         let i = entries.partition_point(|e| e.hi < s.0);
         entries.get(i).filter(|e| e.lo <= s.0).copied()
     }
@@ -165,6 +173,7 @@ impl Index {
     pub fn watermark(&self, c: ChunkIndex) -> Epoch {
         self.shard(c)
             .read()
+            .chunks
             .get(&c.0)
             .and_then(|v| v.last())
             .map_or(Epoch(0), |e| Epoch(e.hi))
@@ -179,25 +188,39 @@ impl Index {
         self.lookup(c, from).is_some_and(|e| e.hi < to.0)
     }
 
-    /// Adds to `out` every chunk [`Index::changed`] holds for (unordered). Costs one step per
-    /// preserved copy, whatever the volume's size.
+    /// Adds to `out` every chunk [`Index::changed`] holds for (unordered, possibly more than
+    /// once). Visits only the copies whose newest reader is in `from..to`: the preservation
+    /// records of the span, whatever the volume's size and however many copies other
+    /// snapshots have.
     pub fn changed_chunks(&self, from: SnapshotSeq, to: Epoch, out: &mut Vec<ChunkIndex>) {
+        if to.0 <= from.0 {
+            return;
+        }
         for shard in &self.shards {
             let shard = shard.read();
-            out.extend(shard.iter().filter_map(|(c, entries)| {
-                let i = entries.partition_point(|e| e.hi < from.0);
-                let e = entries.get(i)?;
-                (e.lo <= from.0 && e.hi < to.0).then_some(ChunkIndex(*c))
-            }));
+            // A chunk changed in the span when the copy `from` reads was superseded before
+            // `to`: that copy's `hi` is in the range, and it is the chunk's first copy with
+            // `hi >= from`, which must also cover `from`.
+            out.extend(
+                shard
+                    .by_hi
+                    .range((from.0, 0)..(to.0, 0))
+                    .filter_map(|&(_, c)| {
+                        let entries = shard.chunks.get(&c)?;
+                        let e = entries.get(entries.partition_point(|e| e.hi < from.0))?;
+                        (e.lo <= from.0 && e.hi < to.0).then_some(ChunkIndex(c))
+                    }),
+            );
         }
     }
 
     /// Records a preserved copy (newer than every other copy of the chunk).
     pub fn insert(&self, c: ChunkIndex, e: Entry) {
         let mut shard = self.shard(c).write();
-        let v = shard.entry(c.0).or_default();
+        let v = shard.chunks.entry(c.0).or_default();
         let at = v.partition_point(|x| x.hi < e.hi);
         v.insert(at, e);
+        shard.by_hi.insert((e.hi, c.0));
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -206,11 +229,13 @@ impl Index {
         let mut freed = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.write();
-            shard.retain(|_, v| {
+            let Shard { chunks, by_hi } = &mut *shard;
+            chunks.retain(|&c, v| {
                 v.retain(|e| {
                     let keep = table.count_alive(e.lo, e.hi) > 0;
                     if !keep {
                         freed.push(e.slot);
+                        by_hi.remove(&(e.hi, c));
                     }
                     keep
                 });
@@ -229,7 +254,7 @@ impl Index {
     /// Calls `f` for every chunk with a preserved copy, with its copies sorted by `hi`.
     pub fn for_each_chunk(&self, mut f: impl FnMut(ChunkIndex, &[Entry])) {
         for shard in &self.shards {
-            for (c, v) in shard.read().iter() {
+            for (c, v) in shard.read().chunks.iter() {
                 f(ChunkIndex(*c), v);
             }
         }
@@ -429,6 +454,55 @@ pub(crate) mod tests {
         assert_eq!(idx.lookup(ChunkIndex(4), SnapshotSeq(1)), None);
         assert_eq!(idx.watermark(ChunkIndex(3)), Epoch(6));
         assert_eq!(idx.len(), 2);
+    }
+
+    /// `changed_chunks` (through the copies ordered by `hi`) agrees with `changed` (through
+    /// each chunk's copies) for every span, before and after copies are freed.
+    #[test]
+    fn changed_chunks_finds_exactly_the_chunks_changed_in_a_span() {
+        let idx = Index::default();
+        // Chunk c gets copies with ranges cut at a pseudo-random set of snapshots 1..=12.
+        let mut x = 0x9e37_79b9_u64;
+        for c in 0..300u64 {
+            let mut lo = 1;
+            while lo <= 12 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let hi = (lo + x % 4).min(12);
+                if x % 3 != 0 {
+                    let e = Entry {
+                        lo,
+                        hi,
+                        slot: TargetSlot(c * 16 + lo),
+                        crc: 0,
+                    };
+                    idx.insert(ChunkIndex(c), e);
+                }
+                lo = hi + 1;
+            }
+        }
+        let check = |idx: &Index| {
+            for from in 1..=12 {
+                for to in (from + 1..=13).map(Epoch).chain([Epoch::LIVE]) {
+                    let mut got = Vec::new();
+                    idx.changed_chunks(SnapshotSeq(from), to, &mut got);
+                    got.sort_unstable();
+                    got.dedup();
+                    let want: Vec<ChunkIndex> = (0..300)
+                        .map(ChunkIndex)
+                        .filter(|&c| idx.changed(c, SnapshotSeq(from), to))
+                        .collect();
+                    assert_eq!(got, want, "from {from} to {to:?}");
+                }
+            }
+        };
+        check(&idx);
+        // Snapshots 3..=7 deleted: copies only they read are freed, and forgotten by both.
+        let live: Vec<u64> = (1..=12).filter(|s| !(3..=7).contains(s)).collect();
+        let freed = idx.remove_unreferenced(&table(&live));
+        assert!(!freed.is_empty());
+        check(&idx);
     }
 
     #[test]

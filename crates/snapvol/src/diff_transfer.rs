@@ -67,8 +67,8 @@ impl DiffSummary {
 /// and finds what changed between them, from metadata alone. Fails, before anything is
 /// written anywhere, when a snapshot is missing or `to` is not newer than `from`.
 pub fn plan_export(vol: &Volume, from: &str, to: Option<&str>) -> Result<DiffPlan, Error> {
-    let from_seq = vol.snapshot(from)?.seq;
-    let to_seq = to.map(|s| vol.snapshot(s).map(|i| i.seq)).transpose()?;
+    let from_seq = vol.snapshot_seq(from)?;
+    let to_seq = to.map(|s| vol.snapshot_seq(s)).transpose()?;
     let extents = vol.diff(from_seq, to_seq)?;
     Ok(DiffPlan {
         header: Header {
@@ -230,20 +230,16 @@ pub fn apply_diff(
         );
     }
     let from_seq = match &header.from {
-        Some(from) => Some(
-            vol.snapshot(from)
-                .map_err(|_| {
-                    anyhow!(
-                        "volume '{name}' has no snapshot '{from}', which the stream starts from \
+        Some(from) => Some(vol.snapshot_seq(from).map_err(|_| {
+            anyhow!(
+                "volume '{name}' has no snapshot '{from}', which the stream starts from \
                          (see: snapvol snapshot list {name}): {nothing}"
-                    )
-                })?
-                .seq,
-        ),
+            )
+        })?),
         None => None,
     };
     if let Some(to) = &header.to {
-        if vol.snapshot(to).is_ok() {
+        if vol.snapshot_seq(to).is_ok() {
             bail!(
                 "snapshot '{name}@{to}', which the stream ends with, already exists (was this \
                  stream imported before?): {nothing}"

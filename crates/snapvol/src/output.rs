@@ -105,8 +105,11 @@ impl From<&VolumeInfo> for InfoJson {
 
 /// Prints a value as pretty JSON followed by a newline.
 pub fn print_json<T: Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
-    writeln!(out)?;
+    // Whole, then written once: stdout is line-buffered, and a diff's JSON has a line per
+    // extent.
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    out.write_all(&text)?;
     Ok(())
 }
 

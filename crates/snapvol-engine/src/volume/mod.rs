@@ -493,6 +493,17 @@ impl Volume {
         self.inner.snapshot_delete(name)
     }
 
+    /// The sequence number of snapshot `name`: a lookup in the snapshot table, without the
+    /// accounting [`Volume::snapshot`] computes (a pass over every preserved copy).
+    pub fn snapshot_seq(&self, name: &str) -> Result<SnapshotSeq> {
+        self.inner
+            .table
+            .load()
+            .by_name(name)
+            .map(|m| m.seq)
+            .ok_or_else(|| Error::SnapshotNotFound(format!("{}@{name}", self.inner.name)))
+    }
+
     /// One snapshot with its accounting.
     pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo> {
         self.snapshots()

@@ -40,11 +40,7 @@ pub struct Diff {
 /// Computes the diff of `volume` from snapshot `from` to snapshot `to` (the live volume for
 /// `None`) on an open volume: here, or in the server for the control socket.
 pub fn compute(vol: &Volume, volume: &str, from: &str, to: Option<&str>) -> Result<Diff> {
-    let seq = |s: &str| {
-        vol.snapshot(s)
-            .map(|i| i.seq)
-            .map_err(|e| qualify(volume, e))
-    };
+    let seq = |s: &str| vol.snapshot_seq(s).map_err(|e| qualify(volume, e));
     let from_seq = seq(from)?;
     let to_seq = to.map(seq).transpose()?;
     let extents: Vec<Extent> = vol

@@ -32,7 +32,7 @@ pub fn run(store: &Store, args: ExportArgs) -> Result<()> {
         Ok(vol) => with_volume(vol, |vol| {
             // Resolve the snapshot before touching the output, so a typo clobbers nothing.
             let seq = match snapshot {
-                Some(s) => Some(vol.snapshot(s).map_err(|e| qualify(volume, e))?.seq),
+                Some(s) => Some(vol.snapshot_seq(s).map_err(|e| qualify(volume, e))?),
                 None => None,
             };
             write_image(&args, vol.size(), |sink, bar, path| {

@@ -77,7 +77,7 @@ pub fn rollback(store: &Store, spec: &str, force: bool) -> Result<()> {
     let (volume, snapshot) = parse_snapshot_name(spec)?;
     let report = match access(store, volume)? {
         Access::Local(vol) => with_volume(vol, |vol| {
-            let seq = vol.snapshot(snapshot).map_err(|e| qualify(volume, e))?.seq;
+            let seq = vol.snapshot_seq(snapshot).map_err(|e| qualify(volume, e))?;
             let bar = progress(0, &format!("rolling back to {spec}"));
             let report = vol.rollback(seq, &mut |done, total| {
                 bar.set_length(total);

@@ -266,7 +266,7 @@ fn handle(exports: &StoreExports, req: Request) -> Response {
                         if clients == 1 { "it" } else { "them" },
                     )));
                 }
-                let seq = vol.snapshot(&snapshot)?.seq;
+                let seq = vol.snapshot_seq(&snapshot)?;
                 let report = vol.rollback(seq, &mut |_, _| {})?;
                 tracing::info!(volume = %volume, snapshot = %snapshot, rewritten_bytes = report.rewritten_bytes, forced_with_clients = clients, "rolled back through the control socket");
                 json(&report)
@@ -601,9 +601,7 @@ fn stream_export(
     use crate::transfer::{pieces, PIECE};
     let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
     let opened = exports.volume(volume).and_then(|vol| {
-        let seq = snapshot
-            .map(|s| vol.snapshot(s).map(|i| i.seq))
-            .transpose()?;
+        let seq = snapshot.map(|s| vol.snapshot_seq(s)).transpose()?;
         Ok((vol, seq))
     });
     let (vol, seq) = match opened {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -278,7 +279,10 @@ impl Server {
     /// that were written to, closes the connections, removes the Unix socket file, returns.
     pub fn serve(mut self) -> io::Result<()> {
         let mut acceptors = Vec::new();
+        // A second handle on each listening socket, to wake its acceptor at shutdown.
+        let mut wakers: Vec<OwnedFd> = Vec::new();
         if let Some(l) = self.tcp.take() {
+            wakers.push(l.try_clone()?.into());
             let ctx = self.conn_ctx();
             acceptors.push(thread::Builder::new().name("nbd-accept-tcp".into()).spawn(
                 move || {
@@ -292,6 +296,7 @@ impl Server {
             )?);
         }
         if let Some(l) = self.unix.take() {
+            wakers.push(l.try_clone()?.into());
             let ctx = self.conn_ctx();
             acceptors.push(
                 thread::Builder::new()
@@ -310,6 +315,12 @@ impl Server {
             }
         }
         info!("NBD server shutting down");
+        // Shutting a listening socket down makes a blocked accept return at once; connecting
+        // to our own address as well covers systems where it does not (a deleted socket file
+        // makes that fail, which is why it is not the only way).
+        for fd in &wakers {
+            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        }
         self.wake_acceptors();
         for a in acceptors {
             let _ = a.join();
@@ -638,6 +649,28 @@ mod tests {
         std::fs::write(&file, b"keep me").unwrap();
         assert!(bind_unix(&file).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
+
+    /// The acceptor of a Unix socket whose file was deleted meanwhile cannot be woken by
+    /// connecting to it; shutting its socket down wakes it, and the server stops.
+    #[test]
+    fn shutdown_stops_the_server_when_its_socket_file_was_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let server = Server::builder(Arc::new(ExportMap::new()))
+            .unix(&path)
+            .bind()
+            .unwrap();
+        let running = server.spawn().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done_tx.send(running.stop().is_ok()).unwrap());
+        // A bound on a hang, not a measurement: it stops at once.
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "the server did not stop"
+        );
     }
 
     #[test]

@@ -8,6 +8,14 @@
 #                       it already runs), and prints `export CEPH_CONF=DIR/ceph.conf`
 #   ceph.sh stop DIR    stops the daemons by their pid files and waits until they have exited
 #   ceph.sh env DIR     prints the export line
+#   ceph.sh stop-osd DIR          stops only the OSD (SIGTERM, waits until it has exited): the
+#                                 monitor stays, and clients' requests wait for the OSD's return
+#   ceph.sh start-osd DIR         starts the OSD again and waits until the monitor sees it up
+#   ceph.sh restart-osd DIR [S]   stop-osd, S seconds down (default 20), start-osd
+#
+# CEPH_MON_PORT (default 3300; v1 takes the next port) puts the monitor of a new cluster on other
+# ports, so that a second cluster (in another DIR) can run beside the first; an existing cluster
+# keeps the address its ceph.conf names.
 #
 # Each step looks at what exists before doing it, so `start` on a running cluster, or on one
 # whose OSD died, finishes the job instead of failing. Everything but the final export line goes
@@ -16,7 +24,12 @@ set -euo pipefail
 
 # The daemons, the `ceph` and `rbd` tools, and the client libraries that snapvol loads.
 PACKAGES=(ceph-mon ceph-osd ceph-common librbd1 librados2)
-MON_ADDR='[v2:127.0.0.1:3300,v1:127.0.0.1:6789]'
+MON_PORT=${CEPH_MON_PORT:-3300}
+if [[ $MON_PORT == 3300 ]]; then
+    MON_ADDR='[v2:127.0.0.1:3300,v1:127.0.0.1:6789]'
+else
+    MON_ADDR="[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$((MON_PORT + 1))]"
+fi
 MON_ID=a
 OSD_UP_TIMEOUT=${CEPH_OSD_UP_TIMEOUT:-180}
 MON_UP_TIMEOUT=${CEPH_MON_UP_TIMEOUT:-60}
@@ -28,16 +41,20 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|env DIR" >&2
+    echo "usage: $0 start|stop|env|stop-osd|start-osd DIR, or $0 restart-osd DIR [SECONDS]" >&2
     exit 2
 }
 
-(($# == 2)) || usage
+(($# == 2)) || [[ $# == 3 && $1 == restart-osd ]] || usage
 cmd=$1
 mkdir -p "$2"
 DIR=$(cd "$2" && pwd)
 CONF=$DIR/ceph.conf
 export CEPH_CONF=$CONF
+# An existing cluster's monitor is where its ceph.conf says.
+if [[ -f $CONF ]]; then
+    MON_ADDR=$(sed -n 's/^mon host = //p' "$CONF")
+fi
 
 install_missing() {
     local pkg missing=()
@@ -199,9 +216,9 @@ start() {
     echo "export CEPH_CONF=$CONF"
 }
 
-stop() {
+stop_daemons() { # pid files...: SIGTERM to each daemon running, then wait until all have exited
     local pidfile pid pids=() deadline
-    for pidfile in "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid; do
+    for pidfile in "$@"; do
         [[ -f $pidfile ]] || continue
         pid=$(cat "$pidfile")
         if running "$pid"; then
@@ -220,13 +237,45 @@ stop() {
             sleep 0.2
         done
     done
-    rm -f "$DIR"/run/*.pid
+    rm -f "$@"
+}
+
+stop() {
+    stop_daemons "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid
     say "stopped"
+}
+
+osd_pid_file() {
+    [[ -f $DIR/osd/id ]] || die "no OSD in $DIR (start the cluster first: $0 start $DIR)"
+    echo "$DIR/run/osd.$(cat "$DIR/osd/id").pid"
+}
+
+stop_osd() {
+    local pidfile
+    pidfile=$(osd_pid_file)
+    pid_alive "$pidfile" || die "the OSD of $DIR is not running"
+    stop_daemons "$pidfile"
+    say "osd stopped"
+}
+
+start_osd_again() {
+    local t0=$SECONDS
+    [[ -f $CONF ]] || die "no cluster in $DIR (start it first: $0 start $DIR)"
+    start_osd
+    say "osd up in $((SECONDS - t0)) s"
 }
 
 case $cmd in
 start) start ;;
 stop) stop ;;
 env) echo "export CEPH_CONF=$CONF" ;;
+stop-osd) stop_osd ;;
+start-osd) start_osd_again ;;
+restart-osd)
+    stop_osd
+    say "osd down for ${3:-20} s"
+    sleep "${3:-20}"
+    start_osd_again
+    ;;
 *) usage ;;
 esac

@@ -61,7 +61,9 @@ if [[ -n "${CEPH_CONF:-}" ]] && timeout 20 ceph -s >/dev/null 2>&1; then
 else
     ceph_dir=$(mktemp -d /var/tmp/snapvol-test-ceph.XXXXXX)
     trap 'scripts/ceph.sh stop "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$ceph_dir"' EXIT
-    eval "$(scripts/ceph.sh start "$ceph_dir")"
+    # Assigned first, so that a cluster that does not come up stops the run here.
+    ceph_env=$(scripts/ceph.sh start "$ceph_dir")
+    eval "$ceph_env"
 fi
 export CEPH_CONF SNAPVOL_REQUIRE_CEPH=1
 

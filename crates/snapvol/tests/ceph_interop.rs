@@ -3,20 +3,27 @@
 //! - `rbd import-diff` applies the `rbd diff v1` stream `snapvol export VOL@TO --from VOL@FROM`
 //!   writes, and the RBD image then reads byte for byte as the snapshot;
 //! - `snapvol import-diff` applies the streams `rbd export-diff` writes (a whole image, then
-//!   one `--from-snap`), and the volume's snapshots read byte for byte as the image's.
+//!   one `--from-snap`), and the volume's snapshots read byte for byte as the image's;
+//! - the OSD stopped for 20 s under client I/O and started again (issue 13, part 5): a volume
+//!   of a store in a pool keeps being served, requests wait (or fail with EIO) during the
+//!   outage, and afterwards every acknowledged-and-flushed write and the snapshot read back
+//!   exactly, without a restart of `serve`.
 //!
 //! Without `CEPH_CONF` each test says it is skipped and passes, unless `SNAPVOL_REQUIRE_CEPH=1`
-//! makes that a failure.
+//! makes that a failure. The outage test stops the OSD of the cluster `CEPH_CONF` names with
+//! `scripts/ceph.sh stop-osd` (so the cluster must be one that script started, with
+//! `CEPH_CONF` at `DIR/ceph.conf`); the other tests of this binary do not run meanwhile.
 
 #[path = "serving/mod.rs"]
 mod serving;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
-use std::process::Command;
-use std::sync::{RwLock, RwLockReadGuard};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serving::*;
 
@@ -26,6 +33,10 @@ static OUTAGE: RwLock<()> = RwLock::new(());
 
 fn shared() -> RwLockReadGuard<'static, ()> {
     OUTAGE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    OUTAGE.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a cluster is there to test against: without `CEPH_CONF` a skip line (or, with
@@ -505,5 +516,563 @@ fn qemu_io_cmds(uri: &str, commands: &[&str]) {
     assert!(
         status.success() && !out.to_lowercase().contains("fail"),
         "qemu-io {commands:?} on {uri}: {status}\n{out}"
+    );
+}
+
+/// A pool of the test's own, removed with everything in it when dropped: a server of a pool
+/// store serves every volume of the pool it can lock, so it must not share one with other
+/// tests.
+struct Pool(String);
+
+impl Pool {
+    fn new(test: &str) -> Self {
+        let pool = Pool(unique(test));
+        pool.remove();
+        ceph_ok("ceph", &["osd", "pool", "create", &pool.0, "8"]);
+        ceph_ok("rbd", &["pool", "init", &pool.0]);
+        pool
+    }
+
+    fn remove(&self) {
+        let _ = ceph_cmd("ceph", &["osd", "pool", "rm", &self.0, &self.0])
+            .arg("--yes-i-really-really-mean-it")
+            .output();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// `snapvol --store rbd:POOL` run in `dir`, its control sockets in `dir/run`.
+fn pool_snapvol(dir: &Path, pool: &Pool) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("SNAPVOL_STORE")
+        .env_remove("RUST_LOG")
+        .env("SNAPVOL_RUN_DIR", dir.join("run"))
+        .arg("--store")
+        .arg(format!("rbd:{}", pool.0));
+    cmd
+}
+
+/// `snapvol serve` of a pool store as a child process; killed if dropped.
+struct PoolServer {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl PoolServer {
+    /// Starts the server on a free port and waits until it serves `volume`.
+    fn start(dir: &Path, pool: &Pool, volume: &str) -> Self {
+        let log = dir.join("serve.log");
+        let port = free_port();
+        let child = pool_snapvol(dir, pool)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("server log"))
+            .spawn()
+            .expect("start snapvol serve");
+        let mut server = PoolServer {
+            child: Some(child),
+            port,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let served = nbd_list(port).is_some_and(|l| l.contains(&format!("\"{volume}\"")));
+            if served {
+                return server;
+            }
+            assert!(
+                server.is_running(),
+                "snapvol serve exited:\n{}",
+                server.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "snapvol serve did not serve {volume} within 60 s:\n{}",
+                server.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
+    /// SIGTERM; the server must exit with status 0 within 60 s.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "snapvol serve did not stop within 60 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "snapvol serve exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for PoolServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `nbdinfo --list --json` of the server on `port`, or `None` while it does not answer.
+fn nbd_list(port: u16) -> Option<String> {
+    let out = output_within(
+        tool("nbdinfo").args(["--list", "--json", &format!("nbd://127.0.0.1:{port}")]),
+        LIMIT,
+    );
+    out.status.success().then(|| text(&out.stdout))
+}
+
+/// Seconds since the epoch, as the Python client stamps its requests.
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// One request of the outage client (see `tests/clients/outage_writer.py`).
+#[derive(Debug)]
+struct Request {
+    kind: String,
+    who: String,
+    /// The slot (writes, reads) or the last write before it (flushes).
+    i: u64,
+    t0: f64,
+    t1: f64,
+    ok: bool,
+    /// The errno's name (`EIO`) of a request that failed.
+    errno: Option<String>,
+    bad: bool,
+}
+
+/// The requests the client reported so far, and its final verification line if it came.
+fn client_events(output: &str) -> (Vec<Request>, Option<serde_json::Value>) {
+    let mut requests = Vec::new();
+    let mut verify = None;
+    for line in output.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("client line {line:?}: {e}"));
+        if v["ev"] == "verify" {
+            verify = Some(v);
+            continue;
+        }
+        requests.push(Request {
+            kind: v["ev"].as_str().expect("ev").to_owned(),
+            who: v["who"].as_str().expect("who").to_owned(),
+            i: v["i"].as_u64().expect("i"),
+            t0: v["t0"].as_f64().expect("t0"),
+            t1: v["t1"].as_f64().expect("t1"),
+            ok: v["ok"].as_bool().expect("ok"),
+            errno: v["errno"].as_str().map(str::to_owned),
+            bad: v["bad"].as_bool().unwrap_or(false),
+        });
+    }
+    (requests, verify)
+}
+
+/// The successful flushes the client issued after `since`.
+fn flushes_after(client: &Interactive, since: f64) -> usize {
+    client_events(&client.output())
+        .0
+        .iter()
+        .filter(|r| r.kind == "flush" && r.ok && r.t0 > since)
+        .count()
+}
+
+/// Waits (at most `limit`) until the client has completed `n` flushes issued after `since`;
+/// false if it did not.
+fn wait_for_flushes(client: &Interactive, since: f64, n: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while flushes_after(client, since) < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+/// The directory of the cluster `CEPH_CONF` names, which `scripts/ceph.sh` must have started.
+fn cluster_dir() -> PathBuf {
+    let conf = PathBuf::from(std::env::var_os("CEPH_CONF").expect("CEPH_CONF"));
+    let dir = conf.parent().expect("CEPH_CONF in a directory").to_owned();
+    assert!(
+        conf.file_name().is_some_and(|n| n == "ceph.conf") && dir.join("osd/id").is_file(),
+        "the outage test stops and starts the OSD with scripts/ceph.sh, so CEPH_CONF must be \
+         DIR/ceph.conf of a cluster `scripts/ceph.sh start DIR` started; it is {}",
+        conf.display()
+    );
+    dir
+}
+
+/// `scripts/ceph.sh CMD DIR`, which must succeed; returns how long it took.
+fn ceph_sh(cmd: &str, dir: &Path) -> Duration {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ceph.sh");
+    let started = Instant::now();
+    let out = output_within(Command::new("bash").arg(script).arg(cmd).arg(dir), LIMIT);
+    assert!(
+        out.status.success(),
+        "scripts/ceph.sh {cmd} {}: {}\n{}",
+        dir.display(),
+        out.status,
+        text(&out.stderr)
+    );
+    started.elapsed()
+}
+
+/// Starts the OSD again if the test stopped it and then failed: the cluster outlives the test.
+struct OsdBack(Option<PathBuf>);
+
+impl Drop for OsdBack {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ceph.sh");
+            let _ = Command::new("bash")
+                .arg(script)
+                .arg("start-osd")
+                .arg(dir)
+                .output();
+        }
+    }
+}
+
+/// How long the OSD stays down.
+const OUTAGE_SECONDS: u64 = 20;
+
+/// Issue 13, part 5: a volume of a pool store is served while its client writes (one writer
+/// flushing after every 4th write, one never flushing, so that its writes fill the server's
+/// write-back cache) and reads a snapshot; the cluster's only OSD is stopped for 20 s and
+/// started again, and commands are run meanwhile (`snapshot create`, `info`, `list`, as a
+/// user or a monitoring script would). Requests wait or fail with EIO during the outage; the
+/// commands wait and go to the server; the same server then still holds the volume (the
+/// outage outlasted its lease, which no one else may take from it meanwhile), takes new
+/// writes, holds every write it acknowledged, serves s1 exactly as before and s2 as of its
+/// request, and `check` through it is clean.
+#[test]
+fn the_osd_stopped_for_20_s_under_client_io_loses_nothing_and_serving_goes_on() {
+    if !ceph("OSD outage under client I/O") {
+        return;
+    }
+    let _outage = exclusive();
+    let started = Instant::now();
+    let cluster = cluster_dir();
+    let env = Env::new();
+    let dir = env.dir();
+    let pool = Pool::new("osd");
+    let vol = "vol";
+    const BLOCK: u64 = 64 * KIB;
+    // Slots per writer: at 20 writes a second, not used up in 50 s.
+    const SLOTS: u64 = 1024;
+    // A 32 MiB journal: a write-back cache of 8 MiB, which the writes during the outage fill.
+    run_ok(pool_snapvol(dir, &pool).args([
+        "create",
+        vol,
+        "--size",
+        "192M",
+        "--journal-size",
+        "32M",
+    ]));
+    let objects = ceph_ok("rados", &["-p", &pool.0, "ls"]);
+    assert!(
+        objects
+            .lines()
+            .any(|o| o == format!("snapvol.volume.{vol}")),
+        "`snapvol --store rbd:{} create` left no descriptor in the pool (a snapvol without \
+         stores in pools?); the pool holds:\n{objects}",
+        pool.0
+    );
+    let mut server = PoolServer::start(dir, &pool, vol);
+    let live = server.uri(vol);
+    let snap = server.uri(&format!("{vol}@s1"));
+
+    // s1: [0, 128M) all 0x11, the rest zero.
+    qemu_io_cmds(&live, &["write -P 0x11 0 128M"]);
+    run_ok(pool_snapvol(dir, &pool).args(["snapshot", "create", &format!("{vol}@s1")]));
+    let want_s1 = env.path("want-s1.img");
+    let mut image = vec![0x11u8; usize::try_from(2 * SLOTS * BLOCK).unwrap()];
+    image.resize(usize::try_from(192 * MIB).unwrap(), 0);
+    fs::write(&want_s1, image).expect("write the image of s1");
+    let s1_before = env.path("s1-before.img");
+    nbdcopy(&snap, &s1_before);
+    assert_same_file(&s1_before, &want_s1);
+
+    // The client, writing over s1's data (each write preserving a chunk for s1).
+    let mut client = Interactive::spawn(python_client("outage_writer.py").args([
+        live.as_str(),
+        snap.as_str(),
+        &SLOTS.to_string(),
+        &BLOCK.to_string(),
+        "0x11",
+    ]));
+    let mut osd_back = OsdBack(None);
+    assert!(
+        wait_for_flushes(&client, 0.0, 10, Duration::from_secs(60)),
+        "the client did not get going:\n{}\nserver log:\n{}",
+        client.output(),
+        server.log()
+    );
+
+    // The outage.
+    let down_at = now();
+    osd_back.0 = Some(cluster.clone());
+    let took_down = ceph_sh("stop-osd", &cluster);
+    // A snapshot asked for during the outage, and looks at the volume (as a monitoring
+    // script would): commands that must go to the server holding it, and wait with it.
+    thread::sleep(Duration::from_secs(2));
+    let s2_asked = now();
+    let snapshot = Background::spawn(
+        pool_snapvol(dir, &pool).args(["snapshot", "create", &format!("{vol}@s2")]),
+        dir,
+        "snapshot-s2",
+    );
+    let look = |k: usize, args: &[&str]| {
+        let what = format!("snapvol {}", args.join(" "));
+        let cmd = Background::spawn(
+            pool_snapvol(dir, &pool).args(args),
+            dir,
+            &format!("look{k}"),
+        );
+        (what, cmd)
+    };
+    let mut looks = vec![
+        look(0, &["info", vol, "--json"]),
+        look(1, &["list", "--json"]),
+        look(2, &["snapshot", "list", vol]),
+    ];
+    thread::sleep(Duration::from_secs(OUTAGE_SECONDS - 3));
+    // More late in the outage, and as the OSD comes back.
+    looks.extend((3..6).map(|k| look(k, &["info", vol])));
+    thread::sleep(Duration::from_secs(1));
+    let running_in_outage = server.is_running();
+    let starting = thread::spawn({
+        let cluster = cluster.clone();
+        move || ceph_sh("start-osd", &cluster)
+    });
+    thread::sleep(Duration::from_secs(2));
+    looks.extend((6..9).map(|k| look(k, &["info", vol])));
+    let took_up = starting.join().expect("start-osd");
+    osd_back.0 = None;
+    let up_at = now();
+    assert!(
+        running_in_outage,
+        "snapvol serve died during the outage:\n{}",
+        server.log()
+    );
+
+    // Without a restart of the server, the snapshot asked for completes, and the client goes
+    // on: flushes issued after the OSD is back complete.
+    let out = snapshot.wait_within(Duration::from_secs(90));
+    let s2_done = now();
+    let mut said = format!(
+        "`snapvol snapshot create {vol}@s2`: {}\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut all_ok = out.status.success();
+    for (what, cmd) in looks {
+        let out = cmd.wait_within(Duration::from_secs(90));
+        all_ok &= out.status.success();
+        said += &format!(
+            "`{what}`: {}\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    // The commands must have gone to the server, which must still hold the volume; the
+    // client goes on: flushes issued after the OSD is back complete.
+    thread::sleep(Duration::from_secs(3));
+    let lost = server.log().contains("lost the lock");
+    let limit = Duration::from_secs(if lost { 30 } else { 90 });
+    let resumed = wait_for_flushes(&client, up_at, 10, limit);
+    client.send("stop");
+    let (status, output) = client.finish();
+    let (requests, verify) = client_events(&output);
+
+    // What the client saw during the outage: requests that waited, and errors.
+    let mut seen = String::new();
+    for (who, kind) in [
+        ("flushing", "write"),
+        ("flushing", "flush"),
+        ("caching", "write"),
+        ("reader", "read"),
+    ] {
+        let during: Vec<f64> = requests
+            .iter()
+            .filter(|r| r.who == who && r.kind == kind && r.t1 > down_at && r.t0 < up_at)
+            .map(|r| r.t1 - r.t0)
+            .collect();
+        let waited = during.iter().filter(|&&l| l > 1.0).count();
+        let longest = during.iter().copied().fold(0.0, f64::max);
+        seen += &format!(
+            "\n  {who} {kind}s: {} during the outage, {waited} of them waited > 1 s, the \
+             longest {longest:.1} s",
+            during.len()
+        );
+    }
+    let failed: Vec<&Request> = requests.iter().filter(|r| !r.ok).collect();
+    let observed = format!(
+        "OSD outage: stop-osd took {:.1} s, down {OUTAGE_SECONDS} s, start-osd took {:.1} s \
+         (up {:.1} s after it was stopped); requests:{seen}\n  failed: {} {:?}\n  client \
+         verification: {}",
+        took_down.as_secs_f64(),
+        took_up.as_secs_f64(),
+        up_at - down_at,
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>(),
+        verify
+            .as_ref()
+            .map_or("none".to_owned(), ToString::to_string),
+    );
+    let _ = writeln!(std::io::stderr(), "{observed}");
+    assert!(
+        !lost,
+        "the server lost its volume after the outage.\n{observed}\nThe commands run during \
+         the outage printed:\n{said}\nthe server log:\n{}",
+        server.log()
+    );
+    assert!(
+        all_ok,
+        "commands run during the outage failed:\n{said}\nthe server log:\n{}",
+        server.log()
+    );
+    assert!(
+        resumed,
+        "flushes issued after the OSD came back did not complete within {limit:?}\n{observed}\n\
+         the server log:\n{}",
+        server.log()
+    );
+    assert!(
+        status.success(),
+        "the client failed: {status}\n{output}\nserver log:\n{}",
+        server.log()
+    );
+    let verify = verify.unwrap_or_else(|| panic!("no verification line:\n{output}"));
+    assert!(
+        failed.iter().all(|r| r.errno.as_deref() == Some("EIO")),
+        "requests failed with other errors than EIO: {failed:?}\nserver log:\n{}",
+        server.log()
+    );
+    let bad_reads: Vec<&Request> = requests.iter().filter(|r| r.bad).collect();
+    assert!(
+        bad_reads.is_empty(),
+        "reads of s1 returned other data than s1's: {bad_reads:?}"
+    );
+    assert!(verify.get("error").is_none(), "{verify}");
+    for key in ["bad", "lost", "torn", "unwritten_changed"] {
+        assert_eq!(
+            verify[key].as_array().map(Vec::len),
+            Some(0),
+            "slots {key} after the outage: {verify}\nserver log:\n{}",
+            server.log()
+        );
+    }
+
+    // s2 holds every write acknowledged before it was asked for and none issued after it
+    // returned; each slot either of the two.
+    let s2 = env.path("s2.img");
+    nbdcopy(&server.uri(&format!("{vol}@s2")), &s2);
+    let s2 = fs::read(&s2).expect("read s2");
+    let (mut before, mut after) = (0, 0);
+    for r in requests.iter().filter(|r| r.kind == "write") {
+        let at = usize::try_from(r.i * BLOCK).unwrap();
+        let got = &s2[at..at + usize::try_from(BLOCK).unwrap()];
+        let new =
+            r.i.to_le_bytes()
+                .repeat(usize::try_from(BLOCK / 8).unwrap());
+        let old = vec![0x11u8; new.len()];
+        if r.ok && r.t1 < s2_asked {
+            before += 1;
+            assert!(
+                got == new,
+                "s2 lacks the write to slot {} acknowledged before it",
+                r.i
+            );
+        } else if r.t0 > s2_done {
+            after += 1;
+            assert!(
+                got == old,
+                "s2 holds the write to slot {} issued after it",
+                r.i
+            );
+        } else {
+            assert!(
+                got == new || got == old,
+                "s2 holds neither old nor new in slot {}",
+                r.i
+            );
+        }
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "s2, asked for {:.1} s into the outage, took {:.1} s; it holds the {before} writes \
+         acknowledged before, and none of the {after} issued after",
+        s2_asked - down_at,
+        s2_done - s2_asked
+    );
+
+    // New writes, s1 exactly as before, and check through the server; then offline.
+    qemu_io_cmds(&live, &["write -P 0x77 160M 1M"]);
+    qemu_io_verify(&live, &[(0x77, 160 * MIB, MIB)]);
+    let s1_after = env.path("s1-after.img");
+    nbdcopy(&snap, &s1_after);
+    assert_same_file(&s1_after, &want_s1);
+    let check = text(&run_ok(pool_snapvol(dir, &pool).args(["check", vol])).stdout);
+    assert!(
+        check.contains("is clean"),
+        "{check}\nserver log:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    server.stop();
+    let check = text(&run_ok(pool_snapvol(dir, &pool).args(["check", vol])).stdout);
+    assert!(
+        check.contains("is clean"),
+        "offline, after the server stopped: {check}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "OSD outage test: {:.1} s; the server logged:\n{log}",
+        started.elapsed().as_secs_f64()
     );
 }

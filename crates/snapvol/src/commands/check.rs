@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use snapvol_engine::check::{CheckOptions, CheckReport};
 use snapvol_engine::{Error, Store};
 
-use super::{is_served, open_error, parse_volume, remote};
+use super::{is_served, open_error, parse_volume, remote, unless_served};
 use crate::cli::CheckArgs;
 use crate::output::print_json;
 use crate::serve::control::Request;
@@ -19,7 +19,7 @@ pub fn run(store: &Store, args: CheckArgs) -> Result<()> {
         data: args.data,
         journal_in_use: false,
     };
-    let report = match store.check_with(name, opts) {
+    let report = match unless_served(store, name, || store.check_with(name, opts)) {
         Ok(report) => report,
         // A served volume is checked by the server, as it is durably, while it stays served.
         Err(Error::Locked { .. }) if is_served(store, name) && !args.repair => remote(

@@ -13,7 +13,7 @@ use indicatif::ProgressBar;
 use snapvol_engine::units::SnapshotSeq;
 use snapvol_engine::{parse_volume_or_snapshot, Error, Store, Volume};
 
-use super::{is_served, open_error, qualify, requalify, with_volume};
+use super::{is_served, open_error, qualify, requalify, unless_served, with_volume};
 use crate::cli::ExportArgs;
 use crate::output::progress;
 use crate::serve::control::{self, ImageStream, Response};
@@ -28,7 +28,7 @@ pub fn run(store: &Store, args: ExportArgs) -> Result<()> {
         return super::export_diff::run(store, &args, from);
     }
     let (volume, snapshot) = parse_volume_or_snapshot(&args.source)?;
-    let size = match store.open_read_only(volume) {
+    let size = match unless_served(store, volume, || store.open_read_only(volume)) {
         Ok(vol) => with_volume(vol, |vol| {
             // Resolve the snapshot before touching the output, so a typo clobbers nothing.
             let seq = match snapshot {

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use snapvol_engine::{parse_snapshot_name, parse_volume_or_snapshot, Error, Store};
 
 use super::export::open_truncated;
-use super::{is_served, open_error, qualify, requalify, with_volume};
+use super::{is_served, open_error, qualify, requalify, unless_served, with_volume};
 use crate::cli::ExportArgs;
 use crate::diff_transfer::{plan_export, write_diff, DiffSummary};
 use crate::output::progress;
@@ -29,7 +29,9 @@ pub fn run(store: &Store, args: &ExportArgs, from_spec: &str) -> Result<()> {
              diff is between two points of one volume"
         );
     }
-    let (summary, extents, changed) = match store.open_read_only(volume) {
+    let (summary, extents, changed) = match unless_served(store, volume, || {
+        store.open_read_only(volume)
+    }) {
         Ok(vol) => with_volume(vol, |vol| {
             // Both points are resolved before the output is touched, so a typo clobbers nothing.
             let plan = plan_export(vol, from, to).map_err(|e| qualify(volume, e))?;

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use anyhow::{bail, Context, Result};
 use snapvol_engine::{Error, Store};
 
-use super::{is_served, open_error, parse_volume, volume_options, with_volume};
+use super::{is_served, open_error, parse_volume, unless_served, volume_options, with_volume};
 use crate::cli::ImportArgs;
 use crate::output::progress;
 use crate::size::format_size;
@@ -29,7 +29,9 @@ pub fn run(store: &Store, args: ImportArgs) -> Result<()> {
     file.rewind()
         .with_context(|| format!("cannot rewind {path}"))?;
 
-    let vol = match store.open(name, volume_options(args.cache_size)) {
+    let vol = match unless_served(store, name, || {
+        store.open(name, volume_options(args.cache_size))
+    }) {
         Ok(vol) => vol,
         Err(Error::Locked { .. }) if is_served(store, name) => bail!(
             "volume '{name}' is being served by snapvol serve; write the image through NBD \

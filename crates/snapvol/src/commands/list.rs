@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use snapvol_engine::{Error, Store, VolumeInfo};
 
-use super::{is_served, remote};
+use super::{is_served, remote, unless_served};
 use crate::output::{print_json, Align, ListEntryJson, Table};
 use crate::serve::control::Request;
 use crate::size::format_size;
@@ -54,7 +54,7 @@ fn inspect(store: &Store, name: String) -> Option<ListEntryJson> {
         entry.chunk_size = Some(info.chunk_size);
         entry.snapshots = Some(info.snapshots.len());
     };
-    match store.open_read_only(&entry.name) {
+    match unless_served(store, &entry.name, || store.open_read_only(&entry.name)) {
         Ok(vol) => {
             fill(&vol.info());
             if let Err(e) = vol.close() {

@@ -87,13 +87,35 @@ enum Access {
 
 /// Opens `name` here to change it, or finds the server that has it open.
 fn access(store: &Store, name: &str) -> Result<Access> {
-    served_if_locked(store, name, store.open(name, VolumeOptions::default()))
+    let opened = unless_served(store, name, || store.open(name, VolumeOptions::default()));
+    served_if_locked(store, name, opened)
 }
 
 /// Opens `name` here to look at it (writing nothing, so this works on a store mounted
 /// read-only), or finds the server that has it open.
 fn access_read_only(store: &Store, name: &str) -> Result<Access> {
-    served_if_locked(store, name, store.open_read_only(name))
+    let opened = unless_served(store, name, || store.open_read_only(name));
+    served_if_locked(store, name, opened)
+}
+
+/// `open()`, unless a server on this host holds `volume` of a shared store (`rbd:POOL`) and
+/// answers: then the [`Error::Locked`] that sends the command to it, without trying the
+/// volume's lock. Trying it first can win it when the server's lease ran out only because
+/// the cluster was unreachable for longer than the lease (its renewal waited, as every
+/// request did): an exclusive open would then fence the live server, a shared one make its
+/// renewal fail, and either way the server stops serving the volume.
+fn unless_served<T>(
+    store: &Store,
+    volume: &str,
+    open: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    if store.shared() && is_served(store, volume) {
+        return Err(Error::Locked {
+            volume: volume.to_owned(),
+            holder: "snapvol serve on this host".to_owned(),
+        });
+    }
+    open()
 }
 
 fn served_if_locked(store: &Store, name: &str, opened: Result<Volume, Error>) -> Result<Access> {

@@ -64,7 +64,12 @@ install_missing() {
     done
     ((${#missing[@]} == 0)) && return
     say "installing ${missing[*]}"
-    apt-get update -qq >&2
+    # Package lists refreshed within the hour (scripts/test.sh has just done it on a fresh
+    # machine) are used as they are: apt-get update once per run.
+    if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -newermt '-1 hour' \
+        2>/dev/null | head -1) ]]; then
+        apt-get update -qq >&2
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >&2
 }
@@ -205,7 +210,9 @@ start() {
     install_missing
     mkdir -p "$DIR/run" "$DIR/log" "$DIR/mon" "$DIR/osd"
     write_conf
-    local osd_pid="$DIR/run/osd.$(cat "$DIR/osd/id" 2>/dev/null || echo none).pid"
+    local osd_id osd_pid
+    osd_id=$(cat "$DIR/osd/id" 2>/dev/null || echo none)
+    osd_pid="$DIR/run/osd.$osd_id.pid"
     if pid_alive "$DIR/run/mon.$MON_ID.pid" && pid_alive "$osd_pid"; then
         say "already running in $DIR"
     fi

@@ -110,13 +110,9 @@ impl PoolCatalog {
         Self { io }
     }
 
-    fn io(&self) -> Result<&IoCtx, EngineError> {
-        Ok(&self.io)
-    }
-
     /// The holder record of `volume`, if there is one.
     pub fn holder(&self, volume: &str) -> Result<Option<Holder>, EngineError> {
-        match self.io()?.read(&holder_oid(volume)) {
+        match self.io.read(&holder_oid(volume)) {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(engine(e)),
@@ -133,7 +129,7 @@ impl PoolCatalog {
     }
 
     fn lock_exclusive(&self, volume: &str) -> Result<VolumeLock, EngineError> {
-        let io = self.io()?;
+        let io = &self.io;
         let cluster = io.cluster().clone();
         let cookie = format!("{}.{}", cluster.instance_id(), unique());
         let oid = lock_oid(volume);
@@ -175,7 +171,7 @@ impl PoolCatalog {
     }
 
     fn lock_shared(&self, volume: &str) -> Result<VolumeLock, EngineError> {
-        let io = self.io()?;
+        let io = &self.io;
         let cookie = format!("{}.{}", io.cluster().instance_id(), unique());
         let oid = lock_oid(volume);
         match io.lock_shared(
@@ -227,12 +223,12 @@ impl Catalog for PoolCatalog {
     }
 
     fn prepare(&self) -> Result<(), EngineError> {
-        self.io().map(|_| ())
+        Ok(()) // the pool handle was made with the catalog
     }
 
     fn list(&self) -> Result<Vec<String>, EngineError> {
         let mut names: Vec<String> = self
-            .io()?
+            .io
             .list_objects()
             .map_err(engine)?
             .into_iter()
@@ -244,7 +240,7 @@ impl Catalog for PoolCatalog {
     }
 
     fn exists(&self, volume: &str) -> Result<bool, EngineError> {
-        match self.io()?.stat(&descriptor_oid(volume)) {
+        match self.io.stat(&descriptor_oid(volume)) {
             Ok(_) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(engine(e)),
@@ -264,10 +260,8 @@ impl Catalog for PoolCatalog {
     }
 
     fn unreserve(&self, volume: &str) {
-        if let Ok(io) = self.io() {
-            let _ = io.remove(&holder_oid(volume));
-            let _ = io.remove(&lock_oid(volume));
-        }
+        let _ = self.io.remove(&holder_oid(volume));
+        let _ = self.io.remove(&lock_oid(volume));
     }
 
     fn default_location(&self, volume: &str, role: Role) -> String {
@@ -291,7 +285,7 @@ impl Catalog for PoolCatalog {
     }
 
     fn read_descriptor(&self, volume: &str) -> Result<Vec<u8>, EngineError> {
-        match self.io()?.read(&descriptor_oid(volume)) {
+        match self.io.read(&descriptor_oid(volume)) {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.errno() == Some(libc::ENOENT) => {
                 Err(EngineError::VolumeNotFound(volume.to_owned()))
@@ -301,7 +295,7 @@ impl Catalog for PoolCatalog {
     }
 
     fn write_descriptor(&self, volume: &str, bytes: &[u8]) -> Result<(), EngineError> {
-        self.io()?
+        self.io
             .write_full(&descriptor_oid(volume), bytes)
             .map_err(engine)
     }
@@ -315,7 +309,7 @@ impl Catalog for PoolCatalog {
     }
 
     fn remove(&self, volume: &str) -> Result<(), EngineError> {
-        let io = self.io()?;
+        let io = &self.io;
         io.remove(&descriptor_oid(volume)).map_err(engine)?;
         let _ = io.remove(&holder_oid(volume));
         // The lock object goes last; the caller's lock on it is released with it.

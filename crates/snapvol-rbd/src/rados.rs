@@ -393,7 +393,7 @@ impl IoCtx {
         desc: &str,
         duration: Option<Duration>,
     ) -> Result<()> {
-        self.lock_exclusive_flags(oid, name, cookie, desc, duration, 0)
+        self.lock_flags(oid, name, cookie, None, desc, duration, 0)
     }
 
     /// Like [`IoCtx::lock_exclusive`], but holding the lock already (same connection, same
@@ -406,7 +406,7 @@ impl IoCtx {
         desc: &str,
         duration: Option<Duration>,
     ) -> Result<()> {
-        self.lock_exclusive_flags(oid, name, cookie, desc, duration, LOCK_FLAG_RENEW)
+        self.lock_flags(oid, name, cookie, None, desc, duration, LOCK_FLAG_RENEW)
     }
 
     /// Takes lock `name` on `oid` shared, with `tag` (every shared holder uses the same tag),
@@ -444,18 +444,6 @@ impl IoCtx {
             duration,
             LOCK_FLAG_RENEW,
         )
-    }
-
-    fn lock_exclusive_flags(
-        &self,
-        oid: &str,
-        name: &str,
-        cookie: &str,
-        desc: &str,
-        duration: Option<Duration>,
-        flags: u8,
-    ) -> Result<()> {
-        self.lock_flags(oid, name, cookie, None, desc, duration, flags)
     }
 
     /// `rados_lock_exclusive` without a `tag`, `rados_lock_shared` with one.

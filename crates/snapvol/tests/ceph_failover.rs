@@ -9,66 +9,10 @@
 #[path = "serving/mod.rs"]
 mod serving;
 
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serving::*;
-
-/// Whether a cluster is there to test against.
-fn ceph(test: &str) -> bool {
-    if std::env::var_os("CEPH_CONF").is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SNAPVOL_REQUIRE_CEPH").is_none(),
-        "{test}: SNAPVOL_REQUIRE_CEPH is set but CEPH_CONF is not (scripts/ceph.sh start DIR)"
-    );
-    eprintln!("{test}: skipped: no Ceph cluster (set CEPH_CONF; scripts/ceph.sh starts one)");
-    false
-}
-
-/// Runs a Ceph tool, which must succeed.
-fn ceph_tool(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e} (apt-get install ceph-common)"));
-    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
-    text(&out.stdout) + &text(&out.stderr)
-}
-
-/// A pool of the test's own, removed with everything in it when dropped: a pool-store server
-/// serves every volume of its pool, so tests running at once must not share one.
-struct TestPool(String);
-
-impl TestPool {
-    fn new(test: &str) -> Self {
-        let pool = TestPool(format!("snapvol-test-{test}-{}", std::process::id()));
-        pool.remove(); // a leftover of an earlier run with the same pid
-        ceph_tool("ceph", &["osd", "pool", "create", &pool.0, "8"]);
-        ceph_tool("rbd", &["pool", "init", &pool.0]);
-        pool
-    }
-
-    /// `rbd:POOL`, the store.
-    fn store(&self) -> String {
-        format!("rbd:{}", self.0)
-    }
-
-    fn remove(&self) {
-        let _ = Command::new("ceph")
-            .args(["osd", "pool", "rm", &self.0, &self.0])
-            .arg("--yes-i-really-really-mean-it")
-            .output();
-    }
-}
-
-impl Drop for TestPool {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
 
 /// Waits (at most `limit`, a bound that only turns a hang into a failure) until `server`'s
 /// log contains `needle`.
@@ -86,7 +30,7 @@ fn wait_for_log(server: &Server, needle: &str, limit: Duration) {
 
 /// `ceph osd blocklist ls`.
 fn blocklist() -> String {
-    ceph_tool("ceph", &["osd", "blocklist", "ls"])
+    ceph_ok("ceph", &["osd", "blocklist", "ls"])
 }
 
 #[test]

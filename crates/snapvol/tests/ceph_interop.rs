@@ -39,49 +39,9 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
     OUTAGE.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether a cluster is there to test against: without `CEPH_CONF` a skip line (or, with
-/// `SNAPVOL_REQUIRE_CEPH=1`, a failure: CI must not pass by skipping).
-fn ceph(test: &str) -> bool {
-    if std::env::var_os("CEPH_CONF").is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("SNAPVOL_REQUIRE_CEPH").as_deref() != Ok("1"),
-        "{test}: SNAPVOL_REQUIRE_CEPH=1 but CEPH_CONF is not set: start a cluster with \
-         `scripts/ceph.sh start DIR` and export what it prints"
-    );
-    // Straight to the stream: the harness hides what `eprintln!` prints for a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test}: CEPH_CONF is not set (scripts/ceph.sh start DIR starts a cluster)"
-    );
-    false
-}
-
 /// A name of this test and this process, for images, volumes and pools.
 fn unique(test: &str) -> String {
     format!("snapvol-interop-{}-{test}", std::process::id())
-}
-
-/// `rbd`, `rados` or `ceph` with `args`.
-fn ceph_cmd(tool: &str, args: &[&str]) -> Command {
-    assert!(
-        Path::new("/usr/bin").join(tool).is_file() || which(tool),
-        "`{tool}` is not installed: install the Debian package ceph-common"
-    );
-    let mut cmd = Command::new(tool);
-    cmd.args(args);
-    cmd
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-/// Runs a Ceph tool, which must succeed; returns its stdout.
-fn ceph_ok(tool: &str, args: &[&str]) -> String {
-    text(&run_ok(&mut ceph_cmd(tool, args)).stdout)
 }
 
 fn s(path: &Path) -> &str {
@@ -292,9 +252,9 @@ fn rbd_import_diff_applies_what_snapvol_export_from_writes() {
         "discard 2M 192k",              // a part of one
         "write -P 0x8d 67047424 4096",  // 64M - 64K + 4K: the last chunk
     ];
-    qemu_io_cmds(&live, &between);
+    qemu_io_ok(&live, &between);
     env.snapvol_ok(&["snapshot", "create", "vol@s2"]);
-    qemu_io_cmds(&live, &["write -P 0x9e 0 1M", "write -P 0xaf 40M 64k"]);
+    qemu_io_ok(&live, &["write -P 0x9e 0 1M", "write -P 0xaf 40M 64k"]);
 
     // The stream, through the server and offline: the same bytes.
     let served = env.path("served.diff");
@@ -453,7 +413,7 @@ fn snapvol_import_diff_applies_what_rbd_export_diff_writes() {
     env.snapvol_ok(&["import-diff", "vol", s(&diff)]);
 
     for volume in ["chain", "vol"] {
-        assert_eq!(snapshot_names(&env, volume), ["a", "b"], "{volume}");
+        assert_eq!(env.snapshot_names(volume), ["a", "b"], "{volume}");
         for (spec, want) in [
             (format!("{volume}@a"), &want_a),
             (format!("{volume}@b"), &want_b),
@@ -496,65 +456,15 @@ fn bench(spec: &str, total: &str, size: &str) {
     );
 }
 
-/// The snapshot names of `volume`, oldest first.
-fn snapshot_names(env: &Env, volume: &str) -> Vec<String> {
-    let list = env.snapvol_json(&["snapshot", "list", volume, "--json"]);
-    list.as_array()
-        .expect("an array")
-        .iter()
-        .map(|s| s["name"].as_str().expect("a name").to_owned())
-        .collect()
-}
-
-/// qemu-io `commands` then a flush, all of which must succeed.
-fn qemu_io_cmds(uri: &str, commands: &[&str]) {
-    let mut args = Vec::new();
-    for c in commands.iter().chain(&["flush"]) {
-        args.extend(["-c", c]);
-    }
-    let (status, out) = qemu_io(&args, uri);
-    assert!(
-        status.success() && !out.to_lowercase().contains("fail"),
-        "qemu-io {commands:?} on {uri}: {status}\n{out}"
-    );
-}
-
-/// A pool of the test's own, removed with everything in it when dropped: a server of a pool
-/// store serves every volume of the pool it can lock, so it must not share one with other
-/// tests.
-struct Pool(String);
-
-impl Pool {
-    fn new(test: &str) -> Self {
-        let pool = Pool(unique(test));
-        pool.remove();
-        ceph_ok("ceph", &["osd", "pool", "create", &pool.0, "8"]);
-        ceph_ok("rbd", &["pool", "init", &pool.0]);
-        pool
-    }
-
-    fn remove(&self) {
-        let _ = ceph_cmd("ceph", &["osd", "pool", "rm", &self.0, &self.0])
-            .arg("--yes-i-really-really-mean-it")
-            .output();
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 /// `snapvol --store rbd:POOL` run in `dir`, its control sockets in `dir/run`.
-fn pool_snapvol(dir: &Path, pool: &Pool) -> Command {
+fn pool_snapvol(dir: &Path, pool: &TestPool) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("SNAPVOL_STORE")
         .env_remove("RUST_LOG")
         .env("SNAPVOL_RUN_DIR", dir.join("run"))
         .arg("--store")
-        .arg(format!("rbd:{}", pool.0));
+        .arg(pool.store());
     cmd
 }
 
@@ -567,7 +477,7 @@ struct PoolServer {
 
 impl PoolServer {
     /// Starts the server on a free port and waits until it serves `volume`.
-    fn start(dir: &Path, pool: &Pool, volume: &str) -> Self {
+    fn start(dir: &Path, pool: &TestPool, volume: &str) -> Self {
         let log = dir.join("serve.log");
         let port = free_port();
         let child = pool_snapvol(dir, pool)
@@ -797,7 +707,7 @@ fn the_osd_stopped_for_20_s_under_client_io_loses_nothing_and_serving_goes_on() 
     let cluster = cluster_dir();
     let env = Env::new();
     let dir = env.dir();
-    let pool = Pool::new("osd");
+    let pool = TestPool::new("osd");
     let vol = "vol";
     const BLOCK: u64 = 64 * KIB;
     // Slots per writer: at 20 writes a second, not used up in 50 s.
@@ -825,7 +735,7 @@ fn the_osd_stopped_for_20_s_under_client_io_loses_nothing_and_serving_goes_on() 
     let snap = server.uri(&format!("{vol}@s1"));
 
     // s1: [0, 128M) all 0x11, the rest zero.
-    qemu_io_cmds(&live, &["write -P 0x11 0 128M"]);
+    qemu_io_ok(&live, &["write -P 0x11 0 128M"]);
     run_ok(pool_snapvol(dir, &pool).args(["snapshot", "create", &format!("{vol}@s1")]));
     let want_s1 = env.path("want-s1.img");
     let mut image = vec![0x11u8; usize::try_from(2 * SLOTS * BLOCK).unwrap()];
@@ -1052,7 +962,7 @@ fn the_osd_stopped_for_20_s_under_client_io_loses_nothing_and_serving_goes_on() 
     );
 
     // New writes, s1 exactly as before, and check through the server; then offline.
-    qemu_io_cmds(&live, &["write -P 0x77 160M 1M"]);
+    qemu_io_ok(&live, &["write -P 0x77 160M 1M"]);
     qemu_io_verify(&live, &[(0x77, 160 * MIB, MIB)]);
     let s1_after = env.path("s1-after.img");
     nbdcopy(&snap, &s1_after);

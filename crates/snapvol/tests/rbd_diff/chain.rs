@@ -4,8 +4,7 @@ use std::fs;
 
 use crate::serving::*;
 use crate::{
-    assert_same_export, check_clean, create, edit, export, export_diff, parse_stream, s, snapshots,
-    Rec,
+    assert_same_export, check_clean, create, edit, export, export_diff, parse_stream, s, Rec,
 };
 
 const KIB64: u64 = 64 * KIB;
@@ -57,7 +56,7 @@ fn a_full_image_and_a_chain_of_diffs_restore_every_snapshot_byte_for_byte() {
     assert!(out.contains("created snapshot b@s2"), "{out}");
     b.snapvol_ok(&["import-diff", "b", s(&d23)]);
 
-    assert_eq!(snapshots(&b, "b"), ["s1", "s2", "s3"]);
+    assert_eq!(b.snapshot_names("b"), ["s1", "s2", "s3"]);
     for snap in ["s1", "s2", "s3"] {
         assert_same_export(&a, &format!("vol@{snap}"), &b, &format!("b@{snap}"));
     }

@@ -4,7 +4,7 @@
 use std::fs;
 
 use crate::serving::*;
-use crate::{assert_same_export, check_clean, create, edit, export, export_diff, s, snapshots};
+use crate::{assert_same_export, check_clean, create, edit, export, export_diff, s};
 
 /// Store `a` with `v@s1` and `v@s2` and the stream between them; store `b` with `v` restored
 /// to `s1` (and the snapshot taken). Returns both and the stream's path.
@@ -31,7 +31,7 @@ fn two_stores() -> (Env, Env, std::path::PathBuf) {
 /// Asserts that `b`'s live volume is still `a`'s `v@s1` and `b` has only `s1`.
 fn unchanged(a: &Env, b: &Env) {
     assert_same_export(a, "v@s1", b, "v");
-    assert_eq!(snapshots(b, "v"), ["s1"]);
+    assert_eq!(b.snapshot_names("v"), ["s1"]);
     check_clean(b, "v");
 }
 
@@ -48,7 +48,7 @@ fn a_missing_from_snapshot_an_existing_to_snapshot_or_another_size_writes_nothin
             && err.contains("nothing was written"),
         "{err}"
     );
-    assert!(snapshots(&c, "v").is_empty());
+    assert!(c.snapshot_names("v").is_empty());
     let live = export(&c, "v", "c-live");
     assert!(fs::read(&live).expect("read").iter().all(|&b| b == 0));
 
@@ -58,7 +58,7 @@ fn a_missing_from_snapshot_an_existing_to_snapshot_or_another_size_writes_nothin
     d.snapvol_ok(&["snapshot", "create", "v@s1"]);
     let err = d.snapvol_fails(&["import-diff", "v", s(&d12)]);
     assert!(err.contains("does not resize"), "{err}");
-    assert_eq!(snapshots(&d, "v"), ["s1"]);
+    assert_eq!(d.snapshot_names("v"), ["s1"]);
 
     // The to-snapshot exists already: the second import of the same stream.
     b.snapvol_ok(&["import-diff", "v", s(&d12)]);
@@ -79,10 +79,10 @@ fn a_live_volume_changed_since_the_from_snapshot_needs_force() {
         err.contains("has changed since v@s1") && err.contains("--force"),
         "{err}"
     );
-    assert_eq!(snapshots(&b, "v"), ["s1"]);
+    assert_eq!(b.snapshot_names("v"), ["s1"]);
     b.snapvol_ok(&["import-diff", "v", s(&d12), "--force"]);
     // The stream's chunks are a@s2's; the forced-over chunk 0 keeps b's own write.
-    assert_eq!(snapshots(&b, "v"), ["s1", "s2"]);
+    assert_eq!(b.snapshot_names("v"), ["s1", "s2"]);
     let live = fs::read(export(&b, "v", "b-live")).expect("read");
     assert_eq!(&live[..4096], &[9; 4096][..]);
     let want = fs::read(export(&a, "v@s2", "a-s2")).expect("read");
@@ -110,7 +110,7 @@ fn a_stream_cut_short_or_with_a_bad_header_leaves_the_from_snapshot() {
     let server = b.serve();
     let err = b.snapvol_fails(&["import-diff", "v", s(&cut)]);
     assert!(err.contains("cut short"), "{err}");
-    assert_eq!(snapshots(&b, "v"), ["s1"]);
+    assert_eq!(b.snapshot_names("v"), ["s1"]);
     let err = b.snapvol_fails(&["import-diff", "v", s(&garbage)]);
     assert!(err.contains("not an rbd diff v1 stream"), "{err}");
     server.stop();

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 
 use crate::serving::*;
-use crate::{assert_same_export, check_clean, create, edit, export, export_diff, s, snapshots};
+use crate::{assert_same_export, check_clean, create, edit, export, export_diff, s};
 
 #[test]
 fn kill_9_during_import_diff_leaves_the_from_snapshot_and_a_rerun_succeeds() {
@@ -73,10 +73,10 @@ fn kill_9_during_import_diff_leaves_the_from_snapshot_and_a_rerun_succeeds() {
     });
     check_clean(&b, "v");
     assert_same_export(&a, "v@s1", &b, "v");
-    assert_eq!(snapshots(&b, "v"), ["s1"]);
+    assert_eq!(b.snapshot_names("v"), ["s1"]);
 
     b.snapvol_ok(&["import-diff", "v", s(&d12)]);
-    assert_eq!(snapshots(&b, "v"), ["s1", "s2"]);
+    assert_eq!(b.snapshot_names("v"), ["s1", "s2"]);
     assert_same_export(&a, "v@s2", &b, "v@s2");
     assert_same_export(&a, "v@s2", &b, "v");
     check_clean(&b, "v");

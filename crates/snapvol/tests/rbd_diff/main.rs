@@ -53,16 +53,6 @@ fn export_diff(env: &Env, spec: &str, from: &str, file: &str) -> std::path::Path
     path
 }
 
-/// The snapshot names of `volume`, oldest first.
-fn snapshots(env: &Env, volume: &str) -> Vec<String> {
-    let list = env.snapvol_json(&["snapshot", "list", volume, "--json"]);
-    list.as_array()
-        .expect("an array")
-        .iter()
-        .map(|s| s["name"].as_str().expect("a name").to_owned())
-        .collect()
-}
-
 /// Asserts that `spec` of `a` and `spec_b` of `b` export the same bytes.
 fn assert_same_export(a: &Env, spec: &str, b: &Env, spec_b: &str) {
     let pa = export(a, spec, &format!("cmp-a-{}", spec.replace('@', "_")));

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::serving::*;
-use crate::{assert_same_export, check_clean, create, edit, export, s, snapshots};
+use crate::{assert_same_export, check_clean, create, edit, export, s};
 
 /// Runs `snapvol --store A export ARGS... - | snapvol --store B import-diff v -` in bash with
 /// pipefail; returns the import's stdout.
@@ -52,7 +52,7 @@ fn a_pipe_between_two_stores_replicates_snapshots_offline_and_while_served() {
     // To the live volume: no to-snapshot, so none is created.
     let out = pipe(&a, "v --from v@s3", &b);
     assert!(out.contains("names no to-snapshot"), "{out}");
-    assert_eq!(snapshots(&b, "v"), ["s1", "s2", "s3"]);
+    assert_eq!(b.snapshot_names("v"), ["s1", "s2", "s3"]);
     assert_same_export(&a, "v@s3", &b, "v@s3");
     assert_same_export(&a, "v", &b, "v");
     server_a.stop();

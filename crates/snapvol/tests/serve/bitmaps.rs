@@ -23,19 +23,6 @@ fn set(chunks: &[u64]) -> BTreeSet<u64> {
     chunks.iter().copied().collect()
 }
 
-/// Runs qemu-io commands on the live export, all of which must succeed.
-pub(crate) fn qemu_io_ok(uri: &str, commands: &[&str]) {
-    let mut args = Vec::new();
-    for c in commands.iter().chain(&["flush"]) {
-        args.extend(["-c", c]);
-    }
-    let (status, out) = qemu_io(&args, uri);
-    assert!(
-        status.success() && !out.to_lowercase().contains("fail"),
-        "qemu-io {commands:?} on {uri}: {status}\n{out}"
-    );
-}
-
 /// Volume `v` (16 MiB, 64 KiB chunks) served, written before and after snapshots s1 and s2:
 /// returns the server and the chunks changed since s1, since s2, and between s1 and s2.
 pub(crate) fn volume_with_known_changes(env: &Env) -> (Server, [BTreeSet<u64>; 3]) {

@@ -249,3 +249,16 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
 pub fn fio_verify(env: &Env, args: Vec<String>, bytes: u64) {
     fio_ok(env, &with(args, &["--verify_only=1"]), None, bytes);
 }
+
+/// Runs qemu-io `commands` and then a flush on `uri`, all of which must succeed.
+pub fn qemu_io_ok(uri: &str, commands: &[&str]) {
+    let mut args = Vec::new();
+    for c in commands.iter().chain(&["flush"]) {
+        args.extend(["-c", c]);
+    }
+    let (status, out) = qemu_io(&args, uri);
+    assert!(
+        status.success() && !out.to_lowercase().contains("fail"),
+        "qemu-io {commands:?} on {uri}: {status}\n{out}"
+    );
+}

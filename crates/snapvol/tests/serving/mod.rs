@@ -7,12 +7,14 @@
 //! By kind: `tools` (finding and running external commands with a time limit), `server` (the
 //! store and the server), `background` (clients left running while the test goes on),
 //! `mounts` (FUSE and loop mounts), `data` (patterns and image files), `clients` (the real NBD
-//! clients) and `raw_nbd` (a minimal NBD client for requests real clients refuse to send).
+//! clients), `raw_nbd` (a minimal NBD client for requests real clients refuse to send) and `ceph`
+//! (a Ceph cluster to test against, its tools, pools of a test's own).
 
 // Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
 
 mod background;
+mod ceph;
 mod clients;
 mod data;
 mod mounts;
@@ -22,7 +24,9 @@ mod tools;
 
 // Each test binary uses a part of these too.
 #[allow(unused_imports)]
-pub use self::{background::*, clients::*, data::*, mounts::*, raw_nbd::*, server::*, tools::*};
+pub use self::{
+    background::*, ceph::*, clients::*, data::*, mounts::*, raw_nbd::*, server::*, tools::*,
+};
 
 use std::time::Duration;
 

@@ -90,6 +90,16 @@ impl Env {
         text(&out.stderr)
     }
 
+    /// The snapshot names of `volume`, oldest first (`snapshot list --json`).
+    pub fn snapshot_names(&self, volume: &str) -> Vec<String> {
+        let list = self.snapvol_json(&["snapshot", "list", volume, "--json"]);
+        list.as_array()
+            .expect("an array")
+            .iter()
+            .map(|s| s["name"].as_str().expect("a name").to_owned())
+            .collect()
+    }
+
     /// `snapvol create VOL --size SIZE`.
     pub fn create(&self, volume: &str, size: &str) {
         self.snapvol_ok(&["create", volume, "--size", size]);

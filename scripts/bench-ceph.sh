@@ -9,6 +9,7 @@
 #   CEPH_CONF=... SIZE=512M ./scripts/bench-ceph.sh      # when the OSD has no room for 1 GiB
 #   CEPH_CONF=... RUNS=1 SIZE=128M W2_RUNTIME=3 TAKEOVERS=1 ./scripts/bench-ceph.sh   # smoke test
 #   CEPH_CONF=... RBD=0 ./scripts/bench-ceph.sh          # snapvol's rows only (minutes, not an hour)
+#   CEPH_CONF=... RBD=0 CACHE=/var/tmp ./scripts/bench-ceph.sh   # snapvol's journal on a local file
 #
 # Two systems, each on a volume of SIZE (1G) filled once by one sequential 1 MiB pass (untimed):
 #   snapvol  `snapvol --store rbd:POOL create v` (its source, target and journal are RBD images
@@ -48,7 +49,9 @@
 # at the end.
 #
 # Environment: CEPH_CONF (required), POOL (snapvol-bench), SIZE (1G), RUNS (3), W2_RUNTIME (10),
-# W3_SIZE (64M), TAKEOVERS (3), RBD (1; 0 skips RBD's rows and their trim waits), PORT_BASE (10970; uses 2 ports), OUT (/var/tmp/bench-ceph-out:
+# W3_SIZE (64M), TAKEOVERS (3), RBD (1; 0 skips RBD's rows and their trim waits), CACHE (unset;
+# a local directory puts snapvol's cache journal in a file there, `create --cache`, with source
+# and target still on RBD; no takeovers then, as another host could not read it), PORT_BASE (10970; uses 2 ports), OUT (/var/tmp/bench-ceph-out:
 # results.jsonl and table.md), KEEP_TMP=1 keeps the temp dir (also kept on failure).
 # The Markdown table goes to stdout, progress to stderr.
 set -euo pipefail
@@ -70,6 +73,15 @@ W2_RUNTIME=${W2_RUNTIME:-10}
 W3_SIZE=${W3_SIZE:-64M}
 TAKEOVERS=${TAKEOVERS:-3}
 RBD_ROWS=${RBD:-1}
+CACHE=${CACHE:-}
+CACHE_ARGS=()
+if [[ -n $CACHE ]]; then
+    [[ -d $CACHE ]] || die "CACHE=$CACHE is not a directory"
+    CACHE_FILE=$CACHE/bench-ceph-v.journal
+    [[ -e $CACHE_FILE ]] && die "$CACHE_FILE exists already (a leftover?)"
+    CACHE_ARGS=(--cache "$CACHE_FILE")
+    TAKEOVERS=0
+fi
 PORT_BASE=${PORT_BASE:-10970}
 OUT=${OUT:-/var/tmp/bench-ceph-out}
 SNAPS="0 1 8"
@@ -181,6 +193,7 @@ cleanup() {
         ceph osd pool rm "$POOL" "$POOL" --yes-i-really-really-mean-it >/dev/null 2>&1 ||
             log "warning: could not remove pool $POOL"
     fi
+    [[ -n $CACHE ]] && rm -f "$CACHE_FILE"
     if [ "${KEEP_TMP:-0}" = 1 ] || [ $rc -ne 0 ]; then
         log "$([ $rc -ne 0 ] && echo "failed (exit $rc); ")logs and fio outputs kept in $TMP (rm -rf it when done)"
     else
@@ -293,8 +306,8 @@ sv_snaps() { # CREATE|DELETE N TAG
 
 # ---------------------------------------------------------------- (a) snapvol on RBD over NBD
 need_room $((2 * SIZE_B + JOURNAL_B + 64 * MIB)) "snapvol (source, journal, and a target that holds one full copy)"
-log "snapvol: create v ($SIZE) in rbd:$POOL, serve on port $P1, fill"
-"${SV[@]}" create v --size "$SIZE" >/dev/null
+log "snapvol: create v ($SIZE) in rbd:$POOL${CACHE:+ with its journal in $CACHE_FILE}, serve on port $P1, fill"
+"${SV[@]}" create v --size "$SIZE" "${CACHE_ARGS[@]}" >/dev/null
 start_server "$P1" "$TMP/serve-perf.log"
 PERF_PID=$SRV_PID
 URI=nbd://127.0.0.1:$P1/v

@@ -60,6 +60,14 @@ impl<'a> ImageSpec<'a> {
 /// next use. All images share the one connection and one pool handle per pool.
 #[derive(Debug)]
 pub struct RbdBackend {
+    connector: Arc<Connector>,
+}
+
+/// The process's connection to the cluster, made on first use and made again after the
+/// cluster fenced it: a blocklisted client can never be used again, but the process can
+/// connect as a new client (with a new address) and go on, as a standby for what it lost.
+#[derive(Debug)]
+pub(crate) struct Connector {
     conf: Option<PathBuf>,
     id: String,
     state: Mutex<Connection>,
@@ -71,41 +79,72 @@ struct Connection {
     pools: HashMap<String, IoCtx>,
 }
 
-impl RbdBackend {
-    /// A backend that will connect as `client.<id>` with configuration `conf` (else
-    /// `$CEPH_CONF`, else Ceph's default search).
-    pub fn new(conf: Option<PathBuf>, id: String) -> Self {
-        Self {
-            conf,
-            id,
-            state: Mutex::new(Connection::default()),
-        }
-    }
-
-    /// The connection, made now if this is the first use.
-    pub fn cluster(&self) -> Result<Cluster> {
+impl Connector {
+    /// The connection, made now if there is none.
+    pub(crate) fn cluster(&self) -> Result<Cluster> {
         let mut state = self.state.lock();
-        Self::connected(&mut state, self)
+        self.connected(&mut state)
     }
 
-    fn connected(state: &mut Connection, me: &Self) -> Result<Cluster> {
+    fn connected(&self, state: &mut Connection) -> Result<Cluster> {
         if let Some(c) = &state.cluster {
             return Ok(c.clone());
         }
-        let c = Cluster::connect(me.conf.as_deref(), &me.id)?;
+        let c = Cluster::connect(self.conf.as_deref(), &self.id)?;
         state.cluster = Some(c.clone());
         Ok(c)
     }
 
     /// The handle on `pool`, shared by every image of it.
-    pub fn ioctx(&self, pool: &str) -> Result<IoCtx> {
+    pub(crate) fn ioctx(&self, pool: &str) -> Result<IoCtx> {
         let mut state = self.state.lock();
         if let Some(io) = state.pools.get(pool) {
             return Ok(io.clone());
         }
-        let io = Self::connected(&mut state, self)?.ioctx(pool)?;
+        let io = self.connected(&mut state)?.ioctx(pool)?;
         state.pools.insert(pool.to_owned(), io.clone());
         Ok(io)
+    }
+
+    /// Notes that `e`, from a call through `cluster`, may say the cluster fenced this client
+    /// (`ESHUTDOWN`, Ceph's `EBLOCKLISTED`): then the next use connects anew. Images and
+    /// locks of the old connection stay fenced; whoever holds them finds out by themselves.
+    pub(crate) fn fenced(&self, cluster: &Cluster, e: &Error) {
+        if e.errno() != Some(libc::ESHUTDOWN) {
+            return;
+        }
+        let mut state = self.state.lock();
+        if state.cluster.as_ref().is_some_and(|c| c.is(cluster)) {
+            tracing::warn!(
+                client = %cluster.client_name(),
+                "this process's Ceph client was fenced (blocklisted): connecting again as a new client"
+            );
+            *state = Connection::default();
+        }
+    }
+}
+
+impl RbdBackend {
+    /// A backend that will connect as `client.<id>` with configuration `conf` (else
+    /// `$CEPH_CONF`, else Ceph's default search).
+    pub fn new(conf: Option<PathBuf>, id: String) -> Self {
+        Self {
+            connector: Arc::new(Connector {
+                conf,
+                id,
+                state: Mutex::new(Connection::default()),
+            }),
+        }
+    }
+
+    /// The connection, made now if there is none.
+    pub fn cluster(&self) -> Result<Cluster> {
+        self.connector.cluster()
+    }
+
+    /// The handle on `pool`, shared by every image of it.
+    pub fn ioctx(&self, pool: &str) -> Result<IoCtx> {
+        self.connector.ioctx(pool)
     }
 
     fn create_image(&self, name: &str, size: u64) -> Result<RbdImage> {
@@ -147,7 +186,9 @@ impl Backend for RbdBackend {
                 format!("'{SCHEME}:{name}' is not a pool: a store in Ceph is written --store {SCHEME}:POOL"),
             ));
         }
-        Ok(Arc::new(PoolCatalog::new(self.ioctx(name)?)))
+        // Connect now, so that a store that cannot be reached fails here, with the reason.
+        self.ioctx(name)?;
+        Ok(Arc::new(PoolCatalog::new(self.connector.clone(), name)))
     }
 }
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use snapvol_engine::catalog::{locked, this_process};
 use snapvol_engine::{Catalog, Error as EngineError, Hold, Location, Role, VolumeLock};
 
-use crate::backend::SCHEME;
+use crate::backend::{Connector, SCHEME};
 use crate::error::Error;
 use crate::rados::IoCtx;
 
@@ -50,7 +50,8 @@ const READERS: &str = "readers";
 /// A store in a RADOS pool; see the module documentation.
 #[derive(Debug)]
 pub struct PoolCatalog {
-    io: IoCtx,
+    connector: Arc<Connector>,
+    pool: String,
 }
 
 /// Who holds a volume, as its holder recorded it.
@@ -105,17 +106,34 @@ fn engine(e: Error) -> EngineError {
 }
 
 impl PoolCatalog {
-    /// The store in the pool `io` is a handle on.
-    pub fn new(io: IoCtx) -> Self {
-        Self { io }
+    /// The store in `pool`, reached through the process's connection.
+    pub(crate) fn new(connector: Arc<Connector>, pool: &str) -> Self {
+        Self {
+            connector,
+            pool: pool.to_owned(),
+        }
+    }
+
+    /// The pool handle of the process's connection now (a new one after this client was
+    /// fenced).
+    fn io(&self) -> Result<IoCtx, EngineError> {
+        self.connector.ioctx(&self.pool).map_err(engine)
+    }
+
+    /// `e`, from a call through `io`, for the engine; a fenced client is noted, so that the
+    /// next call connects anew.
+    fn err(&self, io: &IoCtx, e: Error) -> EngineError {
+        self.connector.fenced(io.cluster(), &e);
+        engine(e)
     }
 
     /// The holder record of `volume`, if there is one.
     pub fn holder(&self, volume: &str) -> Result<Option<Holder>, EngineError> {
-        match self.io.read(&holder_oid(volume)) {
+        let io = self.io()?;
+        match io.read(&holder_oid(volume)) {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(engine(e)),
+            Err(e) => Err(self.err(&io, e)),
         }
     }
 
@@ -123,13 +141,13 @@ impl PoolCatalog {
     fn my_socket(&self) -> PathBuf {
         run_dir().join(format!(
             "{SCHEME}.{}.{}.sock",
-            self.io.pool(),
+            self.pool,
             std::process::id()
         ))
     }
 
     fn lock_exclusive(&self, volume: &str) -> Result<VolumeLock, EngineError> {
-        let io = &self.io;
+        let io = &self.io()?;
         let cluster = io.cluster().clone();
         let cookie = format!("{}.{}", cluster.instance_id(), unique());
         let oid = lock_oid(volume);
@@ -138,14 +156,14 @@ impl PoolCatalog {
             Err(e) if e.errno() == Some(libc::EBUSY) => {
                 return Err(self.held_by(volume));
             }
-            Err(e) => return Err(engine(e)),
+            Err(e) => return Err(self.err(io, e)),
         }
         let mut hold = LeaseHold::start(io.clone(), volume, oid, cookie, None);
         let me = Holder {
             host: host_name(),
             process: this_process(),
             client: cluster.client_name(),
-            address: cluster.instance_addr().map_err(engine)?,
+            address: cluster.instance_addr().map_err(|e| self.err(io, e))?,
             socket: self.my_socket(),
         };
         // A record left behind is a holder that did not let go: it died, or stalled past its
@@ -158,20 +176,22 @@ impl PoolCatalog {
                     address = %before.address,
                     "taking over a volume whose holder did not let go: fencing it with a blocklist entry"
                 );
-                cluster.blocklist_add(&before.address, 0).map_err(engine)?;
+                cluster
+                    .blocklist_add(&before.address, 0)
+                    .map_err(|e| self.err(io, e))?;
             }
         }
         io.write_full(
             &holder_oid(volume),
             &serde_json::to_vec(&me).expect("holder serializes"),
         )
-        .map_err(engine)?;
+        .map_err(|e| self.err(io, e))?;
         hold.recorded = true;
         Ok(VolumeLock::new(Box::new(hold)))
     }
 
     fn lock_shared(&self, volume: &str) -> Result<VolumeLock, EngineError> {
-        let io = &self.io;
+        let io = &self.io()?;
         let cookie = format!("{}.{}", io.cluster().instance_id(), unique());
         let oid = lock_oid(volume);
         match io.lock_shared(
@@ -184,7 +204,7 @@ impl PoolCatalog {
         ) {
             Ok(()) => {}
             Err(e) if e.errno() == Some(libc::EBUSY) => return Err(self.held_by(volume)),
-            Err(e) => return Err(engine(e)),
+            Err(e) => return Err(self.err(io, e)),
         }
         Ok(VolumeLock::new(Box::new(LeaseHold::start(
             io.clone(),
@@ -219,18 +239,18 @@ fn unique() -> u64 {
 
 impl Catalog for PoolCatalog {
     fn name(&self) -> String {
-        format!("{SCHEME}:{}", self.io.pool())
+        format!("{SCHEME}:{}", self.pool)
     }
 
     fn prepare(&self) -> Result<(), EngineError> {
-        Ok(()) // the pool handle was made with the catalog
+        self.io().map(drop)
     }
 
     fn list(&self) -> Result<Vec<String>, EngineError> {
-        let mut names: Vec<String> = self
-            .io
+        let io = self.io()?;
+        let mut names: Vec<String> = io
             .list_objects()
-            .map_err(engine)?
+            .map_err(|e| self.err(&io, e))?
             .into_iter()
             .filter_map(|o| o.strip_prefix("snapvol.volume.").map(str::to_owned))
             .filter(|n| snapvol_engine::validate_name(n).is_ok())
@@ -240,10 +260,11 @@ impl Catalog for PoolCatalog {
     }
 
     fn exists(&self, volume: &str) -> Result<bool, EngineError> {
-        match self.io.stat(&descriptor_oid(volume)) {
+        let io = self.io()?;
+        match io.stat(&descriptor_oid(volume)) {
             Ok(_) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(engine(e)),
+            Err(e) => Err(self.err(&io, e)),
         }
     }
 
@@ -260,8 +281,10 @@ impl Catalog for PoolCatalog {
     }
 
     fn unreserve(&self, volume: &str) {
-        let _ = self.io.remove(&holder_oid(volume));
-        let _ = self.io.remove(&lock_oid(volume));
+        if let Ok(io) = self.io() {
+            let _ = io.remove(&holder_oid(volume));
+            let _ = io.remove(&lock_oid(volume));
+        }
     }
 
     fn default_location(&self, volume: &str, role: Role) -> String {
@@ -278,26 +301,27 @@ impl Catalog for PoolCatalog {
             // A bare name is an image of this pool.
             Location::Path(p) if p.is_relative() && !written.contains('/') => Location::Backend {
                 scheme: SCHEME.to_owned(),
-                name: format!("{}/{written}", self.io.pool()),
+                name: format!("{}/{written}", self.pool),
             },
             other => other,
         }
     }
 
     fn read_descriptor(&self, volume: &str) -> Result<Vec<u8>, EngineError> {
-        match self.io.read(&descriptor_oid(volume)) {
+        let io = self.io()?;
+        match io.read(&descriptor_oid(volume)) {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.errno() == Some(libc::ENOENT) => {
                 Err(EngineError::VolumeNotFound(volume.to_owned()))
             }
-            Err(e) => Err(engine(e)),
+            Err(e) => Err(self.err(&io, e)),
         }
     }
 
     fn write_descriptor(&self, volume: &str, bytes: &[u8]) -> Result<(), EngineError> {
-        self.io
-            .write_full(&descriptor_oid(volume), bytes)
-            .map_err(engine)
+        let io = self.io()?;
+        io.write_full(&descriptor_oid(volume), bytes)
+            .map_err(|e| self.err(&io, e))
     }
 
     fn lock(&self, volume: &str, exclusive: bool) -> Result<VolumeLock, EngineError> {
@@ -309,8 +333,9 @@ impl Catalog for PoolCatalog {
     }
 
     fn remove(&self, volume: &str) -> Result<(), EngineError> {
-        let io = &self.io;
-        io.remove(&descriptor_oid(volume)).map_err(engine)?;
+        let io = &self.io()?;
+        io.remove(&descriptor_oid(volume))
+            .map_err(|e| self.err(io, e))?;
         let _ = io.remove(&holder_oid(volume));
         // The lock object goes last; the caller's lock on it is released with it.
         let _ = io.remove(&lock_oid(volume));

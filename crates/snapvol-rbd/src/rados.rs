@@ -111,6 +111,11 @@ impl Cluster {
         format!("client.{}", self.instance_id())
     }
 
+    /// Whether `other` is a handle on this very connection.
+    pub fn is(&self, other: &Cluster) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// This connection's address as the OSDs see it, such as `127.0.0.1:0/3012345678`: what
     /// [`Cluster::blocklist_add`] takes to fence it.
     pub fn instance_addr(&self) -> Result<String> {

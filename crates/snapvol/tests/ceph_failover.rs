@@ -17,8 +17,13 @@ use serving::*;
 /// Waits (at most `limit`, a bound that only turns a hang into a failure) until `server`'s
 /// log contains `needle`.
 fn wait_for_log(server: &Server, needle: &str, limit: Duration) {
+    wait_for_log_after(server, 0, needle, limit);
+}
+
+/// Waits as [`wait_for_log`] does, for a line logged after the first `from` bytes of the log.
+fn wait_for_log_after(server: &Server, from: usize, needle: &str, limit: Duration) {
     let start = Instant::now();
-    while !server.log().contains(needle) {
+    while !server.log()[from..].contains(needle) {
         assert!(
             start.elapsed() < limit,
             "'{needle}' not logged within {limit:?}; the log:\n{}",
@@ -123,7 +128,7 @@ fn a_standby_server_takes_over_a_killed_holders_volume_with_every_flushed_write_
 }
 
 #[test]
-fn a_holder_stalled_past_its_lease_loses_the_volume_to_the_standby_and_stops_serving_it() {
+fn a_holder_stalled_past_its_lease_loses_the_volume_and_stands_by_for_it_again_as_a_new_client() {
     if !ceph("stalled holder") {
         return;
     }
@@ -158,8 +163,26 @@ fn a_holder_stalled_past_its_lease_loses_the_volume_to_the_standby_and_stops_ser
         "the old holder died:\n{}",
         holder.log()
     );
+
+    // Fenced, it connects again as a new Ceph client and stands by: when the new holder dies
+    // in turn, the old one takes the volume back with the new holder's writes.
+    wait_for_log(
+        &holder,
+        "Ceph client was fenced (blocklisted): connecting again as a new client",
+        Duration::from_secs(30),
+    );
+    let before = holder.log().len();
+    standby.kill9();
+    wait_for_log_after(
+        &holder,
+        before,
+        "took the volume over",
+        Duration::from_secs(90),
+    );
+    qemu_io_verify(&holder.uri(v), &[(0x22, 0, 4 * MIB)]);
+    qemu_io_write(&holder.uri(v), &[(0x44, 4 * MIB, MIB)]);
+    qemu_io_verify(&holder.uri(v), &[(0x22, 0, 4 * MIB), (0x44, 4 * MIB, MIB)]);
     holder.stop();
-    standby.stop();
     let check = env.snapvol_ok(&["check", v]);
     assert!(check.contains("is clean"), "{check}");
 }

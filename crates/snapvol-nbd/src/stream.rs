@@ -110,6 +110,16 @@ impl<R: Read> FrameReader<R> {
         &mut self.inner
     }
 
+    /// True when bytes were read from the stream that no frame has used yet.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The stream the bytes come from, giving up any buffered bytes.
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Reads and drops the next `n` bytes of the stream.
     pub(crate) fn discard<E>(&mut self, mut n: u64) -> Result<(), ReadError<E>> {
         let mut scratch = vec![0u8; READ_CHUNK.min(n as usize)];

@@ -2,33 +2,18 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snapvol_nbd::handshake::frame::{self as hf, InfoRequest};
 use snapvol_nbd::proto::*;
 use snapvol_nbd::transmission::frame::Command;
-use snapvol_nbd::{ExportMap, Server};
 
 use crate::client::Client;
 use crate::common::*;
 
-/// A server on 127.0.0.1 with a port the kernel picks, configured by `configure`.
-fn serve_with(
-    exports: Arc<ExportMap>,
-    configure: impl FnOnce(snapvol_nbd::ServerBuilder) -> snapvol_nbd::ServerBuilder,
-) -> (snapvol_nbd::RunningServer, SocketAddr) {
-    init_tracing();
-    let server = configure(Server::builder(exports).tcp("127.0.0.1:0".parse().unwrap()))
-        .bind()
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    (server.spawn().unwrap(), addr)
-}
-
 /// True when the server has closed `s` (end of stream or reset), false when it is still
 /// open; waits at most `wait` for the answer.
-fn closed_within(s: &TcpStream, wait: Duration) -> bool {
+pub(crate) fn closed_within(s: &TcpStream, wait: Duration) -> bool {
     s.set_read_timeout(Some(wait)).unwrap();
     let mut b = [0u8; 64];
     loop {
@@ -56,7 +41,8 @@ fn closed_within(s: &TcpStream, wait: Duration) -> bool {
 fn a_client_trickling_its_handshake_is_closed_at_the_deadline_while_others_are_served() {
     let limit = Duration::from_secs(2);
     let (exports, _, _) = volume_and_snapshot(4096, vec![0; 4096]);
-    let (_server, addr) = serve_with(exports, |b| b.handshake_timeout(limit));
+    let h = serve_with(exports, |b| b.handshake_timeout(limit));
+    let addr = h.addr;
 
     // A valid NBD_OPT_GO that asks for the export name 100 times: 229 bytes with the client
     // flags, which at one byte every 50 ms would take more than 11 s.
@@ -134,7 +120,8 @@ fn greeted(addr: SocketAddr) -> Option<TcpStream> {
 #[test]
 fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_carry_on() {
     let (exports, vol, _) = volume_and_snapshot(8192, vec![0; 4096]);
-    let (_server, addr) = serve_with(exports, |b| b.max_connections(2));
+    let h = serve_with(exports, |b| b.max_connections(2));
+    let addr = h.addr;
     let mut a = Client::tcp(addr);
     a.go("vol", true, &[]);
     // A connection still in its handshake counts too.

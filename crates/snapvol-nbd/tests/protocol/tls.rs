@@ -2,7 +2,9 @@
 //! rustls: what a plain client gets, the upgrade, client certificates, replies while the
 //! reader waits, and credentials replaced while sessions run.
 
+use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -16,6 +18,7 @@ use crate::client::{one_export, Client};
 use crate::common::{serve_with, wait_for_event, Harness, Pki};
 use crate::connections::second_read_overtakes_a_gated_first;
 use crate::devices::GatedDevice;
+use crate::limits::closed_within;
 
 fn credentials(pki: &Pki, server: &str, client_ca: Option<&str>) -> TlsCredentials {
     TlsCredentials::load(&TlsFiles {
@@ -220,6 +223,26 @@ fn a_server_certificate_for_another_name_fails_the_clients_handshake() {
         matches!(err, rustls::Error::InvalidCertificate(_)),
         "{err:?}"
     );
+}
+
+/// The handshake's deadline runs on through the TLS handshake: a client that is told to start
+/// TLS and never does is closed when the time is up.
+#[test]
+fn a_client_that_never_starts_its_tls_handshake_is_closed_at_the_deadline() {
+    let pki = Pki::new();
+    let limit = Duration::from_millis(500);
+    let acceptor = TlsAcceptor::new(credentials(&pki, "server", None));
+    let h = serve_with(one_export("vol", Arc::new(MemDevice::new(4096))), |b| {
+        b.tls(acceptor).handshake_timeout(limit)
+    });
+    let s = TcpStream::connect(h.addr).unwrap();
+    let started = Instant::now();
+    let mut c = Client::over(Box::new(s.try_clone().unwrap()), "silent".into());
+    let r = c.option(NBD_OPT_STARTTLS, &[]);
+    assert_eq!(Client::last_type(&r), NBD_REP_ACK);
+    // A bound on a hang, not a measurement.
+    assert!(closed_within(&s, Duration::from_secs(20)));
+    assert!(started.elapsed() >= limit);
 }
 
 #[test]

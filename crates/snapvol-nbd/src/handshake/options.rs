@@ -552,6 +552,47 @@ mod tests {
         go("vol", &mut hs);
     }
 
+    mod before_tls_property {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever options a client sends, and with whatever data, until it starts TLS it
+            /// gets no reply but TLS_REQD (or ACK to ABORT, INVALID to STARTTLS with data), and
+            /// never enters transmission.
+            #[test]
+            fn no_option_sequence_reaches_transmission_in_plain_text(
+                options in proptest::collection::vec(
+                    (prop_oneof![1u32..=12, any::<u32>()], proptest::collection::vec(any::<u8>(), 0..24)),
+                    1..12,
+                )
+            ) {
+                let map = exports();
+                let mut hs = ServerHandshake::new(&map);
+                hs.require_tls();
+                for (option, data) in options {
+                    let (step, r) = answer(&mut hs, option, &data);
+                    match step {
+                        Step::Transmission(_) => prop_assert!(false, "transmission in plain text"),
+                        Step::StartTls | Step::Abort => {
+                            prop_assert_eq!(r, vec![NBD_REP_ACK]);
+                            break;
+                        }
+                        Step::Close(_) => {
+                            prop_assert_eq!(option, NBD_OPT_EXPORT_NAME);
+                            prop_assert!(r.is_empty());
+                            break;
+                        }
+                        Step::Continue if option == NBD_OPT_STARTTLS => {
+                            prop_assert_eq!(r, vec![NBD_REP_ERR_INVALID]);
+                        }
+                        Step::Continue => prop_assert_eq!(r, vec![NBD_REP_ERR_TLS_REQD]),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn abort_is_acknowledged_before_tls_too() {
         let map = exports();

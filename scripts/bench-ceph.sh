@@ -8,6 +8,7 @@
 #   CEPH_CONF=/var/tmp/ceph/ceph.conf ./scripts/bench-ceph.sh
 #   CEPH_CONF=... SIZE=512M ./scripts/bench-ceph.sh      # when the OSD has no room for 1 GiB
 #   CEPH_CONF=... RUNS=1 SIZE=128M W2_RUNTIME=3 TAKEOVERS=1 ./scripts/bench-ceph.sh   # smoke test
+#   CEPH_CONF=... RBD=0 ./scripts/bench-ceph.sh          # snapvol's rows only (minutes, not an hour)
 #
 # Two systems, each on a volume of SIZE (1G) filled once by one sequential 1 MiB pass (untimed):
 #   snapvol  `snapvol --store rbd:POOL create v` (its source, target and journal are RBD images
@@ -47,7 +48,7 @@
 # at the end.
 #
 # Environment: CEPH_CONF (required), POOL (snapvol-bench), SIZE (1G), RUNS (3), W2_RUNTIME (10),
-# W3_SIZE (64M), TAKEOVERS (3), PORT_BASE (10970; uses 2 ports), OUT (/var/tmp/bench-ceph-out:
+# W3_SIZE (64M), TAKEOVERS (3), RBD (1; 0 skips RBD's rows and their trim waits), PORT_BASE (10970; uses 2 ports), OUT (/var/tmp/bench-ceph-out:
 # results.jsonl and table.md), KEEP_TMP=1 keeps the temp dir (also kept on failure).
 # The Markdown table goes to stdout, progress to stderr.
 set -euo pipefail
@@ -68,6 +69,7 @@ RUNS=${RUNS:-3}
 W2_RUNTIME=${W2_RUNTIME:-10}
 W3_SIZE=${W3_SIZE:-64M}
 TAKEOVERS=${TAKEOVERS:-3}
+RBD_ROWS=${RBD:-1}
 PORT_BASE=${PORT_BASE:-10970}
 OUT=${OUT:-/var/tmp/bench-ceph-out}
 SNAPS="0 1 8"
@@ -196,7 +198,7 @@ POOL_ID=$(ceph osd dump -f json | python3 -c '
 import json, sys
 print(next(p["pool"] for p in json.load(sys.stdin)["pools"] if p["pool_name"] == sys.argv[1]))' "$POOL")
 PG_NUM=$(ceph osd pool get "$POOL" pg_num -f json | python3 -c 'import json, sys; print(json.load(sys.stdin)["pg_num"])')
-TRIM_EST=$((RUNS * 4 * SIZE_B / MIB / 3))
+TRIM_EST=$((RBD_ROWS * RUNS * 4 * SIZE_B / MIB / 3))
 log "pool $POOL (id $POOL_ID); SIZE=$SIZE, RUNS=$RUNS, W2 ${W2_RUNTIME} s, load average $LOAD_START"
 log "estimated runtime: about $(((TRIM_EST + RUNS * 6 * (W2_RUNTIME + 4) + RUNS * 6 * SIZE_B / MIB / 60 + TAKEOVERS * 60 + 120) / 60)) min, of which about $((TRIM_EST / 60)) min wait for the OSD to trim RBD's deleted snapshots"
 
@@ -405,65 +407,67 @@ for pid in "${SERVER_PIDS[@]}"; do
 done
 SERVER_PIDS=()
 
-# Room for the RBD image: snapvol's images and objects go.
-for img in source target journal; do
-    rbd rm --no-progress "$POOL/snapvol.v.$img" >/dev/null 2>&1 || true
-done
-for obj in $(rados -p "$POOL" ls | grep '^snapvol\.' || true); do
-    rados -p "$POOL" rm "$obj"
-done
+if ((RBD_ROWS)); then
+    # Room for the RBD image: snapvol's images and objects go.
+    for img in source target journal; do
+        rbd rm --no-progress "$POOL/snapvol.v.$img" >/dev/null 2>&1 || true
+    done
+    for obj in $(rados -p "$POOL" ls | grep '^snapvol\.' || true); do
+        rados -p "$POOL" rm "$obj"
+    done
 
-# ---------------------------------------------------------------- (b) RBD with its own snapshots
-need_room $((2 * SIZE_B + 64 * MIB)) "the RBD image and one snapshot's copy of it"
-# wait_trim: until no PG of the pool has snapshots left to trim (at most 30 min)
-trim_left() {
-    local pg s=0
-    for ((pg = 0; pg < PG_NUM; pg++)); do
-        s=$((s + $(ceph tell "$POOL_ID.$(printf %x "$pg")" query | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print(d.get("snap_trimq_len", 0) + ("snaptrim" in d.get("state", "")))')))
-    done
-    echo "$s"
-}
-wait_trim() {
-    local t0=$EPOCHREALTIME left i
-    for i in $(seq 1 8); do # the OSDs learn of the removal with the next map
-        [ "$(trim_left)" -gt 0 ] && break
-        sleep 1
-    done
-    while left=$(trim_left) && [ "$left" -gt 0 ]; do
-        (($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print int(b - a) }') < 1800)) ||
-            die "the OSD did not trim the deleted snapshots in 30 min"
-        sleep 5
-    done
-}
-log "rbd: create $POOL/img ($SIZE), fill"
-rbd create "$POOL/img" --size "$SIZE"
-RBD=(--ioengine=rbd --clientname=admin --pool="$POOL" --rbdname=img --invalidate=0)
-fio_run rbd-fill "${RBD[@]}" "${FILL_ARGS[@]}"
-for w in W1 W2; do
-    for n in $SNAPS; do
-        for ((r = 1; r <= RUNS; r++)); do
-            tag=${w,,}-n$n-r$r
-            for ((k = 1; k <= n; k++)); do
-                rbd snap create --no-progress "$POOL/img@$tag-s$k" >/dev/null
+    # ---------------------------------------------------------------- (b) RBD with its own snapshots
+    need_room $((2 * SIZE_B + 64 * MIB)) "the RBD image and one snapshot's copy of it"
+    # wait_trim: until no PG of the pool has snapshots left to trim (at most 30 min)
+    trim_left() {
+        local pg s=0
+        for ((pg = 0; pg < PG_NUM; pg++)); do
+            s=$((s + $(ceph tell "$POOL_ID.$(printf %x "$pg")" query | python3 -c '
+    import json, sys
+    d = json.load(sys.stdin)
+    print(d.get("snap_trimq_len", 0) + ("snaptrim" in d.get("state", "")))')))
+        done
+        echo "$s"
+    }
+    wait_trim() {
+        local t0=$EPOCHREALTIME left i
+        for i in $(seq 1 8); do # the OSDs learn of the removal with the next map
+            [ "$(trim_left)" -gt 0 ] && break
+            sleep 1
+        done
+        while left=$(trim_left) && [ "$left" -gt 0 ]; do
+            (($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print int(b - a) }') < 1800)) ||
+                die "the OSD did not trim the deleted snapshots in 30 min"
+            sleep 5
+        done
+    }
+    log "rbd: create $POOL/img ($SIZE), fill"
+    rbd create "$POOL/img" --size "$SIZE"
+    RBD=(--ioengine=rbd --clientname=admin --pool="$POOL" --rbdname=img --invalidate=0)
+    fio_run rbd-fill "${RBD[@]}" "${FILL_ARGS[@]}"
+    for w in W1 W2; do
+        for n in $SNAPS; do
+            for ((r = 1; r <= RUNS; r++)); do
+                tag=${w,,}-n$n-r$r
+                for ((k = 1; k <= n; k++)); do
+                    rbd snap create --no-progress "$POOL/img@$tag-s$k" >/dev/null
+                done
+                if [ "$w" = W1 ]; then args=("${W1_ARGS[@]}"); else args=("${W2_ARGS[@]}"); fi
+                sleep 2
+                fio_run "rbd-$tag" "${RBD[@]}" "${args[@]}"
+                d=0
+                if ((n > 0)); then
+                    t0=$EPOCHREALTIME
+                    rbd snap purge --no-progress "$POOL/img" >/dev/null
+                    wait_trim
+                    d=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+                fi
+                record rbd "$w" "$n" "$r" "$TMP/fio/rbd-$tag.json" delete_s="$d"
+                log "$(summary)"
             done
-            if [ "$w" = W1 ]; then args=("${W1_ARGS[@]}"); else args=("${W2_ARGS[@]}"); fi
-            sleep 2
-            fio_run "rbd-$tag" "${RBD[@]}" "${args[@]}"
-            d=0
-            if ((n > 0)); then
-                t0=$EPOCHREALTIME
-                rbd snap purge --no-progress "$POOL/img" >/dev/null
-                wait_trim
-                d=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-            fi
-            record rbd "$w" "$n" "$r" "$TMP/fio/rbd-$tag.json" delete_s="$d"
-            log "$(summary)"
         done
     done
-done
+fi
 
 # ---------------------------------------------------------------- report
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)

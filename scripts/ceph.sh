@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node Ceph cluster (one monitor, one OSD on a 4 GiB file, pool `rbd`) for tests and
+# A single-node Ceph cluster (one monitor, one OSD on a sparse file, 4 GiB by default, pool `rbd`) for tests and
 # benchmarks, kept entirely in one scratch directory: its config, data, logs, sockets and pid
 # files. No systemd, no mgr, no authentication; RBD and RADOS clients find it through
 # CEPH_CONF=DIR/ceph.conf.
@@ -15,7 +15,9 @@
 #
 # CEPH_MON_PORT (default 3300; v1 takes the next port) puts the monitor of a new cluster on other
 # ports, so that a second cluster (in another DIR) can run beside the first; an existing cluster
-# keeps the address its ceph.conf names.
+# keeps the address its ceph.conf names. CEPH_OSD_GIB (default 4) sizes the OSD's file of a new
+# cluster: benchmarks that keep a 1 GiB volume with snapshots need 12 or more (a BlueStore that
+# runs out of space aborts the OSD).
 #
 # Each step looks at what exists before doing it, so `start` on a running cluster, or on one
 # whose OSD died, finishes the job instead of failing. Everything but the final export line goes
@@ -31,6 +33,8 @@ else
     MON_ADDR="[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$((MON_PORT + 1))]"
 fi
 MON_ID=a
+OSD_GIB=${CEPH_OSD_GIB:-4}
+[[ $OSD_GIB =~ ^[1-9][0-9]*$ ]] || { echo "ceph.sh: CEPH_OSD_GIB must be a whole number of GiB" >&2; exit 2; }
 OSD_UP_TIMEOUT=${CEPH_OSD_UP_TIMEOUT:-180}
 MON_UP_TIMEOUT=${CEPH_MON_UP_TIMEOUT:-60}
 
@@ -97,10 +101,10 @@ mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon allow pool delete = true
 osd crush chooseleaf type = 0
-# The OSD's disk is a sparse 4 GiB file in its data directory.
+# The OSD's disk is a sparse $OSD_GIB GiB file in its data directory.
 osd objectstore = bluestore
 bluestore block create = true
-bluestore block size = 4294967296
+bluestore block size = $((OSD_GIB << 30))
 osd memory target = 1073741824
 # Everything lives in this directory.
 run dir = $DIR/run

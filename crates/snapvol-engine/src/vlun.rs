@@ -75,6 +75,22 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
         let _ = offset;
         self.len()
     }
+    /// Reads every `(offset, buffer)` of `reqs` as [`Vlun::read_at`] would, in any order or
+    /// all at once: a VLUN whose every request is a network round trip (RBD) keeps them in
+    /// flight together. Fails if any read fails; the buffers' contents are then unspecified.
+    /// The default reads them one after another.
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        reqs.iter_mut()
+            .try_for_each(|(offset, buf)| self.read_at(buf, *offset))
+    }
+    /// Writes every `(offset, bytes)` of `reqs`, whose ranges do not overlap, as
+    /// [`Vlun::write_at`] would, in any order or all at once. On failure any subset of them
+    /// may have been written, as with writes not yet synced. The default writes them one
+    /// after another.
+    fn write_many(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
+        reqs.iter()
+            .try_for_each(|&(offset, buf)| self.write_at(buf, offset))
+    }
 }
 
 /// Writes `len` zero bytes at `offset`, a MiB at a time.
@@ -431,6 +447,12 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
     }
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
         (**self).next_hole(offset)
+    }
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        (**self).read_many(reqs)
+    }
+    fn write_many(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
+        (**self).write_many(reqs)
     }
 }
 

@@ -1,5 +1,6 @@
 //! RBD: images of a pool, and an open image as a VLUN.
 
+use std::collections::VecDeque;
 use std::ffi::{c_int, c_void, CStr};
 use std::io;
 use std::ptr;
@@ -16,6 +17,34 @@ pub const OBJECT_ORDER: u32 = 22;
 
 /// The most one librbd call is given: librbd refuses a single request past `INT_MAX` bytes.
 const MAX_REQUEST: usize = 1 << 30;
+
+/// Requests one batch keeps in flight at once: a destage batch's 64 KiB copies (up to 512)
+/// go out 64 at a time, well within librbd's own throttle (`objecter_inflight_ops`, 1024).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// One librbd request of a batch, on a buffer its caller keeps borrowed for the whole batch.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Read `len` bytes at `offset` into `buf`.
+    Read {
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+    },
+    /// Write `len` bytes at `offset` from `buf`.
+    Write {
+        offset: u64,
+        buf: *const u8,
+        len: usize,
+    },
+}
+
+/// `[offset, offset + len)` cut into librbd requests: `(offset, start in the buffer, len)`.
+fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+    (0..len)
+        .step_by(MAX_REQUEST)
+        .map(move |from| (offset + from as u64, from, (len - from).min(MAX_REQUEST)))
+}
 
 impl IoCtx {
     /// Creates image `name` of `size` bytes in this pool: format 2, 4 MiB objects, and no
@@ -108,12 +137,11 @@ pub enum IoMode {
 /// thread-safe, and each call is one request of its own, so N threads keep N requests in
 /// flight (librbd splits each into per-object operations that run in parallel).
 ///
-/// Reads and writes go through librbd's aio interface ([`IoMode::Aio`]: submit, wait for the
-/// completion, take its return value); [`IoMode::Sync`] uses the synchronous calls instead.
-/// Measured with `scripts/bench-rbd.sh` on a single-OSD cluster, the two are the same within
-/// run-to-run noise (±20%), as librbd implements its synchronous calls as aio and a wait: the
-/// requests in flight come from the callers' threads either way. Aio stays the default as the
-/// interface that would let one caller submit several requests before waiting.
+/// Reads and writes go through librbd's aio interface ([`IoMode::Aio`]): a batch
+/// ([`Vlun::read_many`], [`Vlun::write_many`], which the destager uses for a batch's originals,
+/// copies and new data) is submitted at once and waited for together, so one thread keeps up to
+/// [`MAX_IN_FLIGHT`] requests in flight instead of paying a round trip to the OSD for each.
+/// [`IoMode::Sync`] uses the synchronous calls, one after another, instead (for measurements).
 ///
 /// Writes are not durable before [`Vlun::sync`] (`rbd_flush`): with RBD's client cache on
 /// (Ceph's default), they may sit in this process's memory until then.
@@ -263,63 +291,69 @@ impl RbdImage {
         Ok(size)
     }
 
-    /// Reads at most `buf.len()` bytes at `offset` (all within the image): bytes read.
-    fn read_some(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    /// Runs `ops`, each one librbd request on a buffer the caller keeps borrowed for the whole
+    /// call, and answers each one's return value (a byte count for a synchronous request, 0
+    /// for a finished aio write, or a negative errno). In [`IoMode::Aio`] up to
+    /// [`MAX_IN_FLIGHT`] are in flight at once; every submitted request has completed when
+    /// this returns, on error too, so the buffers may be released then. A request librbd
+    /// refuses to start ends the batch with its error.
+    fn run(&self, ops: &[Op]) -> io::Result<Vec<isize>> {
         let api = self.api();
-        let r = match self.mode {
-            IoMode::Aio => {
-                let c = Completion::new(api)?;
-                // SAFETY: an open image; `buf` stays borrowed (writable, `buf.len()` bytes)
-                // until `wait` below returns, which is after librbd has finished with it.
-                check(unsafe {
-                    (api.rbd.rbd_aio_read)(
-                        self.handle,
-                        offset,
-                        buf.len(),
-                        buf.as_mut_ptr().cast(),
-                        c.c,
-                    )
-                })
-                .map_err(io::Error::from_raw_os_error)?;
-                c.wait()
+        let mut results = Vec::with_capacity(ops.len());
+        if self.mode == IoMode::Sync {
+            for op in ops {
+                // SAFETY: an open image; the op's buffer is valid for `len` bytes (writable
+                // for a read) while the caller's borrow lasts, which outlives this call.
+                results.push(unsafe {
+                    match *op {
+                        Op::Read { offset, buf, len } => {
+                            (api.rbd.rbd_read)(self.handle, offset, len, buf.cast())
+                        }
+                        Op::Write { offset, buf, len } => {
+                            (api.rbd.rbd_write)(self.handle, offset, len, buf.cast())
+                        }
+                    }
+                });
             }
-            // SAFETY: an open image; `buf.len()` writable bytes at `buf`.
-            IoMode::Sync => unsafe {
-                (api.rbd.rbd_read)(self.handle, offset, buf.len(), buf.as_mut_ptr().cast())
-            },
-        };
-        check_size(r).map_err(io::Error::from_raw_os_error)
-    }
-
-    /// Writes at most `buf.len()` bytes at `offset`: bytes written.
-    fn write_some(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let api = self.api();
-        let r = match self.mode {
-            IoMode::Aio => {
-                let c = Completion::new(api)?;
-                // SAFETY: an open image; `buf` stays borrowed until `wait` below returns,
-                // after librbd has copied or sent it.
-                check(unsafe {
-                    (api.rbd.rbd_aio_write)(
-                        self.handle,
-                        offset,
-                        buf.len(),
-                        buf.as_ptr().cast(),
-                        c.c,
-                    )
-                })
-                .map_err(io::Error::from_raw_os_error)?;
-                // An aio write completes with 0, not a length: all of it was written.
-                check_size(c.wait()).map_err(io::Error::from_raw_os_error)?;
-                return Ok(buf.len());
+            return Ok(results);
+        }
+        let mut pending: VecDeque<Completion> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+        let mut refused = None;
+        for op in ops {
+            if pending.len() == MAX_IN_FLIGHT {
+                results.push(pending.pop_front().expect("a request in flight").wait());
             }
-            // SAFETY: an open image; `buf.len()` readable bytes at `buf`.
-            IoMode::Sync => unsafe {
-                (api.rbd.rbd_write)(self.handle, offset, buf.len(), buf.as_ptr().cast())
-            },
-        };
-        // A synchronous write answers its length, shortened if it crossed the image's end.
-        check_size(r).map_err(io::Error::from_raw_os_error)
+            let c = match Completion::new(api) {
+                Ok(c) => c,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            };
+            // SAFETY: an open image; the op's buffer stays valid (and writable for a read)
+            // until the completion is waited for below, before this call returns.
+            let r = unsafe {
+                match *op {
+                    Op::Read { offset, buf, len } => {
+                        (api.rbd.rbd_aio_read)(self.handle, offset, len, buf.cast(), c.c)
+                    }
+                    Op::Write { offset, buf, len } => {
+                        (api.rbd.rbd_aio_write)(self.handle, offset, len, buf.cast(), c.c)
+                    }
+                }
+            };
+            if let Err(e) = check(r) {
+                // Never submitted: releasing the completion is safe.
+                refused = Some(io::Error::from_raw_os_error(e));
+                break;
+            }
+            pending.push_back(c);
+        }
+        results.extend(pending.into_iter().map(Completion::wait));
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
     }
 
     fn refuse_if_read_only(&self) -> io::Result<()> {
@@ -398,37 +432,66 @@ pub const SEARCH_LIMIT: u64 = 1 << 30;
 
 impl Vlun for RbdImage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        // librbd refuses reads that start past the end and shortens those that cross it;
-        // the VLUN contract wants zeroes there.
+        self.read_many(&mut [(offset, buf)])
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_many(&[(offset, buf)])
+    }
+
+    /// All in flight at once (up to [`MAX_IN_FLIGHT`] requests), each cut at
+    /// [`MAX_REQUEST`]. librbd refuses reads that start past the end and shortens those that
+    /// cross it; the VLUN contract wants zeroes there, as it does where the image shrank under
+    /// a read.
+    fn read_many(&self, reqs: &mut [(u64, &mut [u8])]) -> io::Result<()> {
         let size = self.size()?;
-        let within = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
-        let (data, past) = buf.split_at_mut(within.min(buf.len()));
-        past.fill(0);
-        let mut done = 0;
-        while done < data.len() {
-            let n = (data.len() - done).min(MAX_REQUEST);
-            match self.read_some(&mut data[done..done + n], offset + done as u64)? {
-                // Shrunk under us: what is gone reads as zero.
-                0 => {
-                    data[done..].fill(0);
-                    break;
-                }
-                got => done += got,
+        let mut ops = Vec::with_capacity(reqs.len());
+        for (offset, buf) in reqs.iter_mut() {
+            let within = usize::try_from(size.saturating_sub(*offset)).unwrap_or(usize::MAX);
+            let (data, past) = buf.split_at_mut(within.min(buf.len()));
+            past.fill(0);
+            ops.extend(pieces(*offset, data.len()).map(|(at, from, len)| Op::Read {
+                offset: at,
+                buf: data[from..].as_mut_ptr(),
+                len,
+            }));
+        }
+        for (op, r) in ops.iter().zip(self.run(&ops)?) {
+            let Op::Read { buf, len, .. } = *op else {
+                unreachable!("only reads")
+            };
+            let got = check_size(r).map_err(io::Error::from_raw_os_error)?;
+            if got < len {
+                // SAFETY: `buf` points at `len` writable bytes of a caller's buffer, which
+                // no request uses any more (`run` waited for all of them).
+                unsafe { std::slice::from_raw_parts_mut(buf.add(got), len - got) }.fill(0);
             }
         }
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+    /// All in flight at once (up to [`MAX_IN_FLIGHT`] requests), after growing the image to
+    /// the furthest end once.
+    fn write_many(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
         self.refuse_if_read_only()?;
-        self.grow_to(offset + buf.len() as u64)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(MAX_REQUEST);
-            match self.write_some(&buf[done..done + n], offset + done as u64)? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                wrote => done += wrote,
-            }
+        let Some(end) = reqs.iter().map(|&(at, b)| at + b.len() as u64).max() else {
+            return Ok(());
+        };
+        self.grow_to(end)?;
+        let ops: Vec<Op> = reqs
+            .iter()
+            .flat_map(|&(offset, buf)| {
+                pieces(offset, buf.len()).map(move |(at, from, len)| Op::Write {
+                    offset: at,
+                    buf: buf[from..].as_ptr(),
+                    len,
+                })
+            })
+            .collect();
+        for r in self.run(&ops)? {
+            // An aio write completes with 0, a synchronous one with its length; both wrote
+            // all of it, as the image was grown to hold it.
+            check_size(r).map_err(io::Error::from_raw_os_error)?;
         }
         Ok(())
     }

@@ -283,6 +283,118 @@ fn eight_threads_write_and_read_distinct_and_overlapping_ranges_at_once() {
     }
 }
 
+/// Batches (what the destager uses: a batch's originals, copies and new data) keep many
+/// requests in flight at once; several threads submit theirs together, some racing on shared
+/// blocks, one growing the image past its end; every batch reads back what was written, in
+/// both I/O modes, and bytes past the end read as zeroes.
+#[test]
+fn batches_of_many_requests_from_racing_threads_read_back_what_was_written() {
+    let Some(cluster) = cluster("batches") else {
+        return;
+    };
+    const THREADS: u64 = 4;
+    const OWN: u64 = 16 * MIB;
+    const BLOCK: usize = 64 << 10;
+    const SHARED_BLOCKS: u64 = 32;
+    let shared_base = THREADS * OWN;
+    let size = shared_base + SHARED_BLOCKS * BLOCK as u64;
+    let io = cluster.ioctx(POOL).unwrap();
+    let scratch = ScratchImage::new(&io, "batches", size);
+    let img = Arc::new(scratch.open());
+    let mut sync_img = scratch.open();
+    sync_img.set_io_mode(IoMode::Sync);
+    let sync_img = Arc::new(sync_img);
+
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let img = if t % 2 == 0 {
+                img.clone()
+            } else {
+                sync_img.clone()
+            };
+            std::thread::spawn(move || {
+                for round in 0..3u64 {
+                    // 200 disjoint ranges of this thread's region (more than one batch keeps
+                    // in flight at once), of mixed sizes, unaligned.
+                    let ranges: Vec<(u64, usize)> = (0..200u64)
+                        .map(|i| {
+                            let len = [512usize, 4096, 65_536 + 7][(i % 3) as usize];
+                            (t * OWN + i * 80_000 + round * 11, len)
+                        })
+                        .collect();
+                    let datas: Vec<Vec<u8>> = ranges
+                        .iter()
+                        .map(|&(off, len)| pattern(t * 100 + round, off, len))
+                        .collect();
+                    let writes: Vec<(u64, &[u8])> = ranges
+                        .iter()
+                        .zip(&datas)
+                        .map(|(&(off, _), d)| (off, &d[..]))
+                        .collect();
+                    img.write_many(&writes).unwrap();
+                    // Shared blocks, whole, racing with the other threads' batches.
+                    let stamp = vec![(t * 16 + round) as u8 + 1; BLOCK];
+                    let shared: Vec<(u64, &[u8])> = (0..SHARED_BLOCKS)
+                        .filter(|b| (b + t + round) % 3 == 0)
+                        .map(|b| (shared_base + b * BLOCK as u64, &stamp[..]))
+                        .collect();
+                    img.write_many(&shared).unwrap();
+
+                    let mut backs: Vec<Vec<u8>> =
+                        ranges.iter().map(|&(_, len)| vec![0u8; len]).collect();
+                    let mut reads: Vec<(u64, &mut [u8])> = ranges
+                        .iter()
+                        .zip(backs.iter_mut())
+                        .map(|(&(off, _), b)| (off, &mut b[..]))
+                        .collect();
+                    img.read_many(&mut reads).unwrap();
+                    for ((off, _), (back, data)) in ranges.iter().zip(backs.iter().zip(&datas)) {
+                        assert!(back == data, "thread {t} round {round}: range at {off:#x}");
+                    }
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    img.sync().unwrap();
+    for b in 0..SHARED_BLOCKS {
+        let mut block = vec![0u8; BLOCK];
+        img.read_at(&mut block, shared_base + b * BLOCK as u64)
+            .unwrap();
+        assert!(
+            block.iter().all(|&x| x == block[0]),
+            "shared block {b} is torn: a mix of two threads' writes"
+        );
+    }
+
+    // A batch that writes past the end grows the image once, to the furthest end; a batch
+    // that reads across and past the end gets zeroes there.
+    let tail = pattern(9, size, 5000);
+    img.write_many(&[(size + MIB, &tail[..]), (size - 100, &tail[..200])])
+        .unwrap();
+    assert_eq!(img.len().unwrap(), size + MIB + 5000);
+    let (mut a, mut b, mut c) = (vec![1u8; 300], vec![1u8; 5000], vec![1u8; 100]);
+    img.read_many(&mut [
+        (size - 100, &mut a[..]),
+        (size + MIB, &mut b[..]),
+        (size + 2 * MIB, &mut c[..]),
+    ])
+    .unwrap();
+    assert_eq!(&a[..200], &tail[..200]);
+    assert!(
+        a[200..].iter().all(|&x| x == 0),
+        "a never-written gap reads as zero"
+    );
+    assert_eq!(b, tail);
+    assert!(c.iter().all(|&x| x == 0), "past the end reads as zero");
+    img.read_many(&mut []).unwrap();
+    img.write_many(&[]).unwrap();
+
+    let ro = RbdImage::open(&io, &scratch.name, true).unwrap();
+    let e = ro.write_many(&[(0, &tail[..])]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+}
+
 /// Both ways of reaching librbd give the same bytes (the aio one is the default).
 #[test]
 fn synchronous_and_aio_calls_read_each_others_writes() {

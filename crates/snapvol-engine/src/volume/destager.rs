@@ -193,37 +193,73 @@ impl Inner {
                 .iter()
                 .flat_map(|&(s, n)| (0..n).map(move |i| TargetSlot(s.0 + i)));
             // Copy i goes to the i-th allocated slot: one buffer, cut into the runs below.
-            // Every byte of it is written (read or composed) before it is used.
+            // Every byte of it is written (read or composed) before it is used. A chunk with
+            // one copy that needs the source (the common case) has its original read straight
+            // into that copy's place, and the cached versions the copy holds laid over it; a
+            // chunk with several has its original read once into a buffer of its own, after
+            // the copies, and each copy composed from it.
+            let originals: Vec<Original> = plans
+                .iter()
+                .scan((0usize, 0usize), |(next, shared), plan| {
+                    let o = if !plan.needs_source {
+                        Original::NotNeeded
+                    } else if plan.preserve.len() == 1 {
+                        Original::InPlace(*next)
+                    } else {
+                        *shared += 1;
+                        Original::Shared(*shared - 1)
+                    };
+                    *next += plan.preserve.len();
+                    Some(o)
+                })
+                .collect();
+            let shared = originals
+                .iter()
+                .filter(|o| matches!(o, Original::Shared(_)))
+                .count();
             let area_len = copies as usize * chunk;
-            if scratch.len() < area_len {
-                scratch.resize(area_len, 0);
+            let need = area_len + shared * chunk;
+            if scratch.len() < need {
+                scratch.resize(need, 0);
             }
-            let area = &mut scratch[..area_len];
-            let mut source_buf = Vec::new();
+            let (area, sources) = scratch[..need].split_at_mut(area_len);
+            // Every original the batch needs, read at once (a network VLUN keeps them all in
+            // flight).
+            {
+                let mut copies_at: Vec<Option<&mut [u8]>> =
+                    area.chunks_mut(chunk).map(Some).collect();
+                let mut sources_at: Vec<Option<&mut [u8]>> =
+                    sources.chunks_mut(chunk).map(Some).collect();
+                let mut reads: Vec<(u64, &mut [u8])> = batch
+                    .iter()
+                    .zip(&originals)
+                    .filter_map(|(d, o)| {
+                        let buf = match *o {
+                            Original::NotNeeded => return None,
+                            Original::InPlace(i) => copies_at[i].take(),
+                            Original::Shared(i) => sources_at[i].take(),
+                        };
+                        Some((
+                            self.source_offset(d.chunk),
+                            buf.expect("one read per buffer"),
+                        ))
+                    })
+                    .collect();
+                let first = reads.first().map_or(0, |r| r.0);
+                self.source
+                    .read_many(&mut reads)
+                    .map_err(|e| Error::io("read originals", Device::Source, first, e))?;
+            }
             let mut next = 0;
-            for (d, plan) in batch.iter().zip(&plans) {
-                if plan.preserve.is_empty() {
-                    continue;
-                }
-                let off = self.source_offset(d.chunk);
-                let read_error = |e| Error::io("read original", Device::Source, off, e);
-                // One copy that needs the source (the common case): read the original straight
-                // into its place and lay the cached versions it holds over it.
-                let in_place = plan.needs_source && plan.preserve.len() == 1;
-                let src = if plan.needs_source && !in_place {
-                    source_buf.resize(chunk, 0);
-                    self.source
-                        .read_at(&mut source_buf, off)
-                        .map_err(read_error)?;
-                    Some(&source_buf[..])
-                } else {
-                    None
+            for ((d, plan), original) in batch.iter().zip(&plans).zip(&originals) {
+                let src = match *original {
+                    Original::Shared(i) => Some(&sources[i * chunk..(i + 1) * chunk]),
+                    _ => None,
                 };
                 for pres in &plan.preserve {
                     let slot = slots.next().expect("allocated one slot per copy");
                     let buf = &mut area[next * chunk..(next + 1) * chunk];
-                    if in_place {
-                        self.source.read_at(buf, off).map_err(read_error)?;
+                    if matches!(original, Original::InPlace(_)) {
                         destage::overlay(&d.versions[..pres.image], buf);
                     } else {
                         destage::compose(&d.versions[..pres.image], src, 0, buf);
@@ -238,15 +274,18 @@ impl Inner {
                     next += 1;
                 }
             }
+            // The copies, a write per run of consecutive slots, all at once.
+            let mut writes = Vec::with_capacity(runs.len());
             let mut at = 0;
             for &(first, n) in &runs {
                 let len = n as usize * chunk;
-                let off = self.slot_offset(first);
-                self.target
-                    .write_at(&area[at..at + len], off)
-                    .map_err(|e| Error::io("write preserved chunks", Device::Target, off, e))?;
+                writes.push((self.slot_offset(first), &area[at..at + len]));
                 at += len;
             }
+            let first = self.slot_offset(runs[0].0);
+            self.target
+                .write_many(&writes)
+                .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
             if scratch.len() > 2 * MAX_BATCH as usize {
                 *scratch = Vec::new();
             }
@@ -294,16 +333,11 @@ impl Inner {
                 .for_each(|d| self.cache.consume_reservations(d));
         }
 
-        // New data to the source (claims 21, 23), then the dirty designations cleared. A full
-        // file system stops it at a chunk: those before it are done, the rest wait.
-        let mut compose_buf = vec![0u8; chunk];
-        for (written, d) in batch.iter().enumerate() {
-            if let Err(e) = self.write_source(d, nblocks, &mut compose_buf) {
-                for done in &batch[..written] {
-                    self.cache.retire(done);
-                }
-                return Err(e);
-            }
+        // New data to the source (claims 21, 23), then the dirty designations cleared. A
+        // failure leaves every chunk of the batch dirty: the next batch writes them again.
+        self.write_source(&batch, nblocks, &mut scratch)?;
+        if scratch.len() > 2 * MAX_BATCH as usize {
+            *scratch = Vec::new();
         }
         for d in &batch {
             self.cache.retire(d);
@@ -311,32 +345,68 @@ impl Inner {
         Ok(batch.len())
     }
 
-    /// Writes the newest image of a dirty chunk to the source: its whole buffer, its dirty
-    /// blocks, or a hole for a chunk that reads as zero.
-    fn write_source(&self, d: &DirtyChunk, nblocks: usize, compose_buf: &mut [u8]) -> Result<()> {
+    /// Writes the newest image of each dirty chunk to the source: its whole buffer, its dirty
+    /// blocks composed in `compose` (runs of them), or a hole for a chunk that reads as zero.
+    /// The writes go to the source all at once, in flight together on a network VLUN.
+    fn write_source(
+        &self,
+        batch: &[DirtyChunk],
+        nblocks: usize,
+        compose: &mut Vec<u8>,
+    ) -> Result<()> {
         self.check_held()?;
-        let off = self.source_offset(d.chunk);
-        let io = |at: u64| move |e| Error::io_or_full("write", Device::Source, at, e);
-        match destage::source_write(&d.versions, nblocks) {
-            SourceWrite::Zero => {
-                self.source
-                    .punch_zero(off, self.geo.chunk())
-                    .map_err(io(off))?;
-                // Its blocks are gone: a later write must find room for them again.
-                self.forget_source_room(d.chunk);
-            }
-            SourceWrite::Whole(bytes) => self.source.write_at(bytes, off).map_err(io(off))?,
-            SourceWrite::Runs(runs) => {
-                let n = d.versions.len();
-                for (b, count) in runs {
-                    let bs = BLOCK as usize;
-                    let piece = &mut compose_buf[..count * bs];
-                    destage::compose(&d.versions[..n], None, b, piece);
-                    let at = off + (b * bs) as u64;
-                    self.source.write_at(piece, at).map_err(io(at))?;
+        let bs = BLOCK as usize;
+        let plans: Vec<_> = batch
+            .iter()
+            .map(|d| destage::source_write(&d.versions, nblocks))
+            .collect();
+        let composed: usize = plans
+            .iter()
+            .map(|p| match p {
+                SourceWrite::Runs(runs) => runs.iter().map(|&(_, n)| n * bs).sum(),
+                _ => 0,
+            })
+            .sum();
+        if compose.len() < composed {
+            compose.resize(composed, 0);
+        }
+        let mut free = &mut compose[..composed];
+        let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+        for (d, plan) in batch.iter().zip(plans) {
+            let off = self.source_offset(d.chunk);
+            match plan {
+                SourceWrite::Zero => {
+                    self.source
+                        .punch_zero(off, self.geo.chunk())
+                        .map_err(|e| Error::io_or_full("write", Device::Source, off, e))?;
+                    // Its blocks are gone: a later write must find room for them again.
+                    self.forget_source_room(d.chunk);
+                }
+                SourceWrite::Whole(bytes) => writes.push((off, bytes)),
+                SourceWrite::Runs(runs) => {
+                    for (b, count) in runs {
+                        let (piece, rest) = std::mem::take(&mut free).split_at_mut(count * bs);
+                        free = rest;
+                        destage::compose(&d.versions, None, b, piece);
+                        writes.push((off + (b * bs) as u64, piece));
+                    }
                 }
             }
         }
-        Ok(())
+        let first = writes.first().map_or(0, |w| w.0);
+        self.source
+            .write_many(&writes)
+            .map_err(|e| Error::io_or_full("write", Device::Source, first, e))
     }
+}
+
+/// Where a chunk's original (the source's content of it) is read to for its preserved copies.
+#[derive(Debug, Clone, Copy)]
+enum Original {
+    /// Every copy is composed from cached versions alone.
+    NotNeeded,
+    /// Into copy `i` of the batch's area, its only copy.
+    InPlace(usize),
+    /// Into source buffer `i`, which several copies are composed from.
+    Shared(usize),
 }

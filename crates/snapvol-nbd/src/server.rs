@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
-use crate::exports::Exports;
+use crate::exports::{Export, Exports};
 use crate::handshake::{self, Haggled, HandshakeEnd, Negotiated, ServerHandshake};
-use crate::stream::{Deadline, FrameReader, Stream};
+use crate::stream::{Deadline, FrameReader, ServerTime, Stream};
 use crate::tls::TlsAcceptor;
 use crate::tls_stream;
 use crate::transmission::{self, TransmissionEnd};
@@ -605,13 +605,21 @@ fn run_connection(ctx: ConnCtx, id: u64, stream: Stream, connected: Instant) {
     };
     // Both halves share one deadline, so that a client can stretch the handshake neither by
     // trickling its options in nor by not reading the replies. It covers the TLS handshake.
+    // The server's own time (opening a volume for a lookup) moves the deadline back.
     let limit = ctx.limits.handshake_timeout;
-    let reader = FrameReader::new(Deadline::new(read_half, connected, limit));
-    let writer = Deadline::new(write_half, connected, limit);
+    let server_time = ServerTime::default();
+    let reader = FrameReader::new(Deadline::new(
+        read_half,
+        connected,
+        limit,
+        server_time.clone(),
+    ));
+    let writer = Deadline::new(write_half, connected, limit, server_time.clone());
     let conn = Conn {
         ctx: &ctx,
         stream: &stream,
         peer: &peer,
+        server_time,
     };
     match conn.serve(reader, writer) {
         Ok(()) => {}
@@ -629,6 +637,26 @@ struct Conn<'a> {
     /// The socket (a clone of the halves), for timeouts and to close it.
     stream: &'a Stream,
     peer: &'a str,
+    /// Time spent looking exports up, which the handshake's deadline does not count.
+    server_time: ServerTime,
+}
+
+/// The server's exports, with the time each lookup takes counted as the server's own: a
+/// lookup may open a volume (on a shared store, take it over and replay its journal), which
+/// must not eat into the time the client has for its handshake.
+struct TimedExports<'a> {
+    exports: &'a dyn Exports,
+    time: &'a ServerTime,
+}
+
+impl Exports for TimedExports<'_> {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        self.time.count(|| self.exports.lookup(name))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.time.count(|| self.exports.names())
+    }
 }
 
 impl Conn<'_> {
@@ -638,7 +666,11 @@ impl Conn<'_> {
         mut reader: FrameReader<Deadline>,
         mut writer: Deadline,
     ) -> Result<(), HandshakeEnd> {
-        let mut hs = ServerHandshake::new(&*self.ctx.exports);
+        let exports = TimedExports {
+            exports: &*self.ctx.exports,
+            time: &self.server_time,
+        };
+        let mut hs = ServerHandshake::new(&exports);
         if self.ctx.tls.is_some() {
             hs.require_tls();
         }

@@ -2,11 +2,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snapvol_nbd::handshake::frame::{self as hf, InfoRequest};
 use snapvol_nbd::proto::*;
 use snapvol_nbd::transmission::frame::Command;
+use snapvol_nbd::{Export, ExportMap, Exports, Server};
 
 use crate::client::Client;
 use crate::common::*;
@@ -156,4 +158,65 @@ fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_ca
     c.go("vol", false, &[]);
     c.request(Command::Read, 0, 3, 4096, 16);
     assert_eq!(c.reply().data, vec![2; 16]);
+}
+
+/// Exports whose lookup takes the server `delay`, as opening a volume does when the lookup
+/// takes it over from a dead holder and replays its journal.
+struct SlowExports {
+    inner: Arc<ExportMap>,
+    delay: Duration,
+}
+
+impl Exports for SlowExports {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        std::thread::sleep(self.delay);
+        self.inner.lookup(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+}
+
+/// What broke: a client whose export the server took longer than the handshake's limit to
+/// open (a takeover replaying a long journal) was closed for being slow, although the time was
+/// the server's. The server's own time does not count; the client's still does.
+#[test]
+fn the_time_a_lookup_takes_the_server_does_not_count_against_the_clients_handshake() {
+    init_tracing();
+    let (exports, _, _) = volume_and_snapshot(4096, vec![5; 4096]);
+    let slow = Arc::new(SlowExports {
+        inner: exports,
+        delay: Duration::from_millis(1500),
+    });
+    let server = Server::builder(slow)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .handshake_timeout(Duration::from_secs(1))
+        .bind()
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let _running = server.spawn().unwrap();
+
+    // Two lookups (INFO, then GO) of 1.5 s each against a 1 s limit.
+    let started = Instant::now();
+    let mut c = Client::tcp(addr);
+    let info = c.option(
+        NBD_OPT_INFO,
+        &hf::encode_info_request(&InfoRequest {
+            name: "vol@snap".into(),
+            requests: vec![],
+        }),
+    );
+    assert_eq!(Client::last_type(&info), NBD_REP_ACK);
+    assert_eq!(c.go("vol@snap", false, &[]).0, 4096);
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    c.request(Command::Read, 0, 1, 0, 4096);
+    assert_eq!(c.reply().data, vec![5; 4096]);
+
+    // A client that is slow itself is still held to the limit.
+    let idle = TcpStream::connect(addr).unwrap();
+    assert!(
+        closed_within(&idle, Duration::from_secs(10)),
+        "a client that sent nothing was not closed at the deadline"
+    );
 }

@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Tools the tests need besides the Rust toolchain, as "command:debian-package": the real NBD
-# clients the server is tested with.
+# clients the server is tested with, and what the TLS tests make certificates with.
 NEEDED=(
     "qemu-img:qemu-utils" "qemu-io:qemu-utils"
     "nbdinfo:libnbd-bin" "nbdcopy:libnbd-bin" "nbdfuse:libnbd-bin"
     "fio:fio"
+    # The TLS tests: certificates made with openssl (scripts/tls-certs.sh), fio run as nobody.
+    "openssl:openssl" "setpriv:util-linux"
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::device::{Extent, MemDevice};
 use crate::exports::{Export, ExportMap};
-use crate::handshake::{self, frame as hf, MetaContext, Negotiated};
+use crate::handshake::{self, frame as hf, Haggled, MetaContext, Negotiated, ServerHandshake};
 use crate::proto::*;
 use crate::stream::FrameReader;
 use crate::transmission::{self, frame as tf, Dispatch};
@@ -32,12 +32,25 @@ fn exports() -> &'static ExportMap {
     })
 }
 
-/// Feeds `data` to the server's handshake as if a client had sent it (continuing into
-/// transmission if the bytes negotiate an export), and to the client-side handshake
-/// parsers. Never panics.
-pub fn fuzz_handshake(data: &[u8]) {
+/// Runs the server's handshake over `data` as if a client had sent it, continuing into
+/// transmission if the bytes negotiate an export. With `require_tls`, a STARTTLS the server
+/// accepts is taken as an upgrade and the rest of the bytes as coming through TLS.
+fn server_handshake(data: &[u8], require_tls: bool) {
     let mut reader = FrameReader::new(data);
-    if let Ok(neg) = handshake::run(&mut reader, &mut io::sink(), exports()) {
+    let mut hs = ServerHandshake::new(exports());
+    if require_tls {
+        hs.require_tls();
+    }
+    let Ok(flags) = handshake::greet(&mut reader, &mut io::sink()) else {
+        return;
+    };
+    hs.set_client_flags(flags);
+    let mut haggled = handshake::haggle(&mut reader, &mut io::sink(), &mut hs);
+    if let Ok(Haggled::StartTls) = haggled {
+        hs.tls_started();
+        haggled = handshake::haggle(&mut reader, &mut io::sink(), &mut hs);
+    }
+    if let Ok(Haggled::Transmission(neg)) = haggled {
         transmission::serve(
             &mut reader,
             io::sink(),
@@ -47,6 +60,14 @@ pub fn fuzz_handshake(data: &[u8]) {
             &|| {},
         );
     }
+}
+
+/// Feeds `data` to the server's handshake as if a client had sent it (continuing into
+/// transmission if the bytes negotiate an export), once without TLS and once with TLS
+/// required, and to the client-side handshake parsers. Never panics.
+pub fn fuzz_handshake(data: &[u8]) {
+    server_handshake(data, false);
+    server_handshake(data, true);
 
     let _ = hf::parse_greeting(data);
     let _ = hf::parse_client_flags(data, handshake::HANDSHAKE_FLAGS);

@@ -43,6 +43,8 @@ pub mod handshake;
 pub mod proto;
 pub mod server;
 mod stream;
+pub mod tls;
+mod tls_stream;
 pub mod transmission;
 
 pub use codec::Decoded;
@@ -51,3 +53,4 @@ pub use exports::{Export, ExportMap, Exports};
 pub use fuzz::{fuzz_handshake, fuzz_transmission};
 pub use proto::Errno;
 pub use server::{RunningServer, Server, ServerBuilder, ShutdownHandle};
+pub use tls::{TlsAcceptor, TlsCredentials, TlsError, TlsFiles};

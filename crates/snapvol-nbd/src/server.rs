@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
-use crate::exports::Exports;
-use crate::handshake::{self, HandshakeEnd};
-use crate::stream::{Deadline, FrameReader, Stream};
+use crate::exports::{Export, Exports};
+use crate::handshake::{self, Haggled, HandshakeEnd, Negotiated, ServerHandshake};
+use crate::stream::{Deadline, FrameReader, ServerTime, Stream};
+use crate::tls::TlsAcceptor;
+use crate::tls_stream;
 use crate::transmission::{self, TransmissionEnd};
 
 /// Default bound on requests in flight per connection (qemu's client sends up to 16).
@@ -66,6 +68,7 @@ pub struct ServerBuilder {
     tcp: Option<SocketAddr>,
     unix: Option<PathBuf>,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("tcp", &self.tcp)
             .field("unix", &self.unix)
             .field("limits", &self.limits)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -115,6 +119,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Requires TLS on every connection, TCP and Unix (proto.md's FORCEDTLS mode): a client
+    /// must send `NBD_OPT_STARTTLS` first; other options get `NBD_REP_ERR_TLS_REQD`, and
+    /// `NBD_OPT_EXPORT_NAME` closes the connection. Each handshake uses the credentials the
+    /// acceptor holds at that moment, so replacing them through a clone of it takes effect
+    /// for new connections while established ones carry on.
+    pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
     /// Binds the listeners. At least one of TCP and Unix must be configured.
     pub fn bind(self) -> io::Result<Server> {
         if self.tcp.is_none() && self.unix.is_none() {
@@ -133,6 +147,7 @@ impl ServerBuilder {
             local_addr,
             unix_path: self.unix,
             limits: self.limits,
+            tls: self.tls,
             shared: Arc::new(Shared::default()),
         })
     }
@@ -177,6 +192,7 @@ pub struct Server {
     local_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
 }
 
@@ -186,6 +202,7 @@ impl std::fmt::Debug for Server {
             .field("local_addr", &self.local_addr)
             .field("unix_path", &self.unix_path)
             .field("limits", &self.limits)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -254,6 +271,7 @@ impl Server {
             tcp: None,
             unix: None,
             limits: Limits::default(),
+            tls: None,
         }
     }
 
@@ -306,7 +324,7 @@ impl Server {
                     })?,
             );
         }
-        info!(tcp = ?self.local_addr, unix = ?self.unix_path, "NBD server listening");
+        info!(tcp = ?self.local_addr, unix = ?self.unix_path, tls = self.tls.is_some(), "NBD server listening");
 
         {
             let mut stop = self.shared.stop_signal.lock();
@@ -375,6 +393,7 @@ impl Server {
             shared: self.shared.clone(),
             exports: self.exports.clone(),
             limits: self.limits,
+            tls: self.tls.clone(),
         }
     }
 
@@ -448,6 +467,7 @@ struct ConnCtx {
     shared: Arc<Shared>,
     exports: Arc<dyn Exports>,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
 }
 
 fn accept_loop(ctx: &ConnCtx, accept: impl Fn() -> io::Result<Stream>) {
@@ -584,40 +604,151 @@ fn run_connection(ctx: ConnCtx, id: u64, stream: Stream, connected: Instant) {
         }
     };
     // Both halves share one deadline, so that a client can stretch the handshake neither by
-    // trickling its options in nor by not reading the replies.
+    // trickling its options in nor by not reading the replies. It covers the TLS handshake.
+    // The server's own time (opening a volume for a lookup) moves the deadline back.
     let limit = ctx.limits.handshake_timeout;
-    let mut reader = FrameReader::new(Deadline::new(read_half, connected, limit));
-    let mut write_half = Deadline::new(write_half, connected, limit);
-    match handshake::run(&mut reader, &mut write_half, &*ctx.exports) {
-        Ok(neg) => {
-            debug!(peer, export = %neg.name, structured = neg.structured, "transmission starts");
-            reader.get_mut().lift();
-            // Idle connections in transmission have no read timeout (see WRITE_TIMEOUT).
-            if let Err(e) = stream.set_timeouts(None, Some(WRITE_TIMEOUT)) {
-                warn!(peer, error = %e, "cannot clear the handshake timeout");
-                return;
-            }
-            let kill = || stream.shutdown(Shutdown::Both);
-            match transmission::serve(
-                &mut reader,
-                write_half.into_inner(),
-                &neg,
-                transmission::Dispatch::Pool(ctx.limits.max_in_flight),
-                &peer,
-                &kill,
-            ) {
-                TransmissionEnd::Clean => debug!(peer, export = %neg.name, "client disconnected"),
-                TransmissionEnd::Failed(why) => {
-                    warn!(peer, export = %neg.name, "closing NBD connection: {why}")
-                }
-            }
-        }
+    let server_time = ServerTime::default();
+    let reader = FrameReader::new(Deadline::new(
+        read_half,
+        connected,
+        limit,
+        server_time.clone(),
+    ));
+    let writer = Deadline::new(write_half, connected, limit, server_time.clone());
+    let conn = Conn {
+        ctx: &ctx,
+        stream: &stream,
+        peer: &peer,
+        server_time,
+    };
+    match conn.serve(reader, writer) {
+        Ok(()) => {}
         Err(HandshakeEnd::Quiet) => debug!(peer, "client left during the handshake"),
         Err(HandshakeEnd::Failed(why)) => {
             warn!(peer, "closing NBD connection during the handshake: {why}")
         }
     }
     stream.shutdown(Shutdown::Both);
+}
+
+/// One connection being served.
+struct Conn<'a> {
+    ctx: &'a ConnCtx,
+    /// The socket (a clone of the halves), for timeouts and to close it.
+    stream: &'a Stream,
+    peer: &'a str,
+    /// Time spent looking exports up, which the handshake's deadline does not count.
+    server_time: ServerTime,
+}
+
+/// The server's exports, with the time each lookup takes counted as the server's own: a
+/// lookup may open a volume (on a shared store, take it over and replay its journal), which
+/// must not eat into the time the client has for its handshake.
+struct TimedExports<'a> {
+    exports: &'a dyn Exports,
+    time: &'a ServerTime,
+}
+
+impl Exports for TimedExports<'_> {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        self.time.count(|| self.exports.lookup(name))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.time.count(|| self.exports.names())
+    }
+}
+
+impl Conn<'_> {
+    /// The handshake, a TLS upgrade if the server requires it, then transmission.
+    fn serve(
+        &self,
+        mut reader: FrameReader<Deadline>,
+        mut writer: Deadline,
+    ) -> Result<(), HandshakeEnd> {
+        let exports = TimedExports {
+            exports: &*self.ctx.exports,
+            time: &self.server_time,
+        };
+        let mut hs = ServerHandshake::new(&exports);
+        if self.ctx.tls.is_some() {
+            hs.require_tls();
+        }
+        hs.set_client_flags(handshake::greet(&mut reader, &mut writer)?);
+        let neg = match handshake::haggle(&mut reader, &mut writer, &mut hs)? {
+            Haggled::Transmission(neg) => neg,
+            Haggled::StartTls => return self.serve_tls(reader, writer, hs),
+        };
+        reader.get_mut().lift();
+        self.transmit(&mut reader, writer.into_inner(), &neg);
+        Ok(())
+    }
+
+    /// Everything after the `NBD_REP_ACK` to `NBD_OPT_STARTTLS`.
+    fn serve_tls(
+        &self,
+        reader: FrameReader<Deadline>,
+        writer: Deadline,
+        mut hs: ServerHandshake<'_>,
+    ) -> Result<(), HandshakeEnd> {
+        let Some(tls) = &self.ctx.tls else {
+            return Err(HandshakeEnd::Failed("STARTTLS accepted without TLS".into()));
+        };
+        // The client must wait for the reply before its TLS handshake: bytes already here
+        // were sent in plain text after STARTTLS, and must not be taken as coming through TLS.
+        if reader.has_buffered() {
+            return Err(HandshakeEnd::Failed(
+                "the client sent data after NBD_OPT_STARTTLS without waiting for the reply".into(),
+            ));
+        }
+        let (tls_reader, mut writer) =
+            tls_stream::accept(tls.config(), reader.into_inner(), writer)
+                .map_err(|e| HandshakeEnd::Failed(format!("TLS handshake failed: {e}")))?;
+        debug!(peer = self.peer, "TLS session established");
+        let session = writer.session();
+        hs.tls_started();
+        let mut reader = FrameReader::new(tls_reader);
+        let haggled = handshake::haggle(&mut reader, &mut writer, &mut hs);
+        if let Ok(Haggled::Transmission(neg)) = &haggled {
+            reader.get_mut().lift();
+            self.transmit(&mut reader, writer, neg);
+        }
+        session.close();
+        match haggled? {
+            Haggled::Transmission(_) => Ok(()),
+            // The handshake state refuses a second STARTTLS.
+            Haggled::StartTls => Err(HandshakeEnd::Failed("a second STARTTLS".into())),
+        }
+    }
+
+    fn transmit<R: io::Read, W: io::Write + Send>(
+        &self,
+        reader: &mut FrameReader<R>,
+        writer: W,
+        neg: &Negotiated,
+    ) {
+        let peer = self.peer;
+        debug!(peer, export = %neg.name, structured = neg.structured, "transmission starts");
+        // Idle connections in transmission have no read timeout (see WRITE_TIMEOUT).
+        if let Err(e) = self.stream.set_timeouts(None, Some(WRITE_TIMEOUT)) {
+            warn!(peer, error = %e, "cannot clear the handshake timeout");
+            return;
+        }
+        let kill = || self.stream.shutdown(Shutdown::Both);
+        match transmission::serve(
+            reader,
+            writer,
+            neg,
+            transmission::Dispatch::Pool(self.ctx.limits.max_in_flight),
+            peer,
+            &kill,
+        ) {
+            TransmissionEnd::Clean => debug!(peer, export = %neg.name, "client disconnected"),
+            TransmissionEnd::Failed(why) => {
+                warn!(peer, export = %neg.name, "closing NBD connection: {why}")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::Decoded;
@@ -110,6 +112,16 @@ impl<R: Read> FrameReader<R> {
         &mut self.inner
     }
 
+    /// True when bytes were read from the stream that no frame has used yet.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The stream the bytes come from, giving up any buffered bytes.
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Reads and drops the next `n` bytes of the stream.
     pub(crate) fn discard<E>(&mut self, mut n: u64) -> Result<(), ReadError<E>> {
         let mut scratch = vec![0u8; READ_CHUNK.min(n as usize)];
@@ -208,20 +220,52 @@ impl Write for Stream {
 /// deadline has passed. A socket timeout alone limits each read, not their sum: a client
 /// sending one byte every few seconds would never trip it. So before every call the socket's
 /// timeout is set to the time left.
+///
+/// The time the server itself spends answering (looking an export up, which may open a volume
+/// and replay its journal) is the server's, not the client's: it moves the deadline back.
 #[derive(Debug)]
 pub(crate) struct Deadline {
     stream: Stream,
     /// When the time is up, and the limit it was derived from (for the error message);
     /// `None` once lifted.
     until: Option<(Instant, Duration)>,
+    /// The server's own time so far, which the deadline is moved back by.
+    server_time: ServerTime,
+}
+
+/// The time a connection's server side has spent on its own work during the handshake,
+/// shared by both halves' deadlines and the code that does that work.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerTime(Arc<AtomicU64>);
+
+impl ServerTime {
+    /// Runs `work`, counting its duration as the server's.
+    pub(crate) fn count<T>(&self, work: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = work();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+        out
+    }
+
+    fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
 }
 
 impl Deadline {
-    /// `stream`, which must be done with within `limit` of `start`.
-    pub(crate) fn new(stream: Stream, start: Instant, limit: Duration) -> Self {
+    /// `stream`, which must be done with within `limit` of `start`, plus whatever
+    /// `server_time` counts.
+    pub(crate) fn new(
+        stream: Stream,
+        start: Instant,
+        limit: Duration,
+        server_time: ServerTime,
+    ) -> Self {
         Deadline {
             stream,
             until: Some((start + limit, limit)),
+            server_time,
         }
     }
 
@@ -246,6 +290,7 @@ impl Deadline {
             return op(&mut self.stream);
         };
         loop {
+            let until = until + self.server_time.total();
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -351,7 +396,7 @@ mod tests {
         });
         let start = Instant::now();
         let limit = Duration::from_millis(300);
-        let mut d = Deadline::new(Stream::Unix(ours), start, limit);
+        let mut d = Deadline::new(Stream::Unix(ours), start, limit, ServerTime::default());
         let mut got = 0;
         let err = loop {
             match d.read(&mut [0u8; 16]) {
@@ -372,7 +417,12 @@ mod tests {
     #[test]
     fn a_lifted_deadline_no_longer_limits_reads() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let mut d = Deadline::new(Stream::Unix(ours), Instant::now(), Duration::ZERO);
+        let mut d = Deadline::new(
+            Stream::Unix(ours),
+            Instant::now(),
+            Duration::ZERO,
+            ServerTime::default(),
+        );
         assert_eq!(
             d.read(&mut [0u8; 1]).unwrap_err().kind(),
             io::ErrorKind::TimedOut

@@ -157,6 +157,12 @@ Examples:
   snapvol serve                                 every volume on nbd://127.0.0.1:10809/
   snapvol serve --listen 0.0.0.0:10809 --unix /run/snapvol.sock
   snapvol serve --max-connections 16            at most 16 NBD connections at once
+  snapvol serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem
+                                                TLS required; add --tls-ca ca-cert.pem to
+                                                require client certificates of that CA
+  nbdinfo 'nbds://HOST:10809/vol?tls-certificates=DIR'
+                                                a TLS client; DIR holds ca-cert.pem,
+                                                client-cert.pem and client-key.pem
   qemu-img info nbd://127.0.0.1:10809/vol       the live volume (read-write)
   qemu-io -f raw -c 'write -P 0xaa 0 1M' nbd://127.0.0.1:10809/vol
   snapvol snapshot create vol@s1                taken by the server, consistent under I/O
@@ -166,8 +172,18 @@ Exports are named VOL (read-write) and VOL@SNAP (read-only); a snapshot taken wh
 is exported at once. Besides base:allocation, VOL offers the block-status context \
 qemu:dirty-bitmap:SNAP for every snapshot SNAP (the chunks changed since SNAP), and VOL@B one for \
 every snapshot older than B (changed between SNAP and B), for incremental backups. On an empty store, serve creates a 10G volume named 'vol' (sparse). While \
-it runs, info and snapshot commands go to the server through STORE/control.sock. SIGTERM or \
-SIGINT stops accepting, finishes the requests in flight, destages every volume and exits 0.";
+it runs, info and snapshot commands go to the server through STORE/control.sock (a Unix socket \
+only the server's user can use). SIGTERM or SIGINT stops accepting, finishes the requests in \
+flight, destages every volume and exits 0.
+
+NBD itself has no authentication: anyone who can reach the port can read and write every \
+volume. Listening on anything but a loopback address without TLS logs a warning. With \
+--tls-cert and --tls-key, TLS is required (the NBD spec's NBD_OPT_STARTTLS, as qemu-nbd and \
+nbdkit do it), and --tls-ca also requires a client certificate from that CA. SIGHUP reloads the \
+certificate, key and CA from the same files: new connections use them, open ones carry on; a \
+file that cannot be read or used is logged and the old ones are kept. scripts/tls-certs.sh \
+makes a CA and certificates with openssl. Pre-shared keys (--tls-psk) are not offered: rustls \
+has no external pre-shared keys.";
 
 /// Parses a size argument for clap.
 fn size_arg(s: &str) -> Result<u64, SizeError> {
@@ -268,6 +284,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = snapvol_nbd::server::DEFAULT_MAX_CONNECTIONS,
           value_parser = at_least_one)]
     pub max_connections: usize,
+
+    /// Require TLS on every NBD connection, with this server certificate (PEM; the chain,
+    /// the server's own certificate first). Its subject alternative names must include the
+    /// name or IP address clients connect to. Needs --tls-key. Clients connect with
+    /// nbds://HOST:PORT/VOL (libnbd) or tls-creds (qemu); plain nbd:// clients are refused.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Keep it readable by the
+    /// server's user only.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Also require a client certificate signed by this CA (PEM, one or more certificates):
+    /// clients without one, or with one from another CA, fail the TLS handshake.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<snapvol_nbd::TlsFiles> {
+        Some(snapvol_nbd::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_ca.clone(),
+        })
+    }
 }
 
 /// Parses a count that must be 1 or more.
@@ -520,6 +564,36 @@ mod tests {
         assert_eq!(parse(&["--max-connections", "2"]).expect("2"), 2);
         let err = parse(&["--max-connections", "0"]).expect_err("0");
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_its_key_and_a_client_ca_needs_both() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["snapvol", "serve"].iter().chain(args)).map(|c| match c.command {
+                Command::Serve(a) => a.tls_files(),
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(parse(&[]).expect("no TLS"), None);
+        let files = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .expect("TLS")
+        .expect("TLS files");
+        assert_eq!(files.client_ca, Some(PathBuf::from("ca.pem")));
+        for incomplete in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-ca", "ca.pem"],
+        ] {
+            let err = parse(incomplete).expect_err("incomplete TLS flags");
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The handshake phase: fixed newstyle negotiation with option haggling.
 //!
 //! [`frame`] holds the bytes; [`ServerHandshake`] (in `options`) is the server's state
-//! machine, which turns one option into its replies without doing I/O; `run` drives it over
-//! a stream.
+//! machine, which turns one option into its replies without doing I/O; `greet` and `haggle`
+//! drive it over a stream (the server runs the TLS handshake between two `haggle`s when the
+//! client starts TLS).
 
 pub mod frame;
 mod options;
@@ -12,7 +13,7 @@ pub use options::ServerHandshake;
 use std::io::{Read, Write};
 
 use crate::device::BlockDevice;
-use crate::exports::{Export, Exports};
+use crate::exports::Export;
 use crate::proto::*;
 use crate::stream::{FrameReader, ReadError};
 use frame::HandshakeError;
@@ -60,6 +61,18 @@ pub enum Step {
     Close(String),
     /// Enter transmission after sending the replies.
     Transmission(Box<Negotiated>),
+    /// After sending the replies (`NBD_REP_ACK` to `NBD_OPT_STARTTLS`), run a TLS handshake;
+    /// every byte after it goes through TLS.
+    StartTls,
+}
+
+/// How option haggling ended, when it did not fail.
+#[derive(Debug)]
+pub(crate) enum Haggled {
+    /// The client entered transmission.
+    Transmission(Box<Negotiated>),
+    /// The client asked for TLS and was told yes: the TLS handshake comes next.
+    StartTls,
 }
 
 /// The transmission flags advertised for `device` (proto.md "Transmission flags": set only
@@ -116,20 +129,26 @@ impl From<std::io::Error> for HandshakeEnd {
     }
 }
 
-/// Runs the server's side of the handshake over a stream. Returns what was negotiated when
-/// the client enters transmission.
-pub(crate) fn run<R: Read, W: Write>(
+/// Sends the server's greeting and reads the client's flags.
+pub(crate) fn greet<R: Read, W: Write>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
-    exports: &dyn Exports,
-) -> Result<Negotiated, HandshakeEnd> {
-    let mut out = Vec::with_capacity(256);
+) -> Result<u32, HandshakeEnd> {
+    let mut out = Vec::with_capacity(32);
     frame::encode_greeting(&mut out, HANDSHAKE_FLAGS);
     writer.write_all(&out)?;
     writer.flush()?;
-    let flags = reader.frame(|b| frame::parse_client_flags(b, HANDSHAKE_FLAGS))?;
-    let mut hs = ServerHandshake::new(exports);
-    hs.set_client_flags(flags);
+    Ok(reader.frame(|b| frame::parse_client_flags(b, HANDSHAKE_FLAGS))?)
+}
+
+/// Runs option haggling over a stream until the client enters transmission or (when `hs`
+/// requires TLS) is told to start TLS.
+pub(crate) fn haggle<R: Read, W: Write>(
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    hs: &mut ServerHandshake<'_>,
+) -> Result<Haggled, HandshakeEnd> {
+    let mut out = Vec::with_capacity(256);
     loop {
         let header = reader.frame(frame::parse_option_header)?;
         out.clear();
@@ -147,7 +166,8 @@ pub(crate) fn run<R: Read, W: Write>(
             Step::Continue => {}
             Step::Abort => return Err(HandshakeEnd::Quiet),
             Step::Close(why) => return Err(HandshakeEnd::Failed(why)),
-            Step::Transmission(n) => return Ok(*n),
+            Step::Transmission(n) => return Ok(Haggled::Transmission(n)),
+            Step::StartTls => return Ok(Haggled::StartTls),
         }
     }
 }

@@ -23,9 +23,21 @@ fn available_contexts(export: &Export) -> Vec<String> {
     all
 }
 
+/// Where a connection stands with TLS (proto.md "Server-side requirements").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// NOTLS: the server has no TLS; `NBD_OPT_STARTTLS` is unsupported.
+    Off,
+    /// FORCEDTLS before the upgrade: nothing but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT`.
+    Required,
+    /// FORCEDTLS after the upgrade: every option as usual, a second STARTTLS is invalid.
+    Active,
+}
+
 /// The server's side of option haggling, one option at a time, without I/O.
 pub struct ServerHandshake<'a> {
     exports: &'a dyn Exports,
+    tls: Tls,
     no_zeroes: bool,
     structured: bool,
     /// The export name and contexts of the last successful `NBD_OPT_SET_META_CONTEXT`.
@@ -35,6 +47,7 @@ pub struct ServerHandshake<'a> {
 impl std::fmt::Debug for ServerHandshake<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandshake")
+            .field("tls", &self.tls)
             .field("no_zeroes", &self.no_zeroes)
             .field("structured", &self.structured)
             .field("meta", &self.meta)
@@ -60,15 +73,59 @@ fn invalid(out: &mut Vec<u8>, option: u32, e: &OptionDataError) {
     );
 }
 
+fn tls_required(option: u32, out: &mut Vec<u8>) -> Step {
+    error(
+        out,
+        option,
+        NBD_REP_ERR_TLS_REQD,
+        "this server requires TLS: send NBD_OPT_STARTTLS first",
+    );
+    Step::Continue
+}
+
+/// An option before the TLS upgrade of a server that requires TLS (proto.md "FORCEDTLS
+/// mode"); `None` for `NBD_OPT_ABORT`, which is served as usual.
+fn before_tls(option: u32, data: &[u8], out: &mut Vec<u8>) -> Option<Step> {
+    Some(match option {
+        NBD_OPT_ABORT => return None,
+        NBD_OPT_STARTTLS if !data.is_empty() => {
+            error(out, option, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
+            Step::Continue
+        }
+        NBD_OPT_STARTTLS => {
+            reply(out, option, NBD_REP_ACK, &[]);
+            Step::StartTls
+        }
+        // It cannot be answered with an error: the spec says to end the session.
+        NBD_OPT_EXPORT_NAME => {
+            Step::Close("NBD_OPT_EXPORT_NAME without TLS, which this server requires".into())
+        }
+        _ => tls_required(option, out),
+    })
+}
+
 impl<'a> ServerHandshake<'a> {
     /// A fresh negotiation against `exports`.
     pub fn new(exports: &'a dyn Exports) -> Self {
         ServerHandshake {
             exports,
+            tls: Tls::Off,
             no_zeroes: false,
             structured: false,
             meta: None,
         }
+    }
+
+    /// Requires TLS: until [`tls_started`](Self::tls_started), every option but
+    /// `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` is refused (FORCEDTLS).
+    pub fn require_tls(&mut self) {
+        self.tls = Tls::Required;
+    }
+
+    /// The TLS handshake that followed [`Step::StartTls`] succeeded: options are served.
+    pub fn tls_started(&mut self) {
+        debug_assert_eq!(self.tls, Tls::Required);
+        self.tls = Tls::Active;
     }
 
     /// Records the client's flags (already validated by [`frame::parse_client_flags`]).
@@ -81,6 +138,9 @@ impl<'a> ServerHandshake<'a> {
         if option == NBD_OPT_EXPORT_NAME {
             return Step::Close("export name too long".into());
         }
+        if self.tls == Tls::Required && option != NBD_OPT_STARTTLS {
+            return tls_required(option, out);
+        }
         if option == NBD_OPT_SET_META_CONTEXT {
             self.meta = None;
         }
@@ -90,6 +150,11 @@ impl<'a> ServerHandshake<'a> {
 
     /// Handles one option, appending its replies to `out`.
     pub fn handle_option(&mut self, option: u32, data: &[u8], out: &mut Vec<u8>) -> Step {
+        if self.tls == Tls::Required {
+            if let Some(step) = before_tls(option, data, out) {
+                return step;
+            }
+        }
         match option {
             NBD_OPT_EXPORT_NAME => self.export_name(data, out),
             NBD_OPT_ABORT => {
@@ -136,8 +201,13 @@ impl<'a> ServerHandshake<'a> {
                 self.set_meta_context(data, out);
                 Step::Continue
             }
+            NBD_OPT_STARTTLS if self.tls == Tls::Active => {
+                error(out, option, NBD_REP_ERR_INVALID, "TLS is already active");
+                Step::Continue
+            }
             _ => {
-                // STARTTLS, EXTENDED_HEADERS and anything unknown (proto.md "NOTLS mode").
+                // STARTTLS without TLS (proto.md "NOTLS mode"), EXTENDED_HEADERS, anything
+                // unknown.
                 error(
                     out,
                     option,
@@ -408,6 +478,128 @@ mod tests {
             assert_eq!(types(&r), vec![NBD_REP_ERR_UNSUP]);
             assert_eq!(r[0].option, option);
         }
+    }
+
+    /// Every option a client may send before STARTTLS, with valid data for each.
+    fn options_before_tls() -> Vec<(u32, Vec<u8>)> {
+        let go = encode_info_request(&InfoRequest {
+            name: "vol".into(),
+            requests: vec![],
+        });
+        vec![
+            (NBD_OPT_LIST, vec![]),
+            (NBD_OPT_INFO, go.clone()),
+            (NBD_OPT_GO, go),
+            (NBD_OPT_STRUCTURED_REPLY, vec![]),
+            (NBD_OPT_LIST_META_CONTEXT, meta("vol", &[])),
+            (NBD_OPT_SET_META_CONTEXT, meta("vol", &["base:allocation"])),
+            (NBD_OPT_EXTENDED_HEADERS, vec![]),
+            (999, b"junk".to_vec()),
+        ]
+    }
+
+    #[test]
+    fn before_starttls_a_server_requiring_tls_refuses_every_option_with_tls_reqd() {
+        let map = exports();
+        let mut hs = ServerHandshake::new(&map);
+        hs.require_tls();
+        for (option, data) in options_before_tls() {
+            let (step, r) = answer(&mut hs, option, &data);
+            assert!(matches!(step, Step::Continue), "option {option}");
+            assert_eq!(r, [NBD_REP_ERR_TLS_REQD], "option {option}");
+        }
+        // Too long to read, still TLS_REQD, not TOO_BIG.
+        let mut out = Vec::new();
+        hs.option_too_big(NBD_OPT_GO, &mut out);
+        assert_eq!(types(&replies(&out)), vec![NBD_REP_ERR_TLS_REQD]);
+        // Nothing was negotiated in plain text that could carry over into TLS.
+        assert!(!hs.structured && hs.meta.is_none());
+    }
+
+    #[test]
+    fn export_name_without_tls_closes_the_connection_without_a_byte_of_export_data() {
+        let map = exports();
+        let mut hs = ServerHandshake::new(&map);
+        hs.require_tls();
+        let mut out = Vec::new();
+        assert!(matches!(
+            hs.handle_option(NBD_OPT_EXPORT_NAME, b"vol", &mut out),
+            Step::Close(_)
+        ));
+        assert!(out.is_empty());
+    }
+
+    /// The step an option leads to, and the types of its replies.
+    fn answer(hs: &mut ServerHandshake<'_>, option: u32, data: &[u8]) -> (Step, Vec<u32>) {
+        let mut out = Vec::new();
+        let step = hs.handle_option(option, data, &mut out);
+        (step, types(&replies(&out)))
+    }
+
+    #[test]
+    fn starttls_is_acknowledged_once_and_invalid_with_data_or_after_tls() {
+        let map = exports();
+        let mut hs = ServerHandshake::new(&map);
+        hs.require_tls();
+        let (step, r) = answer(&mut hs, NBD_OPT_STARTTLS, b"x");
+        assert!(matches!(step, Step::Continue) && r == [NBD_REP_ERR_INVALID]);
+        let (step, r) = answer(&mut hs, NBD_OPT_STARTTLS, b"");
+        assert!(matches!(step, Step::StartTls) && r == [NBD_REP_ACK]);
+        hs.tls_started();
+        let (step, r) = answer(&mut hs, NBD_OPT_STARTTLS, b"");
+        assert!(matches!(step, Step::Continue) && r == [NBD_REP_ERR_INVALID]);
+        // Through TLS, options are served as usual.
+        go("vol", &mut hs);
+    }
+
+    mod before_tls_property {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever options a client sends, and with whatever data, until it starts TLS it
+            /// gets no reply but TLS_REQD (or ACK to ABORT, INVALID to STARTTLS with data), and
+            /// never enters transmission.
+            #[test]
+            fn no_option_sequence_reaches_transmission_in_plain_text(
+                options in proptest::collection::vec(
+                    (prop_oneof![1u32..=12, any::<u32>()], proptest::collection::vec(any::<u8>(), 0..24)),
+                    1..12,
+                )
+            ) {
+                let map = exports();
+                let mut hs = ServerHandshake::new(&map);
+                hs.require_tls();
+                for (option, data) in options {
+                    let (step, r) = answer(&mut hs, option, &data);
+                    match step {
+                        Step::Transmission(_) => prop_assert!(false, "transmission in plain text"),
+                        Step::StartTls | Step::Abort => {
+                            prop_assert_eq!(r, vec![NBD_REP_ACK]);
+                            break;
+                        }
+                        Step::Close(_) => {
+                            prop_assert_eq!(option, NBD_OPT_EXPORT_NAME);
+                            prop_assert!(r.is_empty());
+                            break;
+                        }
+                        Step::Continue if option == NBD_OPT_STARTTLS => {
+                            prop_assert_eq!(r, vec![NBD_REP_ERR_INVALID]);
+                        }
+                        Step::Continue => prop_assert_eq!(r, vec![NBD_REP_ERR_TLS_REQD]),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn abort_is_acknowledged_before_tls_too() {
+        let map = exports();
+        let mut hs = ServerHandshake::new(&map);
+        hs.require_tls();
+        let (step, r) = answer(&mut hs, NBD_OPT_ABORT, b"ignored");
+        assert!(matches!(step, Step::Abort) && r == [NBD_REP_ACK]);
     }
 
     #[test]

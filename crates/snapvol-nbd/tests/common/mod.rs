@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use snapvol_nbd::{Export, ExportMap, MemDevice, RunningServer, Server};
+use snapvol_nbd::{Export, ExportMap, MemDevice, RunningServer, Server, ServerBuilder};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -122,11 +122,17 @@ pub fn wait_for_event(message: &str, fields: &[(&str, &str)]) -> Event {
 
 /// Serves `exports` on 127.0.0.1 with a port the kernel picks.
 pub fn serve(exports: Arc<ExportMap>) -> Harness {
+    serve_with(exports, |b| b)
+}
+
+/// [`serve`] with the builder configured further by `configure`.
+pub fn serve_with(
+    exports: Arc<ExportMap>,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> Harness {
     init_tracing();
-    let server = Server::builder(exports.clone())
-        .tcp("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .expect("bind the NBD server");
+    let builder = Server::builder(exports.clone()).tcp("127.0.0.1:0".parse().unwrap());
+    let server = configure(builder).bind().expect("bind the NBD server");
     let addr = server.local_addr().unwrap();
     Harness {
         server: server.spawn().expect("start the NBD server"),
@@ -210,4 +216,36 @@ pub fn qemu_io(args: &[&str], uri: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Certificates made with the project's `scripts/tls-certs.sh` (openssl) in a temporary
+/// directory: a CA in `ca/`, a server certificate for 127.0.0.1 and localhost in `server/`,
+/// a client of that CA in `client/`, and a client of another CA (`other-ca/`) in `other/`.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        require("openssl", "openssl");
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.make(&["ca", "ca"]);
+        pki.make(&["server", "server", "ca", "IP:127.0.0.1,DNS:localhost"]);
+        pki.make(&["client", "client", "ca"]);
+        pki.make(&["ca", "other-ca", "another CA"]);
+        pki.make(&["client", "other", "other-ca"]);
+        pki
+    }
+
+    /// Runs `scripts/tls-certs.sh ARGS` in the directory.
+    pub fn make(&self, args: &[&str]) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/tls-certs.sh");
+        run_ok(Command::new(script).current_dir(self.dir.path()).args(args));
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
 }

@@ -2,11 +2,13 @@
 //! clients never take.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use snapvol_nbd::handshake::frame::{self as hf, InfoRequest, MetaContextRequest, OptionReply};
 use snapvol_nbd::proto::*;
 use snapvol_nbd::transmission::frame::{self as tf, Command, ReplyHeader, Request};
@@ -58,6 +60,27 @@ impl Client {
         c
     }
 
+    /// Sends `NBD_OPT_STARTTLS`, which must be acknowledged, and runs the TLS handshake as
+    /// `config` says; from then on everything goes through TLS. Returns the handshake's error.
+    pub(crate) fn starttls(&mut self, config: Arc<ClientConfig>) -> Result<(), rustls::Error> {
+        let r = self.option(NBD_OPT_STARTTLS, &[]);
+        assert_eq!(Client::last_type(&r), NBD_REP_ACK, "{r:?}");
+        assert!(self.buf.is_empty(), "the server sent more than the ACK");
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = ClientConnection::new(config, name).unwrap();
+        let mut sock = std::mem::replace(&mut self.s, Box::new(std::io::Cursor::new(Vec::new())));
+        while tls.is_handshaking() {
+            if let Err(e) = tls.complete_io(&mut sock) {
+                let why = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+                return Err(why
+                    .cloned()
+                    .unwrap_or(rustls::Error::General(e.to_string())));
+            }
+        }
+        self.s = Box::new(StreamOwned::new(tls, sock));
+        Ok(())
+    }
+
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).unwrap();
     }
@@ -93,17 +116,28 @@ impl Client {
         })
     }
 
-    /// True when the server closes the connection (within the read timeout).
-    pub(crate) fn closed(&mut self) -> bool {
+    /// Reads and drops bytes until the end of the stream (true) or an error, which counts as
+    /// the end when `ends` says so.
+    fn drain_to_end(&mut self, ends: impl Fn(&std::io::Error) -> bool) -> bool {
         let mut b = [0u8; 1024];
         loop {
             match self.s.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
+                Err(e) => return ends(&e),
             }
         }
+    }
+
+    /// True when the server closes the connection (within the read timeout).
+    pub(crate) fn closed(&mut self) -> bool {
+        self.drain_to_end(|e| e.kind() == ErrorKind::ConnectionReset)
+    }
+
+    /// True once the server ends the session, by closing it or with a TLS alert; false if
+    /// it is still silent after the socket's read timeout.
+    pub(crate) fn ended(&mut self) -> bool {
+        self.drain_to_end(|e| !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
     }
 
     /// Sends an option and collects replies up to the final one (ACK or error).

@@ -22,6 +22,12 @@ fn replies_come_back_out_of_order_when_an_earlier_request_is_slow() {
     let h = serve(one_export("g", dev.clone()));
     let mut c = Client::tcp(h.addr);
     c.go("g", true, &[]);
+    second_read_overtakes_a_gated_first(&mut c, &dev);
+}
+
+/// Sends a read the device holds at its gate and a second one; the second is answered first,
+/// the first once the gate is released, and then nothing more is sent.
+pub(crate) fn second_read_overtakes_a_gated_first(c: &mut Client, dev: &GatedDevice) {
     c.request(Command::Read, 0, 1, 0, 4096);
     dev.wait_entered();
     c.request(Command::Read, 0, 2, 4096, 4096);

@@ -8,27 +8,14 @@ use std::time::{Duration, Instant};
 use snapvol_nbd::handshake::frame::{self as hf, InfoRequest};
 use snapvol_nbd::proto::*;
 use snapvol_nbd::transmission::frame::Command;
-use snapvol_nbd::{ExportMap, Server};
+use snapvol_nbd::{Export, ExportMap, Exports, Server};
 
 use crate::client::Client;
 use crate::common::*;
 
-/// A server on 127.0.0.1 with a port the kernel picks, configured by `configure`.
-fn serve_with(
-    exports: Arc<ExportMap>,
-    configure: impl FnOnce(snapvol_nbd::ServerBuilder) -> snapvol_nbd::ServerBuilder,
-) -> (snapvol_nbd::RunningServer, SocketAddr) {
-    init_tracing();
-    let server = configure(Server::builder(exports).tcp("127.0.0.1:0".parse().unwrap()))
-        .bind()
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    (server.spawn().unwrap(), addr)
-}
-
 /// True when the server has closed `s` (end of stream or reset), false when it is still
 /// open; waits at most `wait` for the answer.
-fn closed_within(s: &TcpStream, wait: Duration) -> bool {
+pub(crate) fn closed_within(s: &TcpStream, wait: Duration) -> bool {
     s.set_read_timeout(Some(wait)).unwrap();
     let mut b = [0u8; 64];
     loop {
@@ -56,7 +43,8 @@ fn closed_within(s: &TcpStream, wait: Duration) -> bool {
 fn a_client_trickling_its_handshake_is_closed_at_the_deadline_while_others_are_served() {
     let limit = Duration::from_secs(2);
     let (exports, _, _) = volume_and_snapshot(4096, vec![0; 4096]);
-    let (_server, addr) = serve_with(exports, |b| b.handshake_timeout(limit));
+    let h = serve_with(exports, |b| b.handshake_timeout(limit));
+    let addr = h.addr;
 
     // A valid NBD_OPT_GO that asks for the export name 100 times: 229 bytes with the client
     // flags, which at one byte every 50 ms would take more than 11 s.
@@ -134,7 +122,8 @@ fn greeted(addr: SocketAddr) -> Option<TcpStream> {
 #[test]
 fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_carry_on() {
     let (exports, vol, _) = volume_and_snapshot(8192, vec![0; 4096]);
-    let (_server, addr) = serve_with(exports, |b| b.max_connections(2));
+    let h = serve_with(exports, |b| b.max_connections(2));
+    let addr = h.addr;
     let mut a = Client::tcp(addr);
     a.go("vol", true, &[]);
     // A connection still in its handshake counts too.
@@ -169,4 +158,65 @@ fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_ca
     c.go("vol", false, &[]);
     c.request(Command::Read, 0, 3, 4096, 16);
     assert_eq!(c.reply().data, vec![2; 16]);
+}
+
+/// Exports whose lookup takes the server `delay`, as opening a volume does when the lookup
+/// takes it over from a dead holder and replays its journal.
+struct SlowExports {
+    inner: Arc<ExportMap>,
+    delay: Duration,
+}
+
+impl Exports for SlowExports {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        std::thread::sleep(self.delay);
+        self.inner.lookup(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+}
+
+/// What broke: a client whose export the server took longer than the handshake's limit to
+/// open (a takeover replaying a long journal) was closed for being slow, although the time was
+/// the server's. The server's own time does not count; the client's still does.
+#[test]
+fn the_time_a_lookup_takes_the_server_does_not_count_against_the_clients_handshake() {
+    init_tracing();
+    let (exports, _, _) = volume_and_snapshot(4096, vec![5; 4096]);
+    let slow = Arc::new(SlowExports {
+        inner: exports,
+        delay: Duration::from_millis(1500),
+    });
+    let server = Server::builder(slow)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .handshake_timeout(Duration::from_secs(1))
+        .bind()
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let _running = server.spawn().unwrap();
+
+    // Two lookups (INFO, then GO) of 1.5 s each against a 1 s limit.
+    let started = Instant::now();
+    let mut c = Client::tcp(addr);
+    let info = c.option(
+        NBD_OPT_INFO,
+        &hf::encode_info_request(&InfoRequest {
+            name: "vol@snap".into(),
+            requests: vec![],
+        }),
+    );
+    assert_eq!(Client::last_type(&info), NBD_REP_ACK);
+    assert_eq!(c.go("vol@snap", false, &[]).0, 4096);
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    c.request(Command::Read, 0, 1, 0, 4096);
+    assert_eq!(c.reply().data, vec![5; 4096]);
+
+    // A client that is slow itself is still held to the limit.
+    let idle = TcpStream::connect(addr).unwrap();
+    assert!(
+        closed_within(&idle, Duration::from_secs(10)),
+        "a client that sent nothing was not closed at the deadline"
+    );
 }

@@ -5,8 +5,8 @@
 //! `client` holds the test client, `devices` the block devices that count, fail or wait on
 //! cue; the tests are grouped by what they exercise: `handshake` (options and the ways into
 //! transmission), `requests` (replies to requests, right and wrong), `connections` (requests
-//! in flight, misbehaving clients, shutdown) and `limits` (the handshake deadline and the
-//! connection limit).
+//! in flight, misbehaving clients, shutdown), `limits` (the handshake deadline and the
+//! connection limit) and `tls` (a server that requires TLS).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,3 +17,4 @@ mod devices;
 mod handshake;
 mod limits;
 mod requests;
+mod tls;

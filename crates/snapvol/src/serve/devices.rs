@@ -234,8 +234,15 @@ impl StoreExports {
         if let Some(v) = volumes.get(name) {
             return Ok(v.clone());
         }
+        let started = std::time::Instant::now();
         let v = Arc::new(self.store.open(name, VolumeOptions::default())?);
-        tracing::info!(volume = name, "volume opened for serving");
+        // On a shared store this may be a takeover a client's connection started: the
+        // catalog has logged the fencing, and `seconds` is the open (journal replay included).
+        tracing::info!(
+            volume = name,
+            seconds = started.elapsed().as_secs_f64(),
+            "volume opened for serving"
+        );
         volumes.insert(name.to_owned(), v.clone());
         Ok(v)
     }

@@ -8,6 +8,7 @@ mod devices;
 pub mod diff_socket;
 pub mod image_stream;
 mod takeover;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,9 +28,11 @@ pub const DEFAULT_VOLUME: &str = "vol";
 pub const DEFAULT_SIZE: u64 = 10 << 30;
 
 /// Runs the server until SIGTERM or SIGINT, then stops accepting, finishes the requests in
-/// flight, destages every volume and returns.
+/// flight, destages every volume and returns. SIGHUP reloads the TLS credentials.
 pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     bound_allocator_retention();
+    // Bad TLS files are found before anything is opened.
+    let tls = args.tls_files().map(tls::Tls::load).transpose()?;
     store
         .prepare()
         .with_context(|| format!("cannot create the store {}", store.name()))?;
@@ -93,26 +96,40 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.unix {
         builder = builder.unix(path);
     }
+    tls::warn_if_exposed(addr, tls.is_some());
+    if let Some(tls) = &tls {
+        builder = builder.tls(tls.acceptor());
+    }
     let server = builder
         .bind()
         .with_context(|| format!("cannot listen on {addr}"))?;
     let shutdown = server.shutdown_handle();
 
-    // SIGTERM and SIGINT stop the server gracefully.
+    let scheme = if tls.is_some() { "nbds" } else { "nbd" };
+    // SIGTERM and SIGINT stop the server gracefully; SIGHUP reloads the TLS credentials.
     let stop = Arc::new(AtomicBool::new(false));
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
     let signal_handle = signals.handle();
     let flag = stop.clone();
     let watcher = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    match &tls {
+                        Some(tls) => tls.reload(),
+                        None => tracing::info!("SIGHUP: no TLS credentials to reload"),
+                    }
+                    continue;
+                }
                 tracing::info!(signal = sig, "stopping: finishing requests in flight");
                 flag.store(true, Ordering::SeqCst);
                 shutdown.shutdown();
+                break;
             }
         })?;
 
@@ -121,7 +138,7 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         .local_addr()
         .map_or(args.listen.clone(), |a| a.to_string());
     eprintln!(
-        "snapvol: serving {} from {} on nbd://{local}/ (export names: VOL, VOL@SNAP); Ctrl-C stops",
+        "snapvol: serving {} from {} on {scheme}://{local}/ (export names: VOL, VOL@SNAP); Ctrl-C stops",
         if names.is_empty() {
             "no volume".to_owned()
         } else {

@@ -10,8 +10,9 @@
 //! `bitmaps` (the `qemu:dirty-bitmap:SNAP` contexts through nbdinfo, qemu-img, python3-libnbd,
 //! an incremental backup, and under churn), `restore` (`diff` and `snapshot rollback`, served,
 //! offline and killed part-way), `workloads` (fio and ext4), `sigkill`, `control`
-//! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers)
-//! and `integrity` (a damaged journal or preserved chunk, a full file system); the helpers
+//! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers),
+//! `integrity` (a damaged journal or preserved chunk, a full file system) and `tls` (TLS
+//! with client certificates, SIGHUP reloading them); the helpers
 //! several of them use are below.
 
 #[path = "../serving/mod.rs"]
@@ -25,6 +26,7 @@ mod libnbd;
 mod qemu;
 mod restore;
 mod sigkill;
+mod tls;
 mod workloads;
 
 use crate::serving::*;

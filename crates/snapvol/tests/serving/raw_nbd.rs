@@ -18,6 +18,39 @@ pub struct RawNbd {
 
 const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
 
+/// Reads the server's greeting and answers with the client flags FIXED_NEWSTYLE | NO_ZEROES.
+fn hello(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).expect("server greeting");
+    assert_eq!(&greeting[..8], b"NBDMAGIC", "greeting");
+    s.write_all(&3u32.to_be_bytes()).expect("client flags");
+}
+
+/// An option request.
+fn option(option: u32, data: &[u8]) -> Vec<u8> {
+    let mut opt = Vec::new();
+    opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    opt.extend_from_slice(&option.to_be_bytes());
+    opt.extend_from_slice(&u32::try_from(data.len()).expect("len").to_be_bytes());
+    opt.extend_from_slice(data);
+    opt
+}
+
+/// Connects, sends NBD_OPT_EXPORT_NAME `export` as the first option and returns every byte
+/// the server sends after its greeting, up to the end of the connection.
+pub fn export_name_answer(port: u16, export: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    hello(&mut s);
+    s.write_all(&option(1, export.as_bytes()))
+        .expect("NBD_OPT_EXPORT_NAME");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("read until the server closes");
+    answer
+}
+
 impl RawNbd {
     /// Connects and selects `export` with NBD_OPT_GO; `Err` with the option error type when
     /// the server refuses it.
@@ -28,22 +61,12 @@ impl RawNbd {
 
     /// [`RawNbd::connect`] over a connection already made, whose greeting is not read yet.
     pub fn over(mut s: TcpStream, export: &str) -> Result<Self, u32> {
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut hello = [0u8; 18];
-        s.read_exact(&mut hello).expect("server greeting");
-        assert_eq!(&hello[..8], b"NBDMAGIC", "greeting");
-        // FIXED_NEWSTYLE | NO_ZEROES.
-        s.write_all(&3u32.to_be_bytes()).expect("client flags");
-        let mut opt = Vec::new();
-        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        opt.extend_from_slice(&7u32.to_be_bytes()); // NBD_OPT_GO
-        let len = u32::try_from(4 + export.len() + 2).expect("len");
-        opt.extend_from_slice(&len.to_be_bytes());
-        opt.extend_from_slice(&u32::try_from(export.len()).expect("len").to_be_bytes());
-        opt.extend_from_slice(export.as_bytes());
-        opt.extend_from_slice(&0u16.to_be_bytes());
-        s.write_all(&opt).expect("NBD_OPT_GO");
+        hello(&mut s);
+        let mut data = Vec::new();
+        data.extend_from_slice(&u32::try_from(export.len()).expect("len").to_be_bytes());
+        data.extend_from_slice(export.as_bytes());
+        data.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&option(7, &data)).expect("NBD_OPT_GO");
         let (mut flags, mut size) = (0, 0);
         loop {
             let mut head = [0u8; 20];

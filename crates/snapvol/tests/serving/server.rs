@@ -140,6 +140,12 @@ impl Server {
 
     /// [`Server::start`], logging to `log` in the environment's directory.
     pub fn start_logged(env: &Env, args: &[&str], log: &str) -> Server {
+        Self::start_on(env, "127.0.0.1", args, log)
+    }
+
+    /// [`Server::start_logged`] listening on `ip` (such as 0.0.0.0), which clients reach
+    /// through 127.0.0.1.
+    pub fn start_on(env: &Env, ip: &str, args: &[&str], log: &str) -> Server {
         let log = env.path(log);
         for _ in 0..8 {
             let port = free_port();
@@ -151,7 +157,7 @@ impl Server {
                 .expect("server log file");
             let child = env
                 .snapvol()
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["serve", "--listen", &format!("{ip}:{port}")])
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -163,7 +169,7 @@ impl Server {
                 port,
                 log: log.clone(),
             };
-            if server.wait_listening(start) {
+            if server.wait_listening(ip, start) {
                 return server;
             }
         }
@@ -171,9 +177,10 @@ impl Server {
     }
 
     /// True once the server listens; false when it lost its port to someone else.
-    fn wait_listening(&mut self, log_start: u64) -> bool {
+    fn wait_listening(&mut self, ip: &str, log_start: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let banner = format!("on nbd://127.0.0.1:{}/", self.port);
+        // nbd:// or, with TLS, nbds://.
+        let banner = format!("://{ip}:{}/", self.port);
         loop {
             let log = self.log_since(log_start);
             let child = self.child.as_mut().expect("server child");

@@ -19,7 +19,8 @@ fn package_of(tool: &str) -> &'static str {
         "fio" => "fio",
         "mkfs.ext4" | "e2fsck" | "debugfs" => "e2fsprogs",
         "mount" | "umount" | "losetup" => "mount",
-        "fallocate" => "util-linux",
+        "fallocate" | "setpriv" => "util-linux",
+        "openssl" => "openssl",
         "df" => "coreutils",
         other => panic!("the tests do not know which package provides {other}"),
     }

@@ -11,12 +11,19 @@
 //!   the target (and every copy's checksum is verified); `snapshot_read/live` reads the live
 //!   volume the same way, for comparison.
 //!
+//! - `snapshot_delete_index/{span,whole}`: what deleting one of 10,000 snapshots costs the
+//!   preservation index, which holds 64 copies for each of them (640,000 in all): the walk a
+//!   deletion does (`span`: the copies whose newest reader is the deleted snapshot) against
+//!   a walk of the whole index (`whole`, what deletions did before).
+//!
 //! Run: `cargo bench -p snapvol-engine --bench engine` (figures in docs/benchmarks.md).
 //! `SNAPVOL_BENCH_MIB` sets the overwrite volume size (default 256).
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use snapvol_engine::metadata::{Entry, Index, SnapshotMeta, SnapshotTable};
+use snapvol_engine::units::{ChunkIndex, SnapshotSeq, TargetSlot};
 use snapvol_engine::{CreateOptions, Store, Volume, VolumeOptions};
 
 const MIB: u64 = 1 << 20;
@@ -144,5 +151,62 @@ fn snapshot_read(c: &mut Criterion) {
     vol.close().expect("close");
 }
 
-criterion_group!(benches, overwrite, snapshot_create, snapshot_read);
+fn snapshot_delete_index(c: &mut Criterion) {
+    const SNAPS: u64 = 10_000;
+    const PER_SNAPSHOT: u64 = 64;
+    let mut group = c.benchmark_group("snapshot_delete_index");
+    group.sample_size(10);
+    // Snapshot s has 64 copies that only it reads (chunks written both before and after it);
+    // one in the middle is deleted, the table already without it.
+    let build = || {
+        let index = Index::default();
+        for s in 1..=SNAPS {
+            for k in 0..PER_SNAPSHOT {
+                let chunk = (s * 7919 + k * 104_729) % (1 << 24);
+                index.insert(
+                    ChunkIndex(chunk),
+                    Entry {
+                        lo: s,
+                        hi: s,
+                        slot: TargetSlot(s * PER_SNAPSHOT + k),
+                        crc: 0,
+                    },
+                );
+            }
+        }
+        index
+    };
+    let deleted = SnapshotSeq(SNAPS / 2);
+    let mut table = SnapshotTable::default();
+    for s in (1..=SNAPS).filter(|&s| s != deleted.0) {
+        table.push(SnapshotMeta {
+            seq: SnapshotSeq(s),
+            name: format!("s{s}"),
+            created: std::time::SystemTime::UNIX_EPOCH,
+        });
+    }
+    group.bench_function("span", |b| {
+        b.iter_batched_ref(
+            build,
+            |index| assert_eq!(index.remove_unreferenced_after(&table, deleted).len(), 64),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("whole", |b| {
+        b.iter_batched_ref(
+            build,
+            |index| assert_eq!(index.remove_unreferenced(&table).len(), 64),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    overwrite,
+    snapshot_create,
+    snapshot_read,
+    snapshot_delete_index
+);
 criterion_main!(benches);

@@ -224,6 +224,47 @@ impl Index {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Removes the copies that snapshot `deleted`, now gone from `table`, was the last live
+    /// reader of; returns their slots. Visits only the copies whose newest reader lies
+    /// between `deleted` and the next live snapshot: the others either do not cover
+    /// `deleted` or are still read by that next snapshot. So a deletion costs in proportion
+    /// to the copies of that snapshot, not to the index, given what every deletion keeps:
+    /// each copy in the index has a live reader (as [`Index::remove_unreferenced`] leaves
+    /// it after an open).
+    pub fn remove_unreferenced_after(
+        &self,
+        table: &SnapshotTable,
+        deleted: SnapshotSeq,
+    ) -> Vec<TargetSlot> {
+        let next = table
+            .range(deleted.0 + 1, u64::MAX)
+            .first()
+            .map_or(u64::MAX, |s| s.seq.0);
+        let mut freed = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.write();
+            let Shard { chunks, by_hi } = &mut *shard;
+            let span: Vec<(u64, u64)> = by_hi.range((deleted.0, 0)..(next, 0)).copied().collect();
+            for (hi, c) in span {
+                let Some(v) = chunks.get_mut(&c) else {
+                    continue;
+                };
+                let Ok(i) = v.binary_search_by_key(&hi, |e| e.hi) else {
+                    continue;
+                };
+                if table.count_alive(v[i].lo, hi) == 0 {
+                    freed.push(v.remove(i).slot);
+                    by_hi.remove(&(hi, c));
+                    if v.is_empty() {
+                        chunks.remove(&c);
+                    }
+                }
+            }
+        }
+        self.count.fetch_sub(freed.len(), Ordering::Relaxed);
+        freed
+    }
+
     /// Removes every copy that no live snapshot reads any more; returns their slots.
     pub fn remove_unreferenced(&self, table: &SnapshotTable) -> Vec<TargetSlot> {
         let mut freed = Vec::new();
@@ -503,6 +544,62 @@ pub(crate) mod tests {
         let freed = idx.remove_unreferenced(&table(&live));
         assert!(!freed.is_empty());
         check(&idx);
+    }
+
+    /// Deleting snapshots one at a time with the span walk leaves the same index, and frees
+    /// the same copies, as the whole-index walk, for random histories and deletion orders.
+    #[test]
+    fn a_deletion_frees_exactly_what_the_whole_index_walk_frees() {
+        use proptest::prelude::*;
+        let history = (
+            proptest::collection::vec(proptest::collection::vec(1u64..=24, 0..8), 1..40),
+            proptest::collection::vec(1u64..=24, 1..24),
+        );
+        proptest!(ProptestConfig::with_cases(300), |((chunks, deletions) in history)| {
+            let span = Index::default();
+            let whole = Index::default();
+            let mut slot = 0;
+            for (c, cuts) in chunks.iter().enumerate() {
+                // A chunk's copies: disjoint intervals, oldest first, as destaging makes them.
+                let mut cuts = cuts.clone();
+                cuts.sort_unstable();
+                cuts.dedup();
+                let mut lo = 1;
+                for hi in cuts {
+                    let e = Entry { lo, hi, slot: TargetSlot(slot), crc: 0 };
+                    slot += 1;
+                    span.insert(ChunkIndex(c as u64), e);
+                    whole.insert(ChunkIndex(c as u64), e);
+                    lo = hi + 1;
+                }
+            }
+            let mut live: Vec<u64> = (1..=24).collect();
+            let mut t = table(&live);
+            // What an open leaves: every copy has a live reader.
+            assert_eq!(span.remove_unreferenced(&t), vec![]);
+            whole.remove_unreferenced(&t);
+            for d in deletions {
+                let Some(at) = live.iter().position(|&s| s == d) else { continue };
+                live.remove(at);
+                t = table(&live);
+                let mut a = span.remove_unreferenced_after(&t, SnapshotSeq(d));
+                let mut b = whole.remove_unreferenced(&t);
+                a.sort_unstable_by_key(|s| s.0);
+                b.sort_unstable_by_key(|s| s.0);
+                prop_assert_eq!(a, b, "deleting {}", d);
+                prop_assert_eq!(span.sorted(), whole.sorted());
+                prop_assert_eq!(span.len(), whole.len());
+                for s in 1..=25 {
+                    let mut x = Vec::new();
+                    let mut y = Vec::new();
+                    span.changed_chunks(SnapshotSeq(s), Epoch::LIVE, &mut x);
+                    whole.changed_chunks(SnapshotSeq(s), Epoch::LIVE, &mut y);
+                    x.sort_unstable();
+                    y.sort_unstable();
+                    prop_assert_eq!(x, y);
+                }
+            }
+        });
     }
 
     #[test]

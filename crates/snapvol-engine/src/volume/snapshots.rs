@@ -99,7 +99,7 @@ impl Inner {
         next.remove(seq);
         let next = Arc::new(next);
         self.table.store(Arc::clone(&next));
-        let freed = self.index.remove_unreferenced(&next);
+        let freed = self.index.remove_unreferenced_after(&next, seq);
         meta.committed.remove(seq);
         for s in &freed {
             meta.alloc.free(*s);

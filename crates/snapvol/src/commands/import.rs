@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
 
 use anyhow::{bail, Context, Result};
 use snapvol_engine::{Error, Store};
@@ -21,6 +22,23 @@ pub fn run(store: &Store, args: ImportArgs) -> Result<()> {
         .with_context(|| format!("cannot read {path}"))?;
     if meta.is_dir() {
         bail!("{path} is a directory, not a raw image");
+    }
+    // A stream (a character device, a pipe, a socket) has no size to check against the
+    // volume's, and seeking to its end says 0: refuse it rather than import nothing.
+    let kind = meta.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        let what = if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_fifo() {
+            "a pipe"
+        } else {
+            "not a regular file"
+        };
+        bail!(
+            "{path} is {what}: import reads a raw image of known size (a file or a block \
+             device); nothing was written. Copy the stream into a file first, or write it \
+             through NBD while serving (qemu-img convert, nbdcopy)"
+        );
     }
     // Seeking to the end measures regular files and block devices alike.
     let len = file

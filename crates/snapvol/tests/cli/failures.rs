@@ -143,6 +143,23 @@ fn import_refuses_a_file_larger_than_the_volume_before_writing_anything() {
     assert_eq!(u64_of(&env.info("v")["target_used_bytes"]), 0);
 }
 
+/// What broke: `import v /dev/urandom` measured the character device by seeking to its end,
+/// found 0 bytes, and reported success having imported nothing.
+#[test]
+fn import_refuses_a_stream_whose_size_it_cannot_know_and_writes_nothing() {
+    let env = Env::new();
+    env.create("v");
+    let image = random_image(SIZE, 23);
+    env.import("v", "a.img", &image);
+    for stream in ["/dev/urandom", "/dev/zero"] {
+        let err = env.fails(&["import", "v", stream]);
+        assert!(err.contains(stream), "{err}");
+        assert!(err.contains("character device"), "{err}");
+        assert!(err.contains("nothing was written"), "{err}");
+    }
+    assert!(env.export("v", "out.img") == image);
+}
+
 #[test]
 fn import_of_a_missing_file_names_the_file() {
     let env = Env::new();

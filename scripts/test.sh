@@ -25,6 +25,9 @@ install_missing() {
     done
     # The scripted NBD clients of the serve tests: Debian's Python with its libnbd bindings.
     /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd)
+    # serve --metrics output is checked with the official Prometheus client's parser.
+    /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 ||
+        missing+=(python3-prometheus-client)
     if ((${#missing[@]} > 0)); then
         step "installing ${missing[*]}"
         apt-get update
@@ -79,7 +82,7 @@ step "$current"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install cargo-fuzz --locked
 fi
-for target in nbd_handshake nbd_request engine_format rbd_diff; do
+for target in nbd_handshake nbd_request engine_format rbd_diff http_request; do
     mkdir -p "fuzz/corpus/$target"
     seeds=()
     [[ -d "fuzz/seeds/$target" ]] && seeds=("fuzz/seeds/$target")

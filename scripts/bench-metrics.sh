@@ -18,52 +18,25 @@ DIR=${DIR:-/var/tmp/bench-metrics}
 PORT=${PORT:-10970}
 MPORT=$((PORT + 1))
 
-for tool in fio curl python3; do
-    command -v "$tool" >/dev/null || { echo "bench-metrics.sh: $tool is not installed" >&2; exit 1; }
-done
-cargo build --release -p snapvol
-bin=${CARGO_TARGET_DIR:-target}/release/snapvol
-
-rm -rf "$DIR"
-mkdir -p "$DIR"
-export SNAPVOL_STORE=$DIR/store
-"$bin" create v --size 1G
+NAME=bench-metrics.sh
+TOOLS=(fio curl python3)
+# shellcheck source=scripts/bench-serve.sh
+source scripts/bench-serve.sh
 results=$DIR/results.jsonl
 : >"$results"
 : >"$DIR/scrapes"
 : >"$DIR/scrape-failures"
-: >"$DIR/serve.log"
 uri=nbd://127.0.0.1:$PORT/v
 
-pid=''
 scraper=''
-# The banners logged so far: the log keeps every server's, and a new one adds one.
-banners() { grep -c "://127.0.0.1:$PORT/" "$DIR/serve.log" 2>/dev/null || true; }
-start_server() {
-    local before
-    before=$(banners)
-    "$bin" serve --listen "127.0.0.1:$PORT" "$@" 2>>"$DIR/serve.log" &
-    pid=$!
-    for _ in $(seq 200); do
-        (($(banners) > before)) && return
-        sleep 0.05
-    done
-    echo "bench-metrics.sh: the server did not start; see $DIR/serve.log" >&2
-    exit 1
+# The scraper stops before its server.
+on_stop() {
+    [[ -z $scraper ]] && return
+    kill "$scraper"
+    wait "$scraper" || true
+    scraper=''
 }
-stop_server() {
-    [[ -n $scraper ]] && { kill "$scraper"; wait "$scraper" || true; scraper=; }
-    kill -TERM "$pid"
-    wait "$pid"
-    pid=
-}
-cleanup() {
-    [[ -z $scraper ]] || kill "$scraper" 2>/dev/null || true
-    [[ -z $pid ]] || kill "$pid" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+trap 'on_stop; cleanup_server' EXIT
 
 # run MODE NAME FIO-ARGS...: one fio run, recorded as a JSON line.
 run() {

@@ -23,16 +23,10 @@ RUNTIME=${RUNTIME:-15}
 DIR=${DIR:-/var/tmp/bench-tls}
 PORT=${PORT:-10960}
 
-for tool in fio nbdcopy openssl setpriv python3; do
-    command -v "$tool" >/dev/null || { echo "bench-tls.sh: $tool is not installed" >&2; exit 1; }
-done
-cargo build --release -p snapvol
-bin=${CARGO_TARGET_DIR:-target}/release/snapvol
-
-rm -rf "$DIR"
-mkdir -p "$DIR"
-export SNAPVOL_STORE=$DIR/store
-"$bin" create v --size 1G
+NAME=bench-tls.sh
+TOOLS=(fio nbdcopy openssl setpriv python3)
+# shellcheck source=scripts/bench-serve.sh
+source scripts/bench-serve.sh
 scripts/tls-certs.sh ca "$DIR/pki/ca" >/dev/null
 scripts/tls-certs.sh server "$DIR/pki/server" "$DIR/pki/ca" IP:127.0.0.1 >/dev/null
 scripts/tls-certs.sh client "$DIR/pki/client" "$DIR/pki/ca" >/dev/null
@@ -48,27 +42,6 @@ as_client=()
 [[ $(id -u) == 0 ]] && as_client=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 results=$DIR/results.jsonl
 : >"$results"
-
-pid=
-start_server() {
-    "$bin" serve --listen "127.0.0.1:$PORT" "$@" 2>>"$DIR/serve.log" &
-    pid=$!
-    for _ in $(seq 200); do
-        grep -q "://127.0.0.1:$PORT/" "$DIR/serve.log" 2>/dev/null && return
-        sleep 0.05
-    done
-    echo "bench-tls.sh: the server did not start; see $DIR/serve.log" >&2
-    exit 1
-}
-stop_server() {
-    kill -TERM "$pid"
-    wait "$pid"
-    pid=
-}
-trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null || true' EXIT
-
-# The server's CPU time so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
 # run MODE NAME FIO-ARGS...: one fio run, recorded as a JSON line.
 run() {

@@ -12,6 +12,8 @@ NEEDED=(
     "fio:fio"
     # The TLS tests: certificates made with openssl (scripts/tls-certs.sh), fio run as nobody.
     "openssl:openssl" "setpriv:util-linux"
+    # contrib/snapvol.service is checked with systemd-analyze verify (systemd need not run).
+    "systemd-analyze:systemd"
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -25,6 +27,9 @@ install_missing() {
     done
     # The scripted NBD clients of the serve tests: Debian's Python with its libnbd bindings.
     /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd)
+    # serve --metrics output is checked with the official Prometheus client's parser.
+    /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 ||
+        missing+=(python3-prometheus-client)
     if ((${#missing[@]} > 0)); then
         step "installing ${missing[*]}"
         apt-get update
@@ -79,7 +84,7 @@ step "$current"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install cargo-fuzz --locked
 fi
-for target in nbd_handshake nbd_request engine_format rbd_diff; do
+for target in nbd_handshake nbd_request engine_format rbd_diff http_request; do
     mkdir -p "fuzz/corpus/$target"
     seeds=()
     [[ -d "fuzz/seeds/$target" ]] && seeds=("fuzz/seeds/$target")

@@ -23,6 +23,7 @@ pub mod location;
 pub mod metadata;
 pub mod names;
 pub mod paths;
+pub mod stats;
 pub mod store;
 pub mod units;
 pub mod vlun;
@@ -33,6 +34,7 @@ pub use error::{Error, Result};
 pub use location::{register_backend, Backend, Location};
 pub use names::validate_name;
 pub use paths::{Vluns, VolumePaths};
+pub use stats::VolumeMetrics;
 pub use store::{
     parse_snapshot_name, parse_volume_or_snapshot, CreateOptions, Store, DEFAULT_CACHE_SIZE,
 };

@@ -1,10 +1,12 @@
 //! The one narrow door between the NBD server and storage: [`BlockDevice`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use crate::proto::{Errno, NBD_STATE_HOLE, NBD_STATE_ZERO};
+use crate::transmission::frame::Command;
 
 /// A failed device operation: the NBD error value the client receives, and a message for
 /// the log and for the client's error chunk (when structured replies are in use).
@@ -86,6 +88,22 @@ impl Extent {
     pub fn new(length: u32, flags: u32) -> Self {
         Extent { length, flags }
     }
+}
+
+/// A request the server has answered, as [`BlockDevice::replied`] is told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDone {
+    /// What the client asked for.
+    pub command: Command,
+    /// The request's length field: bytes read, written, trimmed or zeroed (for a flush, 0).
+    pub length: u32,
+    /// The error the client was answered with; `None` for success. Includes the errors the
+    /// server answers without calling the device (`EINVAL` for a range past the end, `EPERM`
+    /// for a write to a read-only export).
+    pub error: Option<Errno>,
+    /// From the moment the request (with its payload) was read to the moment its reply was
+    /// written to the socket.
+    pub elapsed: Duration,
 }
 
 /// Storage that the NBD server can serve.
@@ -192,6 +210,13 @@ pub trait BlockDevice: Send + Sync {
     /// Then the server advertises `NBD_FLAG_CAN_MULTI_CONN`.
     fn multi_conn_safe(&self) -> bool {
         true
+    }
+
+    /// Called once per transmission request after its reply was sent (or could not be), on
+    /// the thread that performed it: for counting requests, bytes, errors and latency. It must
+    /// be cheap (it is on every request's path) and must not block. The default does nothing.
+    fn replied(&self, done: &RequestDone) {
+        let _ = done;
     }
 }
 

@@ -48,9 +48,9 @@ mod tls_stream;
 pub mod transmission;
 
 pub use codec::Decoded;
-pub use device::{BlockDevice, DevError, Extent, MemDevice};
+pub use device::{BlockDevice, DevError, Extent, MemDevice, RequestDone};
 pub use exports::{Export, ExportMap, Exports};
 pub use fuzz::{fuzz_handshake, fuzz_transmission};
 pub use proto::Errno;
-pub use server::{RunningServer, Server, ServerBuilder, ShutdownHandle};
+pub use server::{ConnectionStats, RunningServer, Server, ServerBuilder, ShutdownHandle};
 pub use tls::{TlsAcceptor, TlsCredentials, TlsError, TlsFiles};

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -216,6 +216,8 @@ struct Shared {
     conns: Mutex<Conns>,
     conns_cv: Condvar,
     refusals: Mutex<Refusals>,
+    /// Connections closed for the limit since the server started.
+    refused_total: AtomicU64,
 }
 
 /// Connections refused for the limit and not yet logged: a flood of them logs one warning a
@@ -245,6 +247,34 @@ impl std::fmt::Debug for ShutdownHandle {
         f.debug_struct("ShutdownHandle")
             .field("triggered", &self.is_triggered())
             .finish()
+    }
+}
+
+/// A running server's connections, counted for monitoring. Cheap to clone and to ask.
+#[derive(Clone)]
+pub struct ConnectionStats {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ConnectionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionStats")
+            .field("open", &self.open())
+            .field("refused", &self.refused())
+            .finish()
+    }
+}
+
+impl ConnectionStats {
+    /// Connections open now, in their handshake or in transmission.
+    pub fn open(&self) -> usize {
+        self.shared.conns.lock().streams.len()
+    }
+
+    /// Connections closed unserved since the server started because `max_connections` were
+    /// open.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused_total.load(Ordering::Relaxed)
     }
 }
 
@@ -288,6 +318,13 @@ impl Server {
     /// A handle that stops [`serve`](Server::serve).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle that counts the server's connections.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        ConnectionStats {
             shared: self.shared.clone(),
         }
     }
@@ -439,6 +476,13 @@ impl RunningServer {
         self.handle.clone()
     }
 
+    /// A handle that counts the server's connections.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            shared: self.handle.shared.clone(),
+        }
+    }
+
     /// Shuts down gracefully and waits until the server has stopped.
     pub fn stop(mut self) -> io::Result<()> {
         self.stop_inner()
@@ -551,6 +595,7 @@ fn register(shared: &Shared, clone: Stream, max_connections: usize) -> Admission
 /// the closed connection at once (qemu: "Failed to read initial magic", libnbd: "server
 /// disconnected unexpectedly"), and the server's log says why.
 fn refuse(shared: &Shared, stream: Stream, limit: usize) {
+    shared.refused_total.fetch_add(1, Ordering::Relaxed);
     // Logged before the close, so that a client that sees the close finds the reason logged.
     {
         let mut r = shared.refusals.lock();

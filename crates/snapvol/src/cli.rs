@@ -157,6 +157,8 @@ Examples:
   snapvol serve                                 every volume on nbd://127.0.0.1:10809/
   snapvol serve --listen 0.0.0.0:10809 --unix /run/snapvol.sock
   snapvol serve --max-connections 16            at most 16 NBD connections at once
+  snapvol serve --metrics 127.0.0.1:9108        Prometheus metrics on
+                                                http://127.0.0.1:9108/metrics
   snapvol serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem
                                                 TLS required; add --tls-ca ca-cert.pem to
                                                 require client certificates of that CA
@@ -301,6 +303,14 @@ pub struct ServeArgs {
     /// clients without one, or with one from another CA, fail the TLS handshake.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9108): per
+    /// volume, NBD requests, bytes, errors and latency (live and snapshot exports apart),
+    /// snapshots, preserved chunks, dirty cache and journal fill, destage batches and their
+    /// duration, checksum failures; open connections. Plain HTTP without authentication, and
+    /// the names of the volumes show in it: keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 impl ServeArgs {

@@ -42,6 +42,7 @@
 //! was durable, and acknowledged, before it was damaged.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Device, Error, Result};
@@ -227,6 +228,8 @@ pub struct Journal {
     appends: std::collections::VecDeque<AppendEnd>,
     generation: u64,
     buf: Vec<u8>,
+    /// `used`, published for readers that must not wait for an append's sync (monitoring).
+    used_gauge: Arc<AtomicU64>,
 }
 
 fn jerr(op: &'static str, offset: u64, e: io::Error) -> Error {
@@ -360,6 +363,7 @@ impl Journal {
             appends: Default::default(),
             generation: 0,
             buf: Vec::new(),
+            used_gauge: Arc::new(AtomicU64::new(used)),
         };
         Ok((journal, records, scan.damage))
     }
@@ -372,6 +376,15 @@ impl Journal {
     /// Live bytes.
     pub fn used(&self) -> u64 {
         self.used
+    }
+
+    /// [`Journal::used`] as of the last append or head move, readable without the journal.
+    pub fn used_gauge(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.used_gauge)
+    }
+
+    fn publish_used(&self) {
+        self.used_gauge.store(self.used, Ordering::Relaxed);
     }
 
     /// Bytes of the ring an append of `requests` takes from where the tail is: its records and,
@@ -470,6 +483,7 @@ impl Journal {
             bytes: self.used - start_used,
         });
         debug_assert!(self.used <= self.ring_len);
+        self.publish_used();
         Ok(self.generation)
     }
 
@@ -503,6 +517,7 @@ impl Journal {
         }
         self.used = self.appends.iter().map(|a| a.bytes).sum();
         self.head = head;
+        self.publish_used();
     }
 
     /// Forgets every record (after recovery destaged them all and the new head is persisted).
@@ -511,6 +526,7 @@ impl Journal {
         self.appends.clear();
         self.used = 0;
         self.head = head;
+        self.publish_used();
     }
 
     /// The head as it stands.

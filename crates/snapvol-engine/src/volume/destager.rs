@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cache::DirtyChunk;
 use crate::destage::{self, SourceWrite};
@@ -87,9 +87,16 @@ impl Inner {
     /// is [`Error::DeviceFull`]; the volume stays writable and destaging resumes once space is
     /// freed.
     pub(super) fn destage_batch(&self) -> Result<usize> {
+        let started = Instant::now();
         match self.destage_batch_inner() {
             Ok(n) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
+                if n > 0 {
+                    let s = &self.stats;
+                    s.destage_duration.observe(started.elapsed());
+                    s.destage_batches.fetch_add(1, Ordering::Relaxed);
+                    s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Ok(n)
             }
             Err(e @ Error::DeviceFull { device, .. }) => {

@@ -62,6 +62,7 @@ use crate::error::{Error, Result};
 use crate::format::{Record, Superblock, BLOCK_SIZE};
 use crate::journal::{Journal, DEFAULT_JOURNAL_SIZE};
 use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
+use crate::stats::{Histogram, VolumeMetrics};
 use crate::store::DEFAULT_CACHE_SIZE;
 use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
 use crate::vlun::Vlun;
@@ -187,6 +188,12 @@ struct Stats {
     /// and not yet published in the index; changed under the metadata lock, so `info` sees
     /// every copy either pending, under way, or in the index.
     preserving: AtomicU64,
+    /// Destage batches completed, the chunks they destaged, and how long each took.
+    destage_batches: AtomicU64,
+    destaged_chunks: AtomicU64,
+    destage_duration: Histogram,
+    snapshots_created: AtomicU64,
+    snapshots_deleted: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -261,6 +268,10 @@ struct Inner {
     source_room: Vec<AtomicU64>,
     /// The journal's device, for `check` to read beside the journal writer.
     journal_dev: Arc<dyn Vlun>,
+    /// The journal's live bytes as its writer last left them ([`Journal::used_gauge`]), and
+    /// its ring's length: read by [`Volume::metrics`] without waiting for an append.
+    journal_used: Arc<AtomicU64>,
+    journal_ring: u64,
 }
 
 /// An open volume. Dropping it flushes and closes it; [`Volume::close`] does the same and
@@ -544,6 +555,32 @@ impl Volume {
             rollback_to: i
                 .rollback_target()
                 .and_then(|s| i.table.load().by_seq(s).map(|m| m.name.clone())),
+        }
+    }
+
+    /// Figures for monitoring, read without a lock from what the volume keeps anyway (see
+    /// [`crate::stats`]): cheap enough to ask for at every scrape.
+    pub fn metrics(&self) -> VolumeMetrics {
+        let i = &self.inner;
+        let s = &i.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let preserved = i.index.len() as u64;
+        VolumeMetrics {
+            snapshots: i.table.load().len() as u64,
+            snapshots_created: get(&s.snapshots_created),
+            snapshots_deleted: get(&s.snapshots_deleted),
+            preserved_chunks: preserved,
+            preserved_bytes: preserved * i.geo.chunk(),
+            copies_made: get(&s.copies_made),
+            dirty_bytes: i.cache.dirty_bytes(),
+            cache_limit_bytes: i.cache.limit(),
+            journal_used_bytes: get(&i.journal_used),
+            journal_size_bytes: i.journal_ring,
+            destage_batches: get(&s.destage_batches),
+            destaged_chunks: get(&s.destaged_chunks),
+            destage_duration: s.destage_duration.snapshot(),
+            checksum_failures: get(&s.checksum_failures),
+            failed: i.failed.get().is_some() || self.lock_lost().is_some(),
         }
     }
 

@@ -256,6 +256,7 @@ impl Volume {
             report_journal_damage(name, d);
         }
         let ring = journal.ring_len();
+        let journal_used = journal.used_gauge();
         let mut alloc = loaded.alloc;
         alloc.set_limit(
             target_cap.map(|cap| cap.saturating_sub(loaded.sb.data_start) / geo.chunk()),
@@ -328,6 +329,8 @@ impl Volume {
             source,
             target,
             journal_dev,
+            journal_used,
+            journal_ring: ring,
         });
         if read_only {
             inner.replay(records, loaded.created_seq)?;

@@ -64,6 +64,7 @@ impl Inner {
             self.table.store(Arc::new(back));
             return Err(e);
         }
+        self.stats.snapshots_created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %full, seq = seq.0, "snapshot created");
         Ok(SnapshotInfo {
             name: meta.name,
@@ -99,6 +100,7 @@ impl Inner {
         next.remove(seq);
         let next = Arc::new(next);
         self.table.store(Arc::clone(&next));
+        self.stats.snapshots_deleted.fetch_add(1, Ordering::Relaxed);
         let freed = self.index.remove_unreferenced_after(&next, seq);
         meta.committed.remove(seq);
         for s in &freed {

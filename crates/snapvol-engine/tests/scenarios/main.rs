@@ -173,3 +173,67 @@ fn name_clashes_missing_names_and_a_second_open_are_refused_with_their_own_error
     assert_volume(&vol, &overwrite, &[], "after reopening");
     vol.close().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: `Volume::metrics` follows what happened.
+// ---------------------------------------------------------------------------------------------
+
+/// The figures `snapvol serve --metrics` exports come from `Volume::metrics`: each must move by
+/// exactly what the volume did, and agree with `info`.
+#[test]
+fn metrics_count_snapshots_copies_destage_batches_and_the_journal_as_they_happen() {
+    const CHUNK: u64 = 64 * KIB;
+    let fx = Fixture::new();
+    let manual = VolumeOptions {
+        background_destage: false,
+        ..opts(8 * MIB)
+    };
+    let vol = fx.create("v", 4 * MIB, CHUNK, None, manual);
+    let m = vol.metrics();
+    assert_eq!(
+        (m.snapshots, m.snapshots_created, m.snapshots_deleted),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        (m.preserved_chunks, m.copies_made, m.destage_batches),
+        (0, 0, 0)
+    );
+    assert_eq!((m.dirty_bytes, m.journal_used_bytes), (0, 0));
+    assert!(m.journal_size_bytes > 0 && m.cache_limit_bytes > 0 && !m.failed);
+
+    vol.write(0, &pattern(1, 0, MIB)).unwrap();
+    // Until it is journaled, the request's own copy counts too.
+    assert_eq!(vol.metrics().dirty_bytes, 2 * MIB);
+    vol.flush().unwrap();
+    let m = vol.metrics();
+    assert_eq!(m.dirty_bytes, MIB);
+    assert!(m.journal_used_bytes >= MIB, "{m:?}");
+    assert!(m.journal_used_bytes <= m.journal_size_bytes);
+    vol.destage_all().unwrap();
+    let m = vol.metrics();
+    assert_eq!(m.dirty_bytes, 0);
+    assert_eq!(m.journal_used_bytes, 0, "destaged and the head moved");
+    assert!(m.destage_batches >= 1, "{m:?}");
+    assert_eq!(m.destaged_chunks, MIB / CHUNK);
+    assert_eq!(m.destage_duration.count(), m.destage_batches);
+    assert_eq!(m.copies_made, 0, "no snapshot needed an original");
+
+    // Three snapshots, then one overwrite of 4 chunks: 4 copies, shared by the three.
+    for s in ["a", "b", "c"] {
+        vol.snapshot_create(s).unwrap();
+    }
+    vol.write(0, &pattern(2, 0, 4 * CHUNK)).unwrap();
+    vol.destage_all().unwrap();
+    vol.snapshot_delete("b").unwrap();
+    let m = vol.metrics();
+    assert_eq!(
+        (m.snapshots, m.snapshots_created, m.snapshots_deleted),
+        (2, 3, 1)
+    );
+    assert_eq!((m.preserved_chunks, m.copies_made), (4, 4));
+    assert_eq!(m.preserved_bytes, 4 * CHUNK);
+    let info = vol.info();
+    assert_eq!(m.preserved_bytes, info.target_used_bytes);
+    assert_eq!(m.checksum_failures, info.checksum_errors);
+    vol.close().unwrap();
+}

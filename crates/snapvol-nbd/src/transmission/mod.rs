@@ -17,11 +17,12 @@ use std::io::{BufWriter, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, warn};
 
-use crate::device::{BlockDevice, DevError};
+use crate::device::{BlockDevice, DevError, RequestDone};
 use crate::handshake::{MetaContext, Negotiated};
 use crate::proto::*;
 use crate::stream::{FrameReader, ReadError};
@@ -107,6 +108,8 @@ impl<W: Write> ReplyWriter<'_, W> {
 struct Job {
     req: Request,
     payload: Vec<u8>,
+    /// When the request and its payload had been read.
+    received: Instant,
 }
 
 #[derive(Default)]
@@ -138,7 +141,11 @@ struct Ctx<'a, W: Write> {
 
 impl<W: Write> Ctx<'_, W> {
     fn handle(&self, job: Job) {
-        let Job { req, payload } = job;
+        let Job {
+            req,
+            payload,
+            received,
+        } = job;
         let result = match check_request(&req, &self.info) {
             Ok(action) => catch_unwind(AssertUnwindSafe(|| self.perform(&req, action, &payload)))
                 .unwrap_or_else(|_| {
@@ -147,10 +154,17 @@ impl<W: Write> Ctx<'_, W> {
                 }),
             Err(e) => Err(e),
         };
-        if let Err(e) = result {
+        let error = result.err().map(|e| {
             debug!(peer = self.peer, request = ?req, error = %e, "request failed");
             self.writer.error(req.cookie, &e);
-        }
+            e.errno
+        });
+        self.device.replied(&RequestDone {
+            command: req.command,
+            length: req.length,
+            error,
+            elapsed: received.elapsed(),
+        });
     }
 
     /// Runs the action; on success sends the reply itself (reads and block status have
@@ -344,12 +358,17 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
                     break TransmissionEnd::Failed(format!("reading a write payload: {e}"));
                 }
             }
+            let job = Job {
+                req,
+                payload,
+                received: Instant::now(),
+            };
             if inline {
-                ctx.handle(Job { req, payload });
+                ctx.handle(job);
                 continue;
             }
             let mut st = pool.state.lock();
-            st.jobs.push_back(Job { req, payload });
+            st.jobs.push_back(job);
             if st.jobs.len() > st.idle && st.threads < max_in_flight {
                 st.threads += 1;
                 s.spawn(move || worker(pool, ctx));

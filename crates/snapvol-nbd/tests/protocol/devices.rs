@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use snapvol_nbd::{BlockDevice, DevError, Extent, MemDevice};
+use snapvol_nbd::{BlockDevice, DevError, Extent, MemDevice, RequestDone};
 
 /// A device that counts the calls that reach it.
 pub(crate) struct Counting {
@@ -50,6 +50,35 @@ impl BlockDevice for Counting {
     fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
         self.count();
         self.inner.block_status(offset, len)
+    }
+}
+
+/// A memory device (read-only as asked) that keeps what [`BlockDevice::replied`] was told.
+pub(crate) struct Recording {
+    pub(crate) inner: MemDevice,
+    pub(crate) done: Mutex<Vec<RequestDone>>,
+}
+
+impl BlockDevice for Recording {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError> {
+        self.inner.write(offset, data, fua)
+    }
+    fn flush(&self) -> Result<(), DevError> {
+        // Slow enough to show in `elapsed`.
+        std::thread::sleep(Duration::from_millis(20));
+        self.inner.flush()
+    }
+    fn replied(&self, done: &RequestDone) {
+        self.done.lock().unwrap().push(*done);
     }
 }
 

@@ -129,6 +129,8 @@ fn connections_beyond_the_limit_are_closed_before_the_greeting_and_the_others_ca
     // A connection still in its handshake counts too.
     let mut b = Client::tcp(addr);
     assert!(greeted(addr).is_none(), "a third connection was greeted");
+    let stats = h.server.connection_stats();
+    assert_eq!((stats.open(), stats.refused()), (2, 1));
     b.go("vol", false, &[]);
     a.write(1, 0, &[1; 4096], 0);
     assert_eq!(a.reply().error, None);

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use snapvol_nbd::proto::*;
 use snapvol_nbd::transmission::frame::Command;
-use snapvol_nbd::{BlockDevice, DevError, Errno, Extent, MemDevice};
+use snapvol_nbd::{BlockDevice, DevError, Errno, Export, ExportMap, Extent, MemDevice};
 
 use crate::client::{one_export, Client, Reply};
 use crate::common::*;
-use crate::devices::{Counting, FailingDevice, Silent};
+use crate::devices::{Counting, FailingDevice, Recording, Silent};
 
 #[test]
 fn writes_to_a_read_only_export_get_eperm_with_simple_and_structured_replies() {
@@ -35,6 +35,60 @@ fn writes_to_a_read_only_export_get_eperm_with_simple_and_structured_replies() {
         assert_eq!(c.reply().data, vec![3; 4096]);
         assert!(ro.contents().iter().all(|&b| b == 3));
     }
+}
+
+/// What `snapvol serve --metrics` counts: every request answered, with the error the client
+/// got — those the server answers itself (`EPERM`, `EINVAL`) included — and how long it took.
+#[test]
+fn the_device_is_told_of_every_reply_with_its_error_and_duration() {
+    let exports = Arc::new(ExportMap::new());
+    let rw = Arc::new(Recording {
+        inner: MemDevice::new(8192),
+        done: Default::default(),
+    });
+    let ro = Arc::new(Recording {
+        inner: MemDevice::new(8192).with_read_only(true),
+        done: Default::default(),
+    });
+    exports.insert("vol", Export::new(rw.clone(), "rw"));
+    exports.insert("vol@snap", Export::new(ro.clone(), "ro"));
+    let h = serve(exports);
+    let mut c = Client::tcp(h.addr);
+    c.go("vol", true, &[]);
+    c.write(1, 0, &[7; 4096], 0);
+    assert_eq!(c.reply().error, None);
+    c.request(Command::Read, 0, 2, 4096, 4096);
+    assert_eq!(c.reply().error, None);
+    c.request(Command::Flush, 0, 3, 0, 0);
+    assert_eq!(c.reply().error, None);
+    c.request(Command::Read, 0, 4, 8000, 512);
+    assert_eq!(c.reply().error, Some(Errno::EINVAL));
+    let mut s = Client::tcp(h.addr);
+    s.go("vol@snap", false, &[]);
+    s.write(5, 0, &[1; 512], 0);
+    assert_eq!(s.reply().error, Some(Errno::EPERM));
+
+    let done = rw.done.lock().unwrap().clone();
+    let seen: Vec<_> = done
+        .iter()
+        .map(|d| (d.command, d.length, d.error))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Command::Write, 4096, None),
+            (Command::Read, 4096, None),
+            (Command::Flush, 0, None),
+            (Command::Read, 512, Some(Errno::EINVAL)),
+        ]
+    );
+    assert!(done[2].elapsed >= std::time::Duration::from_millis(20));
+    let done = ro.done.lock().unwrap().clone();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].command, done[0].error),
+        (Command::Write, Some(Errno::EPERM))
+    );
 }
 
 #[test]

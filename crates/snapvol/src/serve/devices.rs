@@ -1,18 +1,18 @@
 //! The volume and its snapshots as NBD block devices, and the catalogue that finds them by
 //! export name (`VOL` read-write, `VOL@SNAP` read-only), with their dirty-bitmap contexts
-//! (`bitmaps.rs`) and a count of the connections using each volume's live export.
+//! (`bitmaps.rs`), and each volume's request counters and connections (`io_stats.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use snapvol_engine::units::SnapshotSeq;
 use snapvol_engine::{parse_volume_or_snapshot, Error, Store, Volume, VolumeOptions};
 use snapvol_nbd::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
-use snapvol_nbd::{BlockDevice, DevError, Export, Exports, Extent};
+use snapvol_nbd::{BlockDevice, DevError, Export, Exports, Extent, RequestDone};
 
 use super::bitmaps::Bitmaps;
+use super::io_stats::{Attached, ExportKind, VolumeIo};
 
 /// Maps an engine error to the errno an NBD client sees.
 pub(super) fn dev_err(e: Error) -> DevError {
@@ -47,29 +47,13 @@ fn allocation(
         .collect())
 }
 
-/// One live device's place in its volume's count of live clients: counted from its creation
-/// to its drop.
-struct LiveClient(Arc<AtomicUsize>);
-
-impl LiveClient {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        LiveClient(count)
-    }
-}
-
-impl Drop for LiveClient {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The live volume, read-write.
 pub struct LiveDevice {
     vol: Arc<Volume>,
     /// `qemu:dirty-bitmap:SNAP`: changed since SNAP, for every snapshot.
     bitmaps: Bitmaps,
-    _client: LiveClient,
+    /// Counted among the volume's live clients, and where its requests are counted.
+    io: Attached,
 }
 
 impl BlockDevice for LiveDevice {
@@ -132,6 +116,10 @@ impl BlockDevice for LiveDevice {
     fn multi_conn_safe(&self) -> bool {
         true
     }
+
+    fn replied(&self, done: &RequestDone) {
+        self.io.record(done);
+    }
 }
 
 /// A snapshot, read-only. Reads fail once the snapshot is deleted (never stale data).
@@ -140,6 +128,7 @@ pub struct SnapshotDevice {
     seq: SnapshotSeq,
     /// `qemu:dirty-bitmap:SNAP`: changed between SNAP and this snapshot, for every older SNAP.
     bitmaps: Bitmaps,
+    io: Attached,
 }
 
 impl BlockDevice for SnapshotDevice {
@@ -181,6 +170,10 @@ impl BlockDevice for SnapshotDevice {
     ) -> Result<Vec<Extent>, DevError> {
         self.bitmaps.status(context, offset, len)
     }
+
+    fn replied(&self, done: &RequestDone) {
+        self.io.record(done);
+    }
 }
 
 /// Every volume of the store, opened once and shared by the NBD server and the control
@@ -188,9 +181,9 @@ impl BlockDevice for SnapshotDevice {
 pub struct StoreExports {
     store: Store,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
-    /// Per volume, the live devices in existence: one per connection to `VOL` (see
-    /// [`StoreExports::live_clients`]).
-    live_clients: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Per volume, what its clients asked of it, and the devices in existence: one per
+    /// connection to one of its exports (see [`StoreExports::live_clients`]).
+    io: Mutex<HashMap<String, Arc<VolumeIo>>>,
 }
 
 impl StoreExports {
@@ -199,7 +192,7 @@ impl StoreExports {
         Self {
             store,
             volumes: RwLock::new(volumes),
-            live_clients: Mutex::new(HashMap::new()),
+            io: Mutex::new(HashMap::new()),
         }
     }
 
@@ -209,20 +202,30 @@ impl StoreExports {
     /// meta-context option on `VOL` also counts while the server answers it (the server
     /// looks the export up for it), and not afterwards.
     pub fn live_clients(&self, volume: &str) -> usize {
-        self.live_clients
+        self.io
             .lock()
             .get(volume)
-            .map_or(0, |c| c.load(Ordering::SeqCst))
+            .map_or(0, |io| io.export(ExportKind::Live).attached())
     }
 
-    fn live_client(&self, volume: &str) -> LiveClient {
-        let count = self
-            .live_clients
-            .lock()
-            .entry(volume.to_owned())
-            .or_default()
-            .clone();
-        LiveClient::new(count)
+    fn attach(&self, volume: &str, kind: ExportKind) -> Attached {
+        let io = self.io.lock().entry(volume.to_owned()).or_default().clone();
+        Attached::new(io, kind)
+    }
+
+    /// Every volume's request counters so far, by name: those of the volumes served (zero
+    /// until a client comes, so that each series exists from the first scrape), and of any
+    /// that had clients before.
+    pub fn io(&self) -> Vec<(String, Arc<VolumeIo>)> {
+        let served: Vec<String> = self.volumes.read().keys().cloned().collect();
+        let mut io = self.io.lock();
+        for name in served {
+            io.entry(name).or_default();
+        }
+        let mut all: Vec<_> = io.iter().map(|(n, io)| (n.clone(), io.clone())).collect();
+        drop(io);
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// The open volume `name`, opening it if the store has it and nobody else holds it.
@@ -282,7 +285,7 @@ impl StoreExports {
                 Arc::new(LiveDevice {
                     vol: vol.clone(),
                     bitmaps: Bitmaps::new(vol, name.to_owned(), &snapshots, None),
-                    _client: self.live_client(vol_name),
+                    io: self.attach(vol_name, ExportKind::Live),
                 }),
                 format!("snapvol volume {vol_name}"),
             ),
@@ -296,6 +299,7 @@ impl StoreExports {
                         vol: vol.clone(),
                         seq: info.seq,
                         bitmaps: Bitmaps::new(vol, name.to_owned(), &snapshots, Some(info.seq)),
+                        io: self.attach(vol_name, ExportKind::Snapshot),
                     }),
                     format!("snapvol snapshot {vol_name}@{s} (read-only)"),
                 )

@@ -7,6 +7,8 @@ pub mod control;
 mod devices;
 pub mod diff_socket;
 pub mod image_stream;
+mod io_stats;
+pub mod metrics;
 mod takeover;
 mod tls;
 
@@ -104,6 +106,11 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
         .bind()
         .with_context(|| format!("cannot listen on {addr}"))?;
     let shutdown = server.shutdown_handle();
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(|a| metrics::start(a, exports.clone(), server.connection_stats()))
+        .transpose()?;
 
     let scheme = if tls.is_some() { "nbds" } else { "nbd" };
     // SIGTERM and SIGINT stop the server gracefully; SIGHUP reloads the TLS credentials.
@@ -158,9 +165,15 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
             unavailable.join(", ")
         );
     }
+    if let Some(m) = &metrics {
+        eprintln!("snapvol: metrics on http://{}/metrics", m.local_addr());
+    }
     let served = server.serve();
     signal_handle.close();
     let _ = watcher.join();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     if let Some(s) = supervisor {
         s.stop();
     }

@@ -4,11 +4,12 @@
 //! The tests, by what they are about: `journey` (the user journey: import, snapshot,
 //! overwrite, export, delete), `commands` (what each command does when it works),
 //! `failures` (exit code 1 with a message that names the problem, and exit code 2 for usage
-//! errors), `check`, and `read_only` (commands that only read); the store and the helpers they
+//! errors), `check`, `read_only` (commands that only read), and `contrib` (the systemd unit); the store and the helpers they
 //! all use are below.
 
 mod check;
 mod commands;
+mod contrib;
 mod failures;
 mod journey;
 mod read_only;

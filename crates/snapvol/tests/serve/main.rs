@@ -11,8 +11,9 @@
 //! an incremental backup, and under churn), `restore` (`diff` and `snapshot rollback`, served,
 //! offline and killed part-way), `workloads` (fio and ext4), `sigkill`, `control`
 //! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers),
-//! `integrity` (a damaged journal or preserved chunk, a full file system) and `tls` (TLS
-//! with client certificates, SIGHUP reloading them); the helpers
+//! `integrity` (a damaged journal or preserved chunk, a full file system), `tls` (TLS
+//! with client certificates, SIGHUP reloading them) and `metrics` (`--metrics`: counters
+//! against the traffic real clients sent, and under concurrent writers); the helpers
 //! several of them use are below.
 
 #[path = "../serving/mod.rs"]
@@ -23,6 +24,7 @@ mod consistency;
 mod control;
 mod integrity;
 mod libnbd;
+mod metrics;
 mod qemu;
 mod restore;
 mod sigkill;

@@ -7,7 +7,8 @@
 //! By kind: `tools` (finding and running external commands with a time limit), `server` (the
 //! store and the server), `background` (clients left running while the test goes on),
 //! `mounts` (FUSE and loop mounts), `data` (patterns and image files), `clients` (the real NBD
-//! clients), `raw_nbd` (a minimal NBD client for requests real clients refuse to send), `pki`
+//! clients), `raw_nbd` (a minimal NBD client for requests real clients refuse to send), `scrape`
+//! (`serve --metrics`: HTTP requests and the Prometheus text they answer), `pki`
 //! (certificates for the TLS tests) and `ceph`
 //! (a Ceph cluster to test against, its tools, pools of a test's own).
 
@@ -21,13 +22,15 @@ mod data;
 mod mounts;
 mod pki;
 mod raw_nbd;
+mod scrape;
 mod server;
 mod tools;
 
 // Each test binary uses a part of these too.
 #[allow(unused_imports)]
 pub use self::{
-    background::*, ceph::*, clients::*, data::*, mounts::*, pki::*, raw_nbd::*, server::*, tools::*,
+    background::*, ceph::*, clients::*, data::*, mounts::*, pki::*, raw_nbd::*, scrape::*,
+    server::*, tools::*,
 };
 
 use std::time::Duration;

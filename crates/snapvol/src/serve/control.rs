@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::{self, DirBuilder, Permissions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -300,6 +301,8 @@ pub struct ControlServer {
     path: PathBuf,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The listening socket, to wake the accept loop at `stop` whatever became of the path.
+    waker: Option<OwnedFd>,
 }
 
 /// State shared by the accept loop, the connection threads and `stop`.
@@ -341,6 +344,7 @@ impl ControlServer {
         }
         let listener = bind_owner_only(&path)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+        let waker = listener.try_clone().ok().map(OwnedFd::from);
         let shared = Arc::new(Shared::default());
         let accepting = shared.clone();
         let thread = std::thread::Builder::new()
@@ -350,6 +354,7 @@ impl ControlServer {
             path,
             shared,
             thread: Some(thread),
+            waker,
         })
     }
 
@@ -357,7 +362,12 @@ impl ControlServer {
     /// answered, and removes the socket file.
     pub fn stop(mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
+        // Wake the accept loop: shutting the listening socket down makes a blocked accept
+        // return on Linux; connecting to the path covers the rest, unless the socket file was
+        // deleted while the server ran (then only the shutdown wakes it).
+        if let Some(fd) = &self.waker {
+            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        }
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -46,6 +46,25 @@ fn sigterm_with_requests_in_flight_exits_0_and_flushed_data_is_there_after_resta
     env.snapvol_ok(&["check", "v"]);
 }
 
+/// What broke: a server whose control socket file was deleted while it ran (a cleanup of the
+/// store's directory, a second server's start) never stopped on SIGTERM: its accept loop was
+/// woken by connecting to that path. Under systemd that is the whole stop timeout, then
+/// SIGKILL with nothing destaged.
+#[test]
+fn sigterm_stops_the_server_when_its_socket_files_were_deleted_while_it_ran() {
+    let env = Env::new();
+    env.create("v", "64M");
+    let nbd_socket = env.path("nbd.sock");
+    let server = env.serve_with(&["--unix", nbd_socket.to_str().unwrap()]);
+    qemu_io_write(&server.uri("v"), &[(0x5a, 0, MIB)]);
+    std::fs::remove_file(env.store().join("control.sock")).expect("remove control.sock");
+    std::fs::remove_file(&nbd_socket).expect("remove the NBD socket");
+    server.stop();
+    let server = env.serve();
+    qemu_io_verify(&server.uri("v"), &[(0x5a, 0, MIB)]);
+    server.stop();
+}
+
 #[test]
 fn serve_fails_with_a_clear_error_when_a_volume_of_the_store_is_open_elsewhere() {
     let env = Env::new();

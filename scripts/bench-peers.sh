@@ -70,7 +70,9 @@
 # Environment: RUNS (5), WORKLOADS ("w1 w2 w3 w4 w5 w6 w7"), SERVERS ("snapvol qemu nbdkit"),
 # SIZE (1G), W1_SNAPS, W2_PASSES, W2_PASS_SIZE, W3_RUNTIME (alias RAND_RUNTIME), W3_SNAPS,
 # W4_RUNTIME, W5_SIZES, W5_SAMPLES, W5_GAP, W5_FILL, W6_WRITE_S, W7_SIZE, W7_CHANGED, W7_SNAPS,
-# W7_QEMU (0), SNAPVOL_JOURNAL (512M), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
+# W7_QEMU (0), SNAPVOL_JOURNAL (512M), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
+# cache journal in a file there, `create --cache`: /dev/shm stands in for NVRAM, but a tmpfs is
+# not durable across power loss, so label such rows so), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
 # every workload and server runs, else /var/tmp/bench-peers-out), KEEP_TMP=1 keeps the temp
 # dir (it is also kept when the script fails). Output: OUT/peers.json (settings, medians and
 # every run), OUT/peers.md, OUT/peers-seq-write.svg (w1), OUT/peers-hourly.svg (w2).
@@ -100,6 +102,11 @@ W7_CHANGED=${W7_CHANGED:-10G}
 W7_SNAPS=${W7_SNAPS:-64}
 W7_QEMU=${W7_QEMU:-0}
 SNAPVOL_JOURNAL=${SNAPVOL_JOURNAL:-512M}
+SNAPVOL_CACHE_DIR=${SNAPVOL_CACHE_DIR:-}
+if [ -n "$SNAPVOL_CACHE_DIR" ] && [ ! -d "$SNAPVOL_CACHE_DIR" ]; then
+    echo "bench-peers.sh: SNAPVOL_CACHE_DIR=$SNAPVOL_CACHE_DIR is not a directory" >&2
+    exit 2
+fi
 PORT_BASE=${PORT_BASE:-10950}
 if [ -z "${OUT:-}" ]; then
     # shellcheck disable=SC2086,SC2116 # word splitting normalizes the spaces
@@ -235,6 +242,7 @@ cleanup() {
     stop_pid "$LOAD_PID" INT; LOAD_PID=
     stop_pid "$READER_PID"; READER_PID=
     stop_pid "$SERVER_PID"; SERVER_PID=
+    [ -z "$SNAPVOL_CACHE_DIR" ] || rm -f "$SNAPVOL_CACHE_DIR/bench-peers-v.journal"
     if [ "${KEEP_TMP:-0}" = 1 ]; then
         log "temp dir kept: $TMP (rm -rf it when done)"
     elif [ $rc -ne 0 ]; then
@@ -341,7 +349,14 @@ srv_start() {
     case $server in
     snapvol)
         export SNAPVOL_STORE=$DIR/store
-        [ -n "$reuse" ] || "$SNAPVOL" create v --size "$size" --journal-size "$SNAPVOL_JOURNAL" >/dev/null
+        if [ -z "$reuse" ]; then
+            local cache=()
+            if [ -n "$SNAPVOL_CACHE_DIR" ]; then
+                rm -f "$SNAPVOL_CACHE_DIR/bench-peers-v.journal"
+                cache=(--cache "$SNAPVOL_CACHE_DIR/bench-peers-v.journal")
+            fi
+            "$SNAPVOL" create v --size "$size" --journal-size "$SNAPVOL_JOURNAL" "${cache[@]}" >/dev/null
+        fi
         # info: the recovery lines of w6; a snapshot logs one line
         "$SNAPVOL" serve --listen "127.0.0.1:$port" --log-level info >>"$DIR/serve.log" 2>&1 &
         URI=nbd://127.0.0.1:$port/v

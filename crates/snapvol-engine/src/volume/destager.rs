@@ -293,9 +293,6 @@ impl Inner {
             self.target
                 .write_many(&writes)
                 .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
-            if scratch.len() > 2 * MAX_BATCH as usize {
-                *scratch = Vec::new();
-            }
             // Every affected snapshot's log and bitmap now point at the copies: commit.
             let records = destage::records(&placed);
             let mut meta = self.meta.lock();
@@ -342,10 +339,13 @@ impl Inner {
 
         // New data to the source (claims 21, 23), then the dirty designations cleared. A
         // failure leaves every chunk of the batch dirty: the next batch writes them again.
-        self.write_source(&batch, nblocks, &mut scratch)?;
+        // The scratch buffer serves the copies, then the composed source writes; an unusually
+        // large one is given back once both are done.
+        let written = self.write_source(&batch, nblocks, &mut scratch);
         if scratch.len() > 2 * MAX_BATCH as usize {
             *scratch = Vec::new();
         }
+        written?;
         for d in &batch {
             self.cache.retire(d);
         }

@@ -102,7 +102,7 @@ pub struct RequestDone {
     /// for a write to a read-only export).
     pub error: Option<Errno>,
     /// From the moment the request (with its payload) was read to the moment its reply was
-    /// written to the socket.
+    /// ready to send.
     pub elapsed: Duration,
 }
 
@@ -212,8 +212,9 @@ pub trait BlockDevice: Send + Sync {
         true
     }
 
-    /// Called once per transmission request after its reply was sent (or could not be), on
-    /// the thread that performed it: for counting requests, bytes, errors and latency. It must
+    /// Called once per transmission request when its reply is ready, just before it is sent,
+    /// on the thread that performed it: for counting requests, bytes, errors and latency. A
+    /// client that has its reply therefore finds the request already counted. It must
     /// be cheap (it is on every request's path) and must not block. The default does nothing.
     fn replied(&self, done: &RequestDone) {
         let _ = done;

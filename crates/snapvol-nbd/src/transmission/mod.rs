@@ -128,6 +128,16 @@ struct Pool {
     slots: Condvar,
 }
 
+/// What a request performed successfully answers its client with.
+enum Reply {
+    /// A simple (or structured `NBD_REPLY_TYPE_NONE`) success without payload.
+    Done,
+    /// The bytes a read returned.
+    Data { offset: u64, buf: Vec<u8> },
+    /// Reply chunks already encoded (block status).
+    Frames(Vec<u8>),
+}
+
 /// Everything a worker needs.
 struct Ctx<'a, W: Write> {
     device: &'a dyn BlockDevice,
@@ -154,30 +164,34 @@ impl<W: Write> Ctx<'_, W> {
                 }),
             Err(e) => Err(e),
         };
-        let error = result.err().map(|e| {
-            debug!(peer = self.peer, request = ?req, error = %e, "request failed");
-            self.writer.error(req.cookie, &e);
-            e.errno
-        });
+        // The device hears of the request before the client does, so that whatever it counts
+        // (`serve --metrics`) already includes every request a client has its reply to.
         self.device.replied(&RequestDone {
             command: req.command,
             length: req.length,
-            error,
+            error: result.as_ref().err().map(|e| e.errno),
             elapsed: received.elapsed(),
         });
+        match result {
+            Ok(Reply::Done) => self.writer.ok(req.cookie),
+            Ok(Reply::Data { offset, buf }) => self.writer.read_data(req.cookie, offset, &buf),
+            Ok(Reply::Frames(head)) => self.writer.send(&head, &[]),
+            Err(e) => {
+                debug!(peer = self.peer, request = ?req, error = %e, "request failed");
+                self.writer.error(req.cookie, &e)
+            }
+        };
     }
 
-    /// Runs the action; on success sends the reply itself (reads and block status have
-    /// payloads), on failure returns the error for the caller to send.
-    fn perform(&self, req: &Request, action: Action, payload: &[u8]) -> Result<(), DevError> {
+    /// Runs the action and returns the reply it earned; the caller sends it.
+    fn perform(&self, req: &Request, action: Action, payload: &[u8]) -> Result<Reply, DevError> {
         let dev = self.device;
         let mark_dirty = || self.dirty.store(true, Ordering::SeqCst);
         match action {
             Action::Read { offset, len } => {
                 let mut buf = vec![0u8; len as usize];
                 dev.read(offset, &mut buf)?;
-                self.writer.read_data(req.cookie, offset, &buf);
-                return Ok(());
+                return Ok(Reply::Data { offset, buf });
             }
             Action::Write { offset, fua } => {
                 dev.write(offset, payload, fua)?;
@@ -205,10 +219,13 @@ impl<W: Write> Ctx<'_, W> {
                 offset,
                 len,
                 req_one,
-            } => return self.block_status(req.cookie, offset, len, req_one),
+            } => {
+                return self
+                    .block_status(req.cookie, offset, len, req_one)
+                    .map(Reply::Frames)
+            }
         }
-        self.writer.ok(req.cookie);
-        Ok(())
+        Ok(Reply::Done)
     }
 
     fn block_status(
@@ -217,7 +234,7 @@ impl<W: Write> Ctx<'_, W> {
         offset: u64,
         len: u32,
         req_one: bool,
-    ) -> Result<(), DevError> {
+    ) -> Result<Vec<u8>, DevError> {
         let room = self.info.size - offset;
         // proto.md: a successful reply has exactly one chunk per selected context, so one
         // context that fails fails the whole request.
@@ -246,8 +263,7 @@ impl<W: Write> Ctx<'_, W> {
             let flags = if i == last { NBD_REPLY_FLAG_DONE } else { 0 };
             frame::encode_block_status(&mut head, flags, cookie, *id, extents);
         }
-        self.writer.send(&head, &[]);
-        Ok(())
+        Ok(head)
     }
 }
 

@@ -78,6 +78,9 @@ impl BlockDevice for Recording {
         self.inner.flush()
     }
     fn replied(&self, done: &RequestDone) {
+        // Slow too, so that a server that sent the reply before telling the device would let
+        // the client see its reply before the request was counted.
+        std::thread::sleep(Duration::from_millis(5));
         self.done.lock().unwrap().push(*done);
     }
 }

@@ -38,7 +38,8 @@ fn writes_to_a_read_only_export_get_eperm_with_simple_and_structured_replies() {
 }
 
 /// What `snapvol serve --metrics` counts: every request answered, with the error the client
-/// got — those the server answers itself (`EPERM`, `EINVAL`) included — and how long it took.
+/// got — those the server answers itself (`EPERM`, `EINVAL`) included — and how long it took;
+/// and a client that has its reply finds the request already counted.
 #[test]
 fn the_device_is_told_of_every_reply_with_its_error_and_duration() {
     let exports = Arc::new(ExportMap::new());

@@ -210,6 +210,7 @@ mod tests {
             journal_pending: 0,
             journal_gen: 0,
             reserved: false,
+            unjournaled: u64::MAX,
         }
     }
 

@@ -13,7 +13,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::units::{ChunkIndex, SnapshotSeq, TargetSlot};
+use crate::units::{ChunkIndex, SnapshotSeq, TargetSlot, WriteMode};
 
 /// Size of a superblock copy and of a metadata block.
 pub const BLOCK_SIZE: usize = 4096;
@@ -75,6 +75,7 @@ fn crc_ok(block: &[u8; BLOCK_SIZE]) -> bool {
 ///   0    8  magic "SNAPVOLT"
 ///   8    4  format version
 ///  12    4  flags: bit 0 = closed cleanly (the journal holds nothing after its head);
+///           bit 1 = write mode throughput (requests of a chunk or more skip the journal);
 ///           the other bits 0
 ///  16    8  generation: +1 on every write; selects the copy (generation % 2)
 ///  24    8  volume size in bytes
@@ -131,10 +132,14 @@ pub struct Superblock {
     /// durable. An open for writing finishes it; an open for reading reads the live volume
     /// as this snapshot, which is what it is about to become.
     pub rollback_to: u64,
+    /// How write requests are made durable (`create --write-mode`).
+    pub write_mode: WriteMode,
 }
 
 /// Superblock flag: closed cleanly.
 const SB_CLEAN: u32 = 1;
+/// Superblock flag: write mode throughput.
+const SB_THROUGHPUT: u32 = 2;
 
 /// The first byte of `b[range]` that is not zero: reserved bytes are written as zero and
 /// checked on read, so a later format can give them a meaning that this build refuses rather
@@ -155,7 +160,11 @@ impl Superblock {
         let mut b = [0u8; BLOCK_SIZE];
         b[0..8].copy_from_slice(SB_MAGIC);
         put_u32(&mut b, 8, FORMAT_VERSION);
-        put_u32(&mut b, 12, if self.clean { SB_CLEAN } else { 0 });
+        let mut flags = if self.clean { SB_CLEAN } else { 0 };
+        if self.write_mode == WriteMode::Throughput {
+            flags |= SB_THROUGHPUT;
+        }
+        put_u32(&mut b, 12, flags);
         put_u64(&mut b, 16, self.generation);
         put_u64(&mut b, 24, self.volume_size);
         put_u32(&mut b, 32, self.chunk_size);
@@ -219,8 +228,13 @@ impl Superblock {
             journal_head_seq: get_u64(b, 112),
             clean: get_u32(b, 12) & SB_CLEAN != 0,
             rollback_to: get_u64(b, 128),
+            write_mode: if get_u32(b, 12) & SB_THROUGHPUT != 0 {
+                WriteMode::Throughput
+            } else {
+                WriteMode::Atomic
+            },
         };
-        if get_u32(b, 12) & !SB_CLEAN != 0 {
+        if get_u32(b, 12) & !(SB_CLEAN | SB_THROUGHPUT) != 0 {
             return Err(Error::corrupt(loc(), "unknown flags set"));
         }
         if let Some(at) = nonzero(b, 36..40).or_else(|| nonzero(b, 136..BLOCK_SIZE - 4)) {
@@ -617,6 +631,7 @@ mod tests {
             journal_head_seq: 17,
             clean: true,
             rollback_to: 4,
+            write_mode: WriteMode::Throughput,
         }
     }
 

@@ -38,6 +38,7 @@ pub use stats::VolumeMetrics;
 pub use store::{
     parse_snapshot_name, parse_volume_or_snapshot, CreateOptions, Store, DEFAULT_CACHE_SIZE,
 };
+pub use units::WriteMode;
 pub use volume::{
     ChangeGuard, Layout, RollbackReport, SnapshotInfo, Volume, VolumeInfo, VolumeOptions,
 };

@@ -17,7 +17,7 @@ use crate::journal::{DEFAULT_JOURNAL_SIZE, RING_OFFSET};
 use crate::location::Location;
 use crate::names::validate_name;
 use crate::paths::VolumePaths;
-use crate::units::{Geometry, DEFAULT_CHUNK};
+use crate::units::{Geometry, WriteMode, DEFAULT_CHUNK};
 use crate::volume::{Layout, Volume, VolumeOptions};
 
 /// Default size of the write-back cache in RAM.
@@ -62,6 +62,8 @@ pub struct CreateOptions {
     pub cache: Option<Location>,
     /// Size of the cache journal's ring.
     pub journal_size: u64,
+    /// How write requests are made durable.
+    pub write_mode: WriteMode,
 }
 
 impl CreateOptions {
@@ -75,6 +77,7 @@ impl CreateOptions {
             target_size: None,
             cache: None,
             journal_size: DEFAULT_JOURNAL_SIZE,
+            write_mode: WriteMode::Atomic,
         }
     }
 }
@@ -196,6 +199,7 @@ impl Store {
                 geometry,
                 target_cap: opts.target_size,
                 journal_size: opts.journal_size,
+                write_mode: opts.write_mode,
             };
             let paths = config.paths(&*self.catalog, name);
             let volume = Volume::create(name, &paths, layout, vopts, lock)?;

@@ -29,6 +29,49 @@ pub struct TargetSlot(pub u64);
 )]
 pub struct SnapshotSeq(pub u64);
 
+/// How a volume makes write requests durable (`create --write-mode`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Every write request is journaled before it is acknowledged as durable, so after a
+    /// crash each request is all-old or all-new.
+    #[default]
+    Atomic,
+    /// Requests of at least a chunk skip the journal: they become durable when a FLUSH, a FUA
+    /// write or a snapshot destages them, and an unflushed one may be torn after a crash, as
+    /// on a disk. Smaller requests are journaled as in `Atomic`.
+    Throughput,
+}
+
+impl WriteMode {
+    /// The name users give it (`atomic`, `throughput`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Atomic => "atomic",
+            WriteMode::Throughput => "throughput",
+        }
+    }
+}
+
+impl fmt::Display for WriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WriteMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "atomic" => Ok(WriteMode::Atomic),
+            "throughput" => Ok(WriteMode::Throughput),
+            _ => Err(format!("unknown write mode '{s}' (atomic or throughput)")),
+        }
+    }
+}
+
 /// The epoch a write belongs to: the sequence number of the newest snapshot when it was
 /// issued. Snapshot *s* sees writes of epochs below [`Epoch::of`]`(s)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -90,6 +90,7 @@ fn volume_on_crash_devices(
         geometry: Geometry::new(size, CHUNK as u32).unwrap(),
         target_cap: None,
         journal_size: 4 << 20,
+        write_mode: Default::default(),
     };
     let vol = Volume::create_on("v", vluns, layout, opts).unwrap();
     (ctl, devs, vol)

@@ -86,6 +86,7 @@ fn killed_volume() -> Images {
         target_cap: None,
         // The cache (a quarter of the ring) holds every write: none is destaged.
         journal_size: 16 << 20,
+        write_mode: Default::default(),
     };
     let vol = Volume::create_on("v", vluns, layout, options()).unwrap();
     for i in 0..WRITES {

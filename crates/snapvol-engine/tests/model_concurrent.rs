@@ -286,6 +286,7 @@ fn run(ops: &[Vec<Op>; THREADS], loss_seed: u64) {
         geometry: Geometry::new(SIZE, CHUNK).unwrap(),
         target_cap: None,
         journal_size: 4 << 20,
+        write_mode: Default::default(),
     };
     let vol = Volume::create_on("v", dev.vluns(), layout, options()).unwrap();
     let shared = Shared {

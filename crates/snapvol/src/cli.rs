@@ -368,6 +368,14 @@ pub struct CreateArgs {
     /// Size of the cache journal (at least 4M). Writes waiting to be destaged must fit in it.
     #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "512M")]
     pub journal_size: u64,
+
+    /// How writes are made durable. atomic: every write request goes through the cache
+    /// journal, so after a crash each one is all-old or all-new. throughput: requests of at
+    /// least a chunk skip the journal (their bytes are written once, by the destage) and
+    /// become durable at the next FLUSH, FUA write or snapshot; after a crash an unflushed
+    /// one may be torn, as on a disk. FLUSH, FUA and snapshots mean the same in both.
+    #[arg(long, value_name = "MODE", default_value = "atomic")]
+    pub write_mode: snapvol_engine::WriteMode,
 }
 
 /// `snapvol list`.

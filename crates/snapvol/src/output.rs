@@ -17,6 +17,8 @@ pub struct InfoJson {
     pub size: u64,
     /// Chunk size in bytes.
     pub chunk_size: u32,
+    /// How writes are made durable: `atomic` or `throughput` (`create --write-mode`).
+    pub write_mode: snapvol_engine::WriteMode,
     /// Cap on the target VLUN in bytes; `null` when it grows as needed.
     pub target_size: Option<u64>,
     /// Bytes of the target's data area that hold preserved chunks.
@@ -90,6 +92,7 @@ impl From<&VolumeInfo> for InfoJson {
             name: v.name.clone(),
             size: v.size,
             chunk_size: v.chunk_size,
+            write_mode: v.write_mode,
             target_size: v.target_size,
             target_used_bytes: v.target_used_bytes,
             metadata_bytes: v.metadata_bytes,

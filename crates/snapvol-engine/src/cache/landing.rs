@@ -38,10 +38,34 @@ pub struct Landing<'a> {
     pub data: Option<(&'a Arc<[u8]>, usize)>,
     /// The epoch the request was admitted in.
     pub epoch: Epoch,
-    /// The journal append already holding the request durably (a replayed record, or a
-    /// request too large to stage, journaled before it lands); `None` for a request staged for
-    /// the journal, whose versions wait for it.
-    pub journaled: Option<u64>,
+    /// How the request is made durable.
+    pub journal: Journaling,
+}
+
+/// How a landed request is made durable, which decides when its versions may be destaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaling {
+    /// Staged for the journal as it lands: its versions wait for the append (nothing reaches
+    /// the source before it is in the journal).
+    Staged,
+    /// Durable in this journal append already: a replayed record (0), or a request too large
+    /// to stage, journaled whole before it lands.
+    In(u64),
+    /// Not journaled (write mode throughput), in this flush generation: durable only once
+    /// destaged, which the next FLUSH, FUA write or snapshot forces. Allowed only where no
+    /// journal record still replayable after a crash covers the chunk
+    /// ([`RangeLock::journal_free`]), so that a replay never lays an older write over it.
+    Skipped(u64),
+}
+
+/// What the journal holds of a chunk, kept after its versions are destaged and until the
+/// journal's head passes it: whether a replay after a crash would write the chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Footprint {
+    /// Writes into it staged for the journal and not yet appended.
+    pub(super) staged: u32,
+    /// The newest journal append holding a write into it.
+    pub(super) appended: u64,
 }
 
 /// A block of the source that a partial write into a block no version holds needs, read by
@@ -193,6 +217,18 @@ impl RangeLock<'_> {
             .collect()
     }
 
+    /// Whether no chunk of the range has a journal record that a replay after a crash would
+    /// apply: none staged, and none in an append newer than `reclaimed` (the newest append
+    /// the journal's head has passed on disk). Only then may a write skip the journal.
+    pub fn journal_free(&self, reclaimed: u64) -> bool {
+        self.chunks().all(|c| {
+            self.shard(c)
+                .footprint
+                .get(&c.0)
+                .is_none_or(|f| f.staged == 0 && f.appended <= reclaimed)
+        })
+    }
+
     /// The partial blocks of the request that no version holds, for which `have` holds no
     /// read still current: the caller reads them from the source and lands again.
     pub fn source_blocks(&self, have: &[SourceBlock]) -> Vec<SourceBlock> {
@@ -256,15 +292,26 @@ impl RangeLock<'_> {
                     journal_pending: 0,
                     journal_gen: u64::MAX,
                     reserved: reserved(p.chunk),
+                    unjournaled: u64::MAX,
                 });
                 cache.account(ZERO_COST as i64);
             }
             let n = versions.len();
             let (older, newest) = versions.split_at_mut(n - 1);
             let newest = &mut newest[0];
-            match req.journaled {
-                Some(generation) => newest.journal_gen = newest.journal_gen.min(generation),
-                None => newest.journal_pending += 1,
+            match req.journal {
+                Journaling::In(generation) => {
+                    newest.journal_gen = newest.journal_gen.min(generation);
+                    if generation > 0 {
+                        let f = shard.footprint.entry(p.chunk.0).or_default();
+                        f.appended = f.appended.max(generation);
+                    }
+                }
+                Journaling::Staged => {
+                    newest.journal_pending += 1;
+                    shard.footprint.entry(p.chunk.0).or_default().staged += 1;
+                }
+                Journaling::Skipped(g) => newest.unjournaled = newest.unjournaled.min(g),
             }
             landed.push(LandedVersion {
                 chunk: p.chunk,
@@ -352,7 +399,7 @@ mod tests {
             data: Some((&data, 0)),
             epoch,
             // As if journaled already, so that a destage may take it.
-            journaled: Some(1),
+            journal: Journaling::In(1),
         };
         let mut have = Vec::new();
         loop {

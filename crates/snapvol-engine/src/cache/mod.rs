@@ -21,7 +21,9 @@
 mod landing;
 mod version;
 
-pub use landing::{EpochOrder, LandedVersion, Landing, NewVersion, RangeLock, SourceBlock};
+pub use landing::{
+    EpochOrder, Journaling, LandedVersion, Landing, NewVersion, RangeLock, SourceBlock,
+};
 pub use version::{BlockMask, Payload, Version, VersionData};
 
 use std::collections::HashMap;
@@ -42,6 +44,29 @@ struct Shard {
     /// unlocked is still what the source holds if no version was retired since: only a
     /// retired version's data has reached the source.
     retired: u64,
+    /// The chunks a journal replay after a crash would write (kept until the journal's head
+    /// passes their records, whether or not they are still dirty).
+    footprint: HashMap<u64, landing::Footprint>,
+}
+
+/// Which dirty versions a destage batch may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// Only versions of epochs below this: a snapshot whose journal record is not yet durable
+    /// must not be named by a preservation, so writes of its epoch wait ([`Epoch::LIVE`]: no
+    /// such snapshot).
+    pub below: Epoch,
+    /// Only chunks holding a version with a write not journaled in this flush generation or an
+    /// older one (what a FLUSH must destage); `None`: any chunk, lowest first.
+    pub unjournaled_upto: Option<u64>,
+}
+
+impl Pick {
+    /// Any dirty chunk whose versions may be destaged.
+    pub const ANY: Pick = Pick {
+        below: Epoch::LIVE,
+        unjournaled_upto: None,
+    };
 }
 
 /// A chunk taken for destage: its versions as they were when taken.
@@ -233,6 +258,32 @@ impl Cache {
             v.journal_gen = v.journal_gen.min(generation);
             v.frozen = true;
         }
+        if let Some(f) = shard.footprint.get_mut(&c.0) {
+            f.staged -= 1;
+            f.appended = f.appended.max(generation);
+        }
+    }
+
+    /// Forgets the journal footprints the journal's head has passed: every append up to
+    /// `reclaimed` is behind the head on disk, so no replay writes those chunks any more.
+    pub fn forget_footprints(&self, reclaimed: u64) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .footprint
+                .retain(|_, f| f.staged > 0 || f.appended > reclaimed);
+        }
+    }
+
+    /// Whether some version holds a write not journaled in flush generation `upto` or an
+    /// older one: what a FLUSH of that generation still has to destage.
+    pub fn holds_unjournaled(&self, upto: u64) -> bool {
+        self.shards.iter().any(|s| {
+            s.lock()
+                .chunks
+                .values()
+                .any(|vs| vs.iter().any(|v| v.unjournaled <= upto))
+        })
     }
 
     /// The oldest journal append whose data some version still holds undestaged.
@@ -276,10 +327,12 @@ impl Cache {
         holes
     }
 
-    /// Takes up to `max_bytes` of dirty chunks for destage, lowest chunk first: of each chunk,
-    /// the oldest versions whose writes are all in the journal. They are frozen (later writes
-    /// start new versions) and shared with the batch, not copied.
-    pub fn collect(&self, max_bytes: u64) -> Vec<DirtyChunk> {
+    /// Takes up to `max_bytes` of dirty chunks for destage, lowest chunk first, as `pick`
+    /// allows: of each chunk, the oldest versions whose writes are all in the journal (or
+    /// skipped it) and whose epoch is below `pick.below`. They are frozen (later writes start
+    /// new versions) and shared with the batch, not copied.
+    pub fn collect(&self, max_bytes: u64, pick: Pick) -> Vec<DirtyChunk> {
+        let takes = |v: &Version| v.journal_pending == 0 && v.epoch < pick.below;
         let mut keys = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock();
@@ -287,7 +340,11 @@ impl Cache {
                 shard
                     .chunks
                     .iter()
-                    .filter(|(_, v)| v.first().is_some_and(|v| v.journal_pending == 0))
+                    .filter(|(_, vs)| vs.first().is_some_and(takes))
+                    .filter(|(_, vs)| {
+                        pick.unjournaled_upto
+                            .is_none_or(|g| vs.iter().any(|v| v.unjournaled <= g))
+                    })
                     .map(|(k, _)| *k),
             );
         }
@@ -302,7 +359,7 @@ impl Cache {
             let Some(vs) = shard.chunks.get_mut(&k) else {
                 continue;
             };
-            let n = vs.iter().take_while(|v| v.journal_pending == 0).count();
+            let n = vs.iter().take_while(|v| takes(v)).count();
             if n == 0 {
                 continue;
             }
@@ -362,6 +419,6 @@ impl Cache {
 impl Cache {
     /// Everything dirty, taken for destage as one batch would (journal state aside).
     fn collect_all_for_tests(&self) -> Vec<DirtyChunk> {
-        self.collect(u64::MAX)
+        self.collect(u64::MAX, Pick::ANY)
     }
 }

@@ -118,6 +118,10 @@ pub struct Version {
     pub journal_gen: u64,
     /// Whether creating it reserved a target slot for preserving the image before it.
     pub reserved: bool,
+    /// Oldest flush generation of a write landed in it without a journal record (write mode
+    /// throughput; `u64::MAX`: none). A FLUSH of generation *g* makes every version with
+    /// `unjournaled <= g` durable by destaging it.
+    pub unjournaled: u64,
 }
 
 impl Version {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::DirtyChunk;
+use crate::cache::{DirtyChunk, Pick};
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
@@ -87,8 +87,15 @@ impl Inner {
     /// is [`Error::DeviceFull`]; the volume stays writable and destaging resumes once space is
     /// freed.
     pub(super) fn destage_batch(&self) -> Result<usize> {
+        self.destage_batch_of(None)
+    }
+
+    /// [`Inner::destage_batch`] of the chunks holding writes that skipped the journal in
+    /// flush generation `unjournaled_upto` or an older one (write mode throughput), when
+    /// given; otherwise of any dirty chunks, lowest first.
+    pub(super) fn destage_batch_of(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
         let started = Instant::now();
-        match self.destage_batch_inner() {
+        match self.destage_batch_inner(unjournaled_upto) {
             Ok(n) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
                 if n > 0 {
@@ -116,10 +123,28 @@ impl Inner {
         }
     }
 
-    fn destage_batch_inner(&self) -> Result<usize> {
+    fn destage_batch_inner(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
         let mut scratch = self.destage_lock.lock();
         self.check_writable()?;
-        let batch = self.cache.collect(MAX_BATCH);
+        // A snapshot whose journal record is not durable yet must not be named by a
+        // preservation (recovery would find a copy for a snapshot it does not know): writes
+        // of its epoch wait. Journaled writes of that epoch wait anyway (their records follow
+        // the snapshot's), writes that skipped the journal wait here.
+        let below = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|p| !p.durable)
+            .map(|p| crate::units::Epoch::of(p.meta.seq))
+            .min()
+            .unwrap_or(crate::units::Epoch::LIVE);
+        let batch = self.cache.collect(
+            MAX_BATCH,
+            Pick {
+                below,
+                unjournaled_upto,
+            },
+        );
         if batch.is_empty() {
             return Ok(0);
         }
@@ -346,6 +371,14 @@ impl Inner {
             *scratch = Vec::new();
         }
         written?;
+        // Counted before the versions leave the cache: a FLUSH that finds them gone then
+        // knows the source holds data not yet synced.
+        if batch
+            .iter()
+            .any(|d| d.versions.iter().any(|v| v.unjournaled != u64::MAX))
+        {
+            self.source_written.fetch_add(1, Ordering::SeqCst);
+        }
         for d in &batch {
             self.cache.retire(d);
         }

@@ -100,6 +100,21 @@ impl EpochGate {
         }
     }
 
+    /// Once every writer of the current epoch has landed, runs `before` with the door still
+    /// shut (no write lands meanwhile), then starts epoch `current + 1` and returns it. If
+    /// `before` fails, the epoch stays and the door opens again.
+    pub(super) fn advance_after<E>(
+        &self,
+        before: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Epoch, E> {
+        let _one_closer = self.closers.lock();
+        self.shut_and_drain();
+        let ran = before();
+        let next = ran.map(|()| Epoch(self.epoch.fetch_add(1, Ordering::SeqCst) + 1));
+        self.open();
+        next
+    }
+
     /// Starts epoch `current + 1` once every writer of the current one has landed; returns it.
     pub(super) fn advance(&self) -> Epoch {
         let _one_closer = self.closers.lock();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::error::{Device, Error, Result};
 use crate::journal::{JournalHead, Request};
 use crate::metadata::SnapshotMeta;
-use crate::units::Epoch;
+use crate::units::{Epoch, WriteMode};
 
 use super::{millis, Inner, JOURNAL_EAGER, STAGING_SHARDS};
 
@@ -43,11 +43,50 @@ impl Inner {
         }
     }
 
-    /// FLUSH: every write acknowledged so far becomes durable by reaching the journal — no
-    /// destage is forced.
+    /// FLUSH: every write acknowledged so far becomes durable. Journaled writes by reaching
+    /// the journal — no destage is forced; in write mode throughput, the writes that skipped
+    /// the journal by being destaged, and the source synced.
     pub(super) fn flush(&self) -> Result<()> {
         self.check_writable()?;
-        self.journal_flush().inspect_err(|e| self.fail(e))
+        self.journal_flush().inspect_err(|e| self.fail(e))?;
+        if self.write_mode == WriteMode::Throughput {
+            self.flush_unjournaled()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write that skipped the journal and was acknowledged before this call
+    /// durable: destages the chunks holding one (with their older versions, preserving
+    /// originals first as any destage does), then syncs the source unless a sync since the
+    /// last such destage did. A destage error reaches the caller (ENOSPC while a file system
+    /// is full leaves the volume writable); the writes stay dirty and the next FLUSH tries
+    /// again.
+    pub(super) fn flush_unjournaled(&self) -> Result<()> {
+        // Writes acknowledged before now landed in this generation or an older one; writes
+        // landing from now on go to the next, and this FLUSH need not wait for them.
+        let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst);
+        loop {
+            if self.destage_batch_of(Some(generation))? > 0 {
+                continue;
+            }
+            if !self.cache.holds_unjournaled(generation) {
+                break;
+            }
+            // What is left waits behind a write still staged for the journal in the same
+            // chunk, or for the journal record of a snapshot whose epoch has begun: journal
+            // both, then take the chunks again.
+            self.check_writable()?;
+            self.journal_append_upto(self.gate.current().0)?;
+        }
+        let written = self.source_written.load(Ordering::SeqCst);
+        if self.source_synced.load(Ordering::SeqCst) < written {
+            self.source
+                .sync()
+                .map_err(|e| Error::io("sync", Device::Source, 0, e))
+                .inspect_err(|e| self.fail(e))?;
+            self.source_synced.fetch_max(written, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Appends every staged request to the journal (one record each), syncs it, and marks the
@@ -79,6 +118,20 @@ impl Inner {
     /// journaled. Returns the append's generation, if anything was appended. Any failure fails
     /// the volume: the staged requests are gone from the staging list.
     pub(super) fn journal_append(&self, extra: Option<Request>) -> Result<Option<u64>> {
+        let up_to = match &extra {
+            Some(Request::Snapshot { seq, .. }) => *seq,
+            _ => 0,
+        };
+        self.journal_append_inner(extra, up_to)
+    }
+
+    /// Appends every staged request and the records of the snapshots up to `up_to` not yet
+    /// journaled (those whose epoch has begun, when `up_to` is the current epoch).
+    pub(super) fn journal_append_upto(&self, up_to: u64) -> Result<Option<u64>> {
+        self.journal_append_inner(None, up_to)
+    }
+
+    fn journal_append_inner(&self, extra: Option<Request>, up_to: u64) -> Result<Option<u64>> {
         let _append = self.append_lock.lock();
         self.check_writable()?;
         let r = (|| {
@@ -110,10 +163,6 @@ impl Inner {
                     data: s.data.clone(),
                 })
                 .chain(extra.clone().filter(|r| matches!(r, Request::Write { .. })));
-            let up_to = match &extra {
-                Some(Request::Snapshot { seq, .. }) => *seq,
-                _ => 0,
-            };
             let requests = self.with_snapshot_records(writes, up_to);
             if requests.is_empty() {
                 return Ok(None);
@@ -215,7 +264,7 @@ impl Inner {
 
     fn reclaim_journal_inner(&self, force: bool) -> Result<()> {
         let _one_at_a_time = self.reclaim_lock.lock();
-        let head = {
+        let (head, upto) = {
             let journal = self.journal.lock();
             if !force && journal.used() < journal.ring_len() / 4 {
                 return Ok(());
@@ -232,21 +281,26 @@ impl Inner {
             let Some(head) = journal.head_after(upto) else {
                 return Ok(());
             };
-            head
+            (head, upto)
         };
         // The source sync may take a while; appends go on meanwhile (they only add after the
         // tail, and this head stays right: everything before it is destaged).
         self.persist_journal_head(head)?;
         self.journal.lock().advance_head(head);
+        // No replay applies those appends any more: their chunks may skip the journal again.
+        self.journal_reclaimed.fetch_max(upto, Ordering::SeqCst);
+        self.cache.forget_footprints(upto);
         Ok(())
     }
 
     /// Makes `head` the journal's head on disk: the source is synced first (the data of every
     /// record before it must be durable there), then the superblock records it.
     pub(super) fn persist_journal_head(&self, head: JournalHead) -> Result<()> {
+        let written = self.source_written.load(Ordering::SeqCst);
         self.source
             .sync()
             .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        self.source_synced.fetch_max(written, Ordering::SeqCst);
         let mut meta = self.meta.lock();
         meta.sb.journal_head = head.pos;
         meta.sb.journal_head_seq = head.seq;

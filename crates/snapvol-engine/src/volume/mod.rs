@@ -64,7 +64,7 @@ use crate::journal::{Journal, DEFAULT_JOURNAL_SIZE};
 use crate::metadata::{Allocator, Index, SnapshotMeta, SnapshotTable};
 use crate::stats::{Histogram, VolumeMetrics};
 use crate::store::DEFAULT_CACHE_SIZE;
-use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
+use crate::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot, WriteMode};
 use crate::vlun::Vlun;
 
 use crate::chain::BlockPlace;
@@ -119,6 +119,9 @@ pub struct VolumeInfo {
     pub size: u64,
     /// Chunk size in bytes.
     pub chunk_size: u32,
+    /// How write requests are made durable (`create --write-mode`).
+    #[serde(default)]
+    pub write_mode: WriteMode,
     /// Cap on the target VLUN's size; `None` = grows as needed.
     pub target_size: Option<u64>,
     /// Bytes of the data area holding preserved chunks.
@@ -272,6 +275,19 @@ struct Inner {
     /// its ring's length: read by [`Volume::metrics`] without waiting for an append.
     journal_used: Arc<AtomicU64>,
     journal_ring: u64,
+    /// How write requests are made durable (the superblock's, fixed at creation).
+    write_mode: WriteMode,
+    /// Write mode throughput: the generation a write that skips the journal lands in. A
+    /// FLUSH moves it on and destages every version of its generation or an older one.
+    flush_gen: AtomicU64,
+    /// The newest journal append the journal's head has passed on disk: a replay after a
+    /// crash applies no record of it or of an older append.
+    journal_reclaimed: AtomicU64,
+    /// Destage batches that wrote to the source data that skipped the journal, and how many
+    /// of them a completed source sync covers: a FLUSH syncs the source only if some batch is
+    /// not covered yet.
+    source_written: AtomicU64,
+    source_synced: AtomicU64,
 }
 
 /// An open volume. Dropping it flushes and closes it; [`Volume::close`] does the same and
@@ -326,15 +342,18 @@ pub struct Layout {
     pub target_cap: Option<u64>,
     /// Size of the cache journal's ring.
     pub journal_size: u64,
+    /// How write requests are made durable.
+    pub write_mode: WriteMode,
 }
 
 impl Layout {
-    /// A layout with an unlimited target and the default journal.
+    /// A layout with an unlimited target, the default journal and atomic writes.
     pub fn new(geometry: Geometry) -> Self {
         Self {
             geometry,
             target_cap: None,
             journal_size: DEFAULT_JOURNAL_SIZE,
+            write_mode: WriteMode::Atomic,
         }
     }
 }
@@ -487,10 +506,15 @@ impl Volume {
         self.inner.rollback_target()
     }
 
-    /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA).
+    /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA): it is
+    /// journaled in either write mode, so this costs one journal sync and never a destage.
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.write(offset, data)?;
-        self.flush()
+        self.inner.write_fua(offset, data.len() as u64, Some(data))
+    }
+
+    /// [`Volume::write_zeroes`] (or [`Volume::trim`]), durable before returning (NBD's FUA).
+    pub fn write_zeroes_fua(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.write_fua(offset, len, None)
     }
 
     /// Takes a snapshot. It holds every write acknowledged before this call and none issued
@@ -542,6 +566,7 @@ impl Volume {
             name: i.name.clone(),
             size: i.geo.size,
             chunk_size: i.geo.chunk_size,
+            write_mode: i.write_mode,
             target_size: i.target_cap,
             target_used_bytes: preserved * i.geo.chunk(),
             metadata_bytes,

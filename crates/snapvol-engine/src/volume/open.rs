@@ -182,6 +182,7 @@ impl Volume {
             journal_head_seq: 1,
             clean: true,
             rollback_to: 0,
+            write_mode: layout.write_mode,
         };
         // Both copies valid from the start; generation 1 is the current one.
         for g in 0..2 {
@@ -331,6 +332,11 @@ impl Volume {
             journal_dev,
             journal_used,
             journal_ring: ring,
+            write_mode: loaded.sb.write_mode,
+            flush_gen: AtomicU64::new(1),
+            journal_reclaimed: AtomicU64::new(0),
+            source_written: AtomicU64::new(0),
+            source_synced: AtomicU64::new(0),
         });
         if read_only {
             inner.replay(records, loaded.created_seq)?;

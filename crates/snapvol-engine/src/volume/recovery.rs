@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::cache::Landing;
+use crate::cache::{Journaling, Landing};
 use crate::error::{Error, Result};
 use crate::journal::{JournalRecord, Request};
 use crate::metadata::SnapshotMeta;
@@ -120,7 +120,7 @@ impl Inner {
                 len,
                 data: data.as_ref().map(|d| (d, 0)),
                 epoch,
-                journaled: Some(0),
+                journal: Journaling::In(0),
             };
             if self.read_only {
                 let mut count = |n: u64| {
@@ -128,9 +128,9 @@ impl Inner {
                         .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                     Ok(())
                 };
-                self.land(&req, &mut count, |_| ())?;
+                self.land(&req, &mut count, |_, _| ())?;
             } else {
-                self.land(&req, &mut |n| self.reserve(n), |_| ())?;
+                self.land(&req, &mut |n| self.reserve(n), |_, _| ())?;
                 if self.cache.dirty_bytes() > self.cache.limit() / 2 {
                     while self.destage_batch()? > 0 {}
                 }

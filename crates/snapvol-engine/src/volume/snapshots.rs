@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::Record;
 use crate::metadata::SnapshotMeta;
 use crate::names::validate_name;
-use crate::units::SnapshotSeq;
+use crate::units::{SnapshotSeq, WriteMode};
 
 use super::{Inner, PendingSnapshot, SnapshotInfo};
 
@@ -28,6 +28,13 @@ impl Inner {
         // A snapshot needs a record in the metadata log; on a full target it fails here rather
         // than eat the room kept for deleting snapshots.
         self.check_room(1)?;
+        let throughput = self.write_mode == WriteMode::Throughput;
+        if throughput {
+            // Writes that skipped the journal must be durable before the snapshot is, since it
+            // holds them: most are destaged now, with writers still going, and what lands
+            // meanwhile below, with the epoch's door shut.
+            self.flush_unjournaled()?;
+        }
         let seq = SnapshotSeq(self.gate.current().0 + 1);
         let meta = SnapshotMeta {
             seq,
@@ -47,7 +54,21 @@ impl Inner {
             next.push(meta.clone());
             self.table.store(Arc::new(next));
         }
-        let advanced = self.gate.advance();
+        let advanced = if throughput {
+            // With no writer inside, every write of the snapshot's image has landed: those
+            // that skipped the journal are destaged and the source synced before its epoch
+            // ends (a crash between leaves no snapshot, and those writes durable).
+            self.gate.advance_after(|| self.flush_unjournaled())
+        } else {
+            Ok(self.gate.advance())
+        };
+        let advanced = match advanced {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                self.unpublish_pending(seq);
+                return Err(e);
+            }
+        };
         debug_assert_eq!(advanced, crate::units::Epoch::of(seq));
         // One journal append makes it durable with every write acknowledged before it: the
         // staged writes, then the snapshot's record (unless a FLUSH since the epoch advanced
@@ -58,10 +79,7 @@ impl Inner {
             .check_writable()
             .and_then(|()| self.journal_append(Some(snapshot_request(&meta))));
         if let Err(e) = r {
-            self.pending.lock().retain(|p| p.meta.seq != seq);
-            let mut back = (**self.table.load()).clone();
-            back.remove(seq);
-            self.table.store(Arc::new(back));
+            self.unpublish_pending(seq);
             return Err(e);
         }
         self.stats.snapshots_created.fetch_add(1, Ordering::Relaxed);
@@ -73,6 +91,14 @@ impl Inner {
             exclusive_bytes: 0,
             shared_bytes: 0,
         })
+    }
+
+    /// Takes back a snapshot whose creation failed before it was acknowledged.
+    fn unpublish_pending(&self, seq: SnapshotSeq) {
+        self.pending.lock().retain(|p| p.meta.seq != seq);
+        let mut back = (**self.table.load()).clone();
+        back.remove(seq);
+        self.table.store(Arc::new(back));
     }
 
     pub(super) fn snapshot_delete(&self, name: &str) -> Result<()> {

@@ -11,15 +11,31 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cache::{LandedVersion, Landing, SourceBlock};
+use crate::cache::{Journaling, LandedVersion, Landing, SourceBlock};
 use crate::error::{Device, Error, Result};
-use crate::units::BLOCK;
+use crate::units::{WriteMode, BLOCK};
 
 use super::space::device_of;
 use super::{Inner, Staged, JOURNAL_EAGER, STAGING_SHARDS};
 
 impl Inner {
+    /// Writes `data` (zeros for `None`) at `offset`: journaled, or in write mode throughput
+    /// skipping the journal if it is a data request of at least a chunk.
     pub(super) fn write(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+        let skip =
+            self.write_mode == WriteMode::Throughput && data.is_some() && len >= self.geo.chunk();
+        self.write_as(offset, len, data, skip)
+    }
+
+    /// A FUA write: journaled whatever the write mode (one journal sync makes just this
+    /// request durable, where skipping the journal would need a destage), then durable.
+    pub(super) fn write_fua(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+        self.write_as(offset, len, data, false)?;
+        self.check_writable()?;
+        self.journal_flush().inspect_err(|e| self.fail(e))
+    }
+
+    fn write_as(&self, offset: u64, len: u64, data: Option<&[u8]>, skip: bool) -> Result<()> {
         self.check_writable()?;
         self.geo.check_range(offset, len)?;
         if len == 0 {
@@ -32,7 +48,7 @@ impl Inner {
             while pos < offset + len {
                 let end = (pos + self.max_record).min(offset + len);
                 let piece = data.map(|d| &d[(pos - offset) as usize..(end - offset) as usize]);
-                self.write(pos, end - pos, piece)?;
+                self.write_as(pos, end - pos, piece, skip)?;
                 pos = end;
             }
             return Ok(());
@@ -51,10 +67,15 @@ impl Inner {
         .max(self.geo.chunk())
             / self.geo.chunk()
             * self.geo.chunk();
-        let result = if len > step {
-            self.write_large(offset, len, data, step)
-        } else {
-            self.write_small(offset, len, data)
+        let result = match data {
+            // Nothing to journal: each piece is its own request, as on a disk (a snapshot may
+            // fall between two pieces of a request larger than a quarter of the cache).
+            Some(data) if skip => pieces(offset, len, step).try_for_each(|(pos, n)| {
+                let at = (pos - offset) as usize;
+                self.write_small(pos, n, Some(&data[at..at + n as usize]), true)
+            }),
+            _ if len > step => self.write_large(offset, len, data, step),
+            _ => self.write_small(offset, len, data, false),
         };
         if self.cache.dirty_bytes() > self.cache.limit() / 4 {
             self.poke();
@@ -62,8 +83,10 @@ impl Inner {
         result
     }
 
-    /// A request that fits the cache: lands in it, and is staged for the journal.
-    fn write_small(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+    /// A request that fits the cache: lands in it, and is staged for the journal — unless
+    /// `skip` and no journal record a replay would apply covers its chunks, in which case it
+    /// lands without one ([`Journaling::Skipped`]), durable at the next FLUSH.
+    fn write_small(&self, offset: u64, len: u64, data: Option<&[u8]>, skip: bool) -> Result<()> {
         let chunks = self.geo.split(offset, len).count() as u64;
         let cost = match data {
             Some(_) => chunks * self.geo.chunk() + len,
@@ -80,9 +103,16 @@ impl Inner {
             len,
             data: shared.as_ref().map(|d| (d, 0)),
             epoch,
-            journaled: None,
+            journal: if skip {
+                Journaling::Skipped(self.flush_gen.load(Ordering::SeqCst))
+            } else {
+                Journaling::Staged
+            },
         };
-        self.land(&req, &mut |n| self.reserve(n), |landed| {
+        let staged = self.land(&req, &mut |n| self.reserve(n), |landed, journal| {
+            if journal != Journaling::Staged {
+                return false;
+            }
             self.cache
                 .hold(shared.as_ref().map_or(0, |d| d.len() as u64));
             let wseq = self.wseq.fetch_add(1, Ordering::SeqCst);
@@ -96,9 +126,11 @@ impl Inner {
                     data: shared.clone(),
                     landed,
                 });
+            true
         })?;
         drop(admitted);
-        if self.background_destage
+        if staged
+            && self.background_destage
             && self.staged_bytes.fetch_add(len, Ordering::Relaxed) + len >= JOURNAL_EAGER
         {
             self.poke_journal();
@@ -159,7 +191,7 @@ impl Inner {
                     len: n,
                     data: shared.as_ref().map(|d| (d, (pos - offset) as usize)),
                     epoch,
-                    journaled: Some(generation),
+                    journal: Journaling::In(generation),
                 };
                 let mut draw = |need: u64| {
                     // Drawn from what was reserved up front; more is a bug in that argument,
@@ -168,7 +200,7 @@ impl Inner {
                     pool -= need - extra;
                     self.reserve(extra)
                 };
-                self.land(&req, &mut draw, |_| ())?;
+                self.land(&req, &mut draw, |_, _| ())?;
             }
             Ok(())
         })();
@@ -235,11 +267,15 @@ impl Inner {
     /// nothing), lands the data, and hands the versions it landed in to `then` before any
     /// other request may land in those chunks. Partial blocks that need the source's bytes
     /// are read with the locks released, before anything is decided.
+    ///
+    /// A request that would skip the journal is staged instead where a journal record that a
+    /// replay after a crash would apply covers one of its chunks: the replay would lay that
+    /// older write over this one. `then` is told which it was.
     pub(super) fn land<T>(
         &self,
         req: &Landing<'_>,
         admit: &mut dyn FnMut(u64) -> Result<()>,
-        then: impl FnOnce(Vec<LandedVersion>) -> T,
+        then: impl FnOnce(Vec<LandedVersion>, Journaling) -> T,
     ) -> Result<T> {
         let mut source: Vec<SourceBlock> = Vec::new();
         loop {
@@ -270,9 +306,15 @@ impl Inner {
             })?;
             let preserve = self.needing_preservation(&lock, req.epoch);
             admit(preserve.len() as u64)?;
+            let mut req = *req;
+            if matches!(req.journal, Journaling::Skipped(_))
+                && !lock.journal_free(self.journal_reclaimed.load(Ordering::SeqCst))
+            {
+                req.journal = Journaling::Staged;
+            }
             // `preserve` is in chunk order, as the range is.
-            let landed = lock.land(req, |c| preserve.binary_search(&c).is_ok(), &source);
-            return Ok(then(landed));
+            let landed = lock.land(&req, |c| preserve.binary_search(&c).is_ok(), &source);
+            return Ok(then(landed, req.journal));
         }
     }
 }

@@ -91,6 +91,7 @@ pub(crate) fn build() -> Images {
         geometry: Geometry::new(SIZE, CHUNK as u32).expect("geometry"),
         target_cap: None,
         journal_size: JOURNAL_SIZE,
+        write_mode: Default::default(),
     };
     let vol = Volume::create_on("vol", vluns, layout, options()).expect("create");
     let mut m = Model {

@@ -1,7 +1,7 @@
 //! Workloads: the scripted operations, and the patterns and random numbers they are made of.
 
 use snapvol_engine::units::Geometry;
-use snapvol_engine::{Layout, VolumeOptions};
+use snapvol_engine::{Layout, VolumeOptions, WriteMode};
 
 use super::JOURNAL_SIZE;
 
@@ -63,6 +63,7 @@ impl Workload {
             geometry,
             target_cap: None,
             journal_size: JOURNAL_SIZE,
+            write_mode: WriteMode::Atomic,
         }
     }
 

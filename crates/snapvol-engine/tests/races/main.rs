@@ -136,6 +136,7 @@ fn create_sized(dev: &Devices, size: u64, chunk: u64) -> Volume {
         geometry: Geometry::new(size, chunk as u32).expect("geometry"),
         target_cap: None,
         journal_size: 4 << 20,
+        write_mode: Default::default(),
     };
     Volume::create_on("vol", dev.vluns(), layout, options()).expect("create the volume")
 }
@@ -636,6 +637,7 @@ fn the_target_never_grows_past_its_cap_whatever_the_concurrency_and_request_size
         geometry: Geometry::new(SIZE, CHUNK as u32).expect("geometry"),
         target_cap: Some(CAP),
         journal_size: 16 << 20,
+        write_mode: Default::default(),
     };
     // A 2 MiB cache takes 512 KiB at once: the 1 and 3 MiB requests below land in pieces.
     let vol = Volume::create_on("vol", dev.vluns(), layout, options()).expect("create");

@@ -18,6 +18,7 @@ mod interleaving;
 mod sharing;
 mod target_full;
 mod unaligned;
+mod write_mode;
 mod zeroing;
 
 use snapvol_engine::{Error, VolumeOptions};

@@ -22,6 +22,7 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
         target_size: args.target_size,
         cache: args.cache.as_deref().map(location).transpose()?,
         journal_size: args.journal_size,
+        write_mode: args.write_mode,
     };
     let vol = store.create(&args.volume, &opts, VolumeOptions::default())?;
     vol.close()
@@ -29,10 +30,11 @@ pub fn run(store: &Store, args: CreateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "created volume {} ({}, chunk size {}) in {}",
+        "created volume {} ({}, chunk size {}, write mode {}) in {}",
         args.volume,
         format_size(args.size),
         format_size(u64::from(chunk_size)),
+        args.write_mode,
         store.name()
     )?;
     Ok(())

@@ -43,6 +43,7 @@ pub fn render(info: &VolumeInfo) -> String {
             format!("{} ({} bytes)", format_size(info.size), info.size),
         ),
         ("chunk size", format_size(u64::from(info.chunk_size))),
+        ("write mode", info.write_mode.to_string()),
         ("snapshots", info.snapshots.len().to_string()),
         ("target size", target_size),
         (

@@ -79,19 +79,17 @@ impl BlockDevice for LiveDevice {
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DevError> {
-        self.vol.trim(offset, len).map_err(dev_err)?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(())
+        // A trimmed range reads as zeros: the same request as a write of zeros.
+        self.write_zeroes(offset, len, fua)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DevError> {
-        self.vol.write_zeroes(offset, len).map_err(dev_err)?;
         if fua {
-            self.flush()?;
+            self.vol.write_zeroes_fua(offset, len)
+        } else {
+            self.vol.write_zeroes(offset, len)
         }
-        Ok(())
+        .map_err(dev_err)
     }
 
     fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {

@@ -70,7 +70,8 @@
 # Environment: RUNS (5), WORKLOADS ("w1 w2 w3 w4 w5 w6 w7"), SERVERS ("snapvol qemu nbdkit"),
 # SIZE (1G), W1_SNAPS, W2_PASSES, W2_PASS_SIZE, W3_RUNTIME (alias RAND_RUNTIME), W3_SNAPS,
 # W4_RUNTIME, W5_SIZES, W5_SAMPLES, W5_GAP, W5_FILL, W6_WRITE_S, W7_SIZE, W7_CHANGED, W7_SNAPS,
-# W7_QEMU (0), SNAPVOL_JOURNAL (512M), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
+# W7_QEMU (0), SNAPVOL_JOURNAL (512M), SNAPVOL_WRITE_MODE (atomic; throughput labels snapvol's
+# rows "snapvol (throughput)"), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
 # cache journal in a file there, `create --cache`: /dev/shm stands in for NVRAM, but a tmpfs is
 # not durable across power loss, so label such rows so), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
 # every workload and server runs, else /var/tmp/bench-peers-out), KEEP_TMP=1 keeps the temp
@@ -103,6 +104,7 @@ W7_SNAPS=${W7_SNAPS:-64}
 W7_QEMU=${W7_QEMU:-0}
 SNAPVOL_JOURNAL=${SNAPVOL_JOURNAL:-512M}
 SNAPVOL_CACHE_DIR=${SNAPVOL_CACHE_DIR:-}
+SNAPVOL_WRITE_MODE=${SNAPVOL_WRITE_MODE:-atomic}
 if [ -n "$SNAPVOL_CACHE_DIR" ] && [ ! -d "$SNAPVOL_CACHE_DIR" ]; then
     echo "bench-peers.sh: SNAPVOL_CACHE_DIR=$SNAPVOL_CACHE_DIR is not a directory" >&2
     exit 2
@@ -110,7 +112,8 @@ fi
 PORT_BASE=${PORT_BASE:-10950}
 if [ -z "${OUT:-}" ]; then
     # shellcheck disable=SC2086,SC2116 # word splitting normalizes the spaces
-    if [ "$(echo $WORKLOADS)" = "$ALL_WORKLOADS" ] && [ "$(echo $SERVERS)" = "$ALL_SERVERS" ]; then
+    if [ "$(echo $WORKLOADS)" = "$ALL_WORKLOADS" ] && [ "$(echo $SERVERS)" = "$ALL_SERVERS" ] &&
+        [ "$SNAPVOL_WRITE_MODE" = atomic ] && [ -z "$SNAPVOL_CACHE_DIR" ]; then
         OUT=$ROOT/docs/bench
     else
         OUT=/var/tmp/bench-peers-out   # a partial run does not overwrite the published report
@@ -355,7 +358,8 @@ srv_start() {
                 rm -f "$SNAPVOL_CACHE_DIR/bench-peers-v.journal"
                 cache=(--cache "$SNAPVOL_CACHE_DIR/bench-peers-v.journal")
             fi
-            "$SNAPVOL" create v --size "$size" --journal-size "$SNAPVOL_JOURNAL" "${cache[@]}" >/dev/null
+            "$SNAPVOL" create v --size "$size" --journal-size "$SNAPVOL_JOURNAL" \
+                --write-mode "$SNAPVOL_WRITE_MODE" "${cache[@]}" >/dev/null
         fi
         # info: the recovery lines of w6; a snapshot logs one line
         "$SNAPVOL" serve --listen "127.0.0.1:$port" --log-level info >>"$DIR/serve.log" 2>&1 &
@@ -751,4 +755,5 @@ python3 "$REPORT" report --results "$RESULTS" --out "$OUT" \
     w5_sizes="$W5_SIZES" w5_samples="$W5_SAMPLES" w5_gap_s="$W5_GAP" w5_fill="$W5_FILL" \
     w6_write_s="$W6_WRITE_S" w7_size="$W7_SIZE" w7_changed="$W7_CHANGED" w7_snaps="$W7_SNAPS" \
     snapvol_journal="$SNAPVOL_JOURNAL" snapvol_cache_bytes="$SNAPVOL_CACHE_B" \
+    snapvol_write_mode="$SNAPVOL_WRITE_MODE" \
     total_seconds="$T_TOTAL" estimate_seconds="$EST_S"

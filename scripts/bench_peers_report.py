@@ -659,6 +659,9 @@ def cmd_report(argv):
     else:
         raw, meta = [json.loads(line) for line in text.splitlines() if line.strip()], {}
     meta.update(parse_kv(args.meta))
+    mode = meta.get("snapvol_write_mode", "atomic")
+    if mode != "atomic":
+        LABEL["snapvol"] = f"snapvol ({mode})"
     agg = aggregate(raw)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = int(meta.get("runs", 1))

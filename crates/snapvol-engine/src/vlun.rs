@@ -75,6 +75,14 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
         let _ = offset;
         self.len()
     }
+    /// A hint that `[offset, offset + len)`, written and not yet synced, may go to the media
+    /// now: on a file, writeback starts and nothing waits for it, so that a later `sync` has
+    /// less left to do and the device works while the caller goes on. Durability does not
+    /// change: only [`Vlun::sync`] makes writes durable. The default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Reads every `(offset, buffer)` of `reqs` as [`Vlun::read_at`] would, in any order or
     /// all at once: a VLUN whose every request is a network round trip (RBD) keeps them in
     /// flight together. Fails if any read fails; the buffers' contents are then unspecified.
@@ -171,6 +179,10 @@ impl Vlun for FileVlun {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        sync_file_range_write(self.file.as_raw_fd(), offset, len)
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -277,6 +289,23 @@ fn fallocate_punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 fn fallocate(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
     rustix::fs::fallocate(file, mode, offset, len).map_err(io::Error::from)
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts writeback of the range's
+/// dirty pages without waiting for it. rustix has no wrapper, so it is a libc call.
+#[allow(unsafe_code)]
+fn sync_file_range_write(fd: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(());
+    };
+    // SAFETY: plain integers in, no memory shared with the kernel; `fd` is owned by a live
+    // `File` for the duration of the call.
+    let r = unsafe { libc::sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `BLKDISCARD` on a block device: tells the device the range is unused. Devices that cannot
@@ -420,6 +449,9 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
     }
     fn sync(&self) -> io::Result<()> {
         (**self).sync()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).start_writeback(offset, len)
     }
     fn len(&self) -> io::Result<u64> {
         (**self).len()

@@ -100,7 +100,9 @@ impl Inner {
                 self.out_of_space.store(0, Ordering::SeqCst);
                 if n > 0 {
                     let s = &self.stats;
-                    s.destage_duration.observe(started.elapsed());
+                    let took = started.elapsed();
+                    s.destage_duration.observe(took);
+                    self.pacer.observe(n as u64 * self.geo.chunk(), took);
                     s.destage_batches.fetch_add(1, Ordering::Relaxed);
                     s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
                 }
@@ -382,7 +384,30 @@ impl Inner {
         for d in &batch {
             self.cache.retire(d);
         }
+        self.start_source_writeback(&batch);
         Ok(batch.len())
+    }
+
+    /// Starts the writeback of what a batch wrote to the source, one call per run of
+    /// consecutive chunks (a batch is in chunk order): the disk then writes while the next
+    /// batch is planned and copied, instead of all at the next source sync (a FLUSH in write
+    /// mode throughput, a journal head move), which would stall for the whole backlog. Only a
+    /// hint: an error changes nothing and is not reported.
+    fn start_source_writeback(&self, batch: &[DirtyChunk]) {
+        let mut run: Option<(u64, u64)> = None;
+        let chunks = batch.iter().map(|d| d.chunk.0).chain([u64::MAX]);
+        for c in chunks {
+            match run {
+                Some((first, n)) if c == first + n => run = Some((first, n + 1)),
+                _ => {
+                    if let Some((first, n)) = run {
+                        let off = self.source_offset(crate::units::ChunkIndex(first));
+                        let _ = self.source.start_writeback(off, n * self.geo.chunk());
+                    }
+                    run = Some((c, 1));
+                }
+            }
+        }
     }
 
     /// Writes the newest image of each dirty chunk to the source: its whole buffer, its dirty

@@ -41,6 +41,7 @@ mod epoch;
 mod journaling;
 mod metalog;
 mod open;
+mod pacing;
 mod read;
 mod recovery;
 mod restore;
@@ -195,6 +196,8 @@ struct Stats {
     destage_batches: AtomicU64,
     destaged_chunks: AtomicU64,
     destage_duration: Histogram,
+    /// How long write requests waited for cache room (`make_room`).
+    cache_wait: Histogram,
     snapshots_created: AtomicU64,
     snapshots_deleted: AtomicU64,
 }
@@ -277,6 +280,8 @@ struct Inner {
     journal_ring: u64,
     /// How write requests are made durable (the superblock's, fixed at creation).
     write_mode: WriteMode,
+    /// Admits writers at the destager's pace (`pacing`).
+    pacer: pacing::Pacer,
     /// Write mode throughput: the generation a write that skips the journal lands in. A
     /// FLUSH moves it on and destages every version of its generation or an older one.
     flush_gen: AtomicU64,
@@ -604,6 +609,7 @@ impl Volume {
             destage_batches: get(&s.destage_batches),
             destaged_chunks: get(&s.destaged_chunks),
             destage_duration: s.destage_duration.snapshot(),
+            cache_wait: s.cache_wait.snapshot(),
             checksum_failures: get(&s.checksum_failures),
             failed: i.failed.get().is_some() || self.lock_lost().is_some(),
         }

@@ -333,6 +333,7 @@ impl Volume {
             journal_used,
             journal_ring: ring,
             write_mode: loaded.sb.write_mode,
+            pacer: super::pacing::Pacer::new(),
             flush_gen: AtomicU64::new(1),
             journal_reclaimed: AtomicU64::new(0),
             source_written: AtomicU64::new(0),

@@ -88,11 +88,13 @@ impl Inner {
     /// lands without one ([`Journaling::Skipped`]), durable at the next FLUSH.
     fn write_small(&self, offset: u64, len: u64, data: Option<&[u8]>, skip: bool) -> Result<()> {
         let chunks = self.geo.split(offset, len).count() as u64;
-        let cost = match data {
-            Some(_) => chunks * self.geo.chunk() + len,
+        // What the versions will hold (and a destage drain), then the copy kept for the journal.
+        let versions = match data {
+            Some(_) => chunks * self.geo.chunk(),
             None => chunks * 512,
         };
-        self.make_room(cost)?;
+        let cost = versions + if data.is_some() && !skip { len } else { 0 };
+        self.make_room(cost, versions)?;
         let admitted = self.gate.enter();
         let epoch = admitted.epoch;
         // Copy the request once: the journal needs it, and whole chunks of it serve as their
@@ -185,7 +187,8 @@ impl Inner {
                 } else {
                     512
                 };
-                self.make_room(self.geo.split(pos, n).count() as u64 * per_chunk)?;
+                let cost = self.geo.split(pos, n).count() as u64 * per_chunk;
+                self.make_room(cost, cost)?;
                 let req = Landing {
                     offset: pos,
                     len: n,
@@ -218,11 +221,30 @@ impl Inner {
     /// While destaging is paused because a file system is full, a write the cache has no
     /// room for gets ENOSPC instead of waiting (it changed nothing; it succeeds once space is
     /// freed and the destage resumes).
-    fn make_room(&self, cost: u64) -> Result<()> {
+    ///
+    /// With a background destager, a writer is first paced (`pacing`): `drained` is what the
+    /// destager will have to write out of what it brings.
+    fn make_room(&self, cost: u64, drained: u64) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.make_room_inner(cost, drained);
+        self.stats.cache_wait.observe(started.elapsed());
+        r
+    }
+
+    fn make_room_inner(&self, cost: u64, drained: u64) -> Result<()> {
         // Without a background destager this thread destages. While destaging is paused for
         // want of space it also tries once itself, so that the first write after space is
         // freed goes through rather than waiting for the destager's next round.
         let stalled = self.out_of_space.load(Ordering::SeqCst) != 0;
+        if self.background_destage && !stalled {
+            let pause = self
+                .pacer
+                .delay(drained, self.cache.dirty_bytes(), self.cache.limit());
+            if !pause.is_zero() {
+                self.poke();
+                std::thread::sleep(pause);
+            }
+        }
         if (!self.background_destage || stalled) && !self.cache.has_room(cost) {
             self.destage_round()?;
         }

@@ -136,6 +136,8 @@ fn metrics_move_by_exactly_the_requests_real_clients_sent() {
             "write"
         )) > 0.0
     );
+    // Each write waited for cache room once (no time at all, with an empty cache).
+    assert_eq!(d(r#"snapvol_cache_wait_seconds_count{volume="v"}"#), 2);
     // With -f raw, qemu-io reads nothing of its own.
     assert_eq!(d(&op("snapvol_nbd_bytes_total", "live", "read")), 0);
     for errno in ["EPERM", "EIO", "EINVAL", "ENOSPC"] {

@@ -82,7 +82,7 @@ impl Gather {
         };
         use MetricType::{Counter, Gauge, Histogram};
         use Sample::{Count, Times, Value};
-        let families: [VolumeFamily<'_>; 16] = [
+        let families: [VolumeFamily<'_>; 17] = [
             ("snapvol_volume_size_bytes", "Size of the volume.", Gauge, per(&|s, _| Value(s))),
             (
                 "snapvol_volume_failed",
@@ -162,6 +162,12 @@ impl Gather {
                 "How long destage batches took.",
                 Histogram,
                 per(&|_, m| Times(m.destage_duration)),
+            ),
+            (
+                "snapvol_cache_wait_seconds",
+                "How long write requests waited for room in the cache before landing (0 when there was room): the share of write latency that destaging causes.",
+                Histogram,
+                per(&|_, m| Times(m.cache_wait)),
             ),
             (
                 "snapvol_checksum_failures",

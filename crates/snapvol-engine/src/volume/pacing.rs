@@ -1,0 +1,122 @@
+//! Admission pacing: once the cache is more than a quarter full, writers are admitted at the
+//! rate the destager drains it, faster while the cache is below half full and slower above,
+//! the way Linux throttles writers of dirty pages (`balance_dirty_pages`).
+//!
+//! Without it, a writer waits only when the cache is full, and then for a whole destage batch
+//! (its preservations, its metadata commit and its syncs), after which room for the whole batch
+//! comes free at once: most writes wait for nothing and some for hundreds of milliseconds. When
+//! the disk is what limits the volume, the mean wait is the same either way (the closed loop of
+//! a client with a fixed queue depth sees queue depth / throughput), so spreading it evenly
+//! lowers the tail without costing throughput. The cache's hard bound stays where it was
+//! (`Cache::wait_for_space`); pacing only keeps writers from reaching it in bursts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// The pacer of one volume.
+#[derive(Debug)]
+pub(super) struct Pacer {
+    origin: Instant,
+    /// The destager's drain rate in bytes a second, smoothed over batches (0: not known yet).
+    rate: AtomicU64,
+    /// When the next admission slot starts, in nanoseconds since `origin`.
+    next: Mutex<u64>,
+}
+
+/// The longest a writer is paced for: past that, the cache's hard bound decides.
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+impl Pacer {
+    pub(super) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            rate: AtomicU64::new(0),
+            next: Mutex::new(0),
+        }
+    }
+
+    /// Notes a destage batch of `bytes` that took `took`.
+    pub(super) fn observe(&self, bytes: u64, took: Duration) {
+        let nanos = took.as_nanos().max(1) as f64;
+        let sample = (bytes as f64 * 1e9 / nanos) as u64;
+        let _ = self
+            .rate
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    // A quarter of the new sample: smooth over a few batches.
+                    (old / 4) * 3 + sample / 4
+                })
+            });
+    }
+
+    /// How long a writer of `cost` bytes waits before it lands, with `dirty` of `limit` bytes
+    /// in the cache. Each writer takes the next slot of a clock that admits bytes at the drain
+    /// rate times `(limit - dirty) / (limit - limit / 2)`: 1.5 times the drain rate at a
+    /// quarter full, the drain rate at half full, nothing at the limit.
+    pub(super) fn delay(&self, cost: u64, dirty: u64, limit: u64) -> Duration {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 || dirty <= limit / 4 {
+            return Duration::ZERO;
+        }
+        let setpoint = limit / 2;
+        let ratio = (limit.saturating_sub(dirty) as f64 / (limit - setpoint) as f64).max(0.05);
+        let pause = (cost as f64 * 1e9 / (rate as f64 * ratio)) as u64;
+        let now = self.origin.elapsed().as_nanos() as u64;
+        let until = {
+            let mut next = self.next.lock();
+            let start = (*next).max(now);
+            *next = start + pause;
+            *next
+        };
+        Duration::from_nanos(until - now).min(MAX_PAUSE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn nobody_waits_until_the_rate_is_known_or_below_a_quarter_of_the_cache() {
+        let p = Pacer::new();
+        assert_eq!(p.delay(MIB, 100 * MIB, 128 * MIB), Duration::ZERO);
+        p.observe(32 * MIB, Duration::from_millis(100));
+        assert_eq!(p.delay(MIB, 32 * MIB, 128 * MIB), Duration::ZERO);
+    }
+
+    #[test]
+    fn writers_at_half_full_are_admitted_at_the_drain_rate_one_after_another() {
+        let p = Pacer::new();
+        // 320 MiB/s: a MiB every 3.125 ms.
+        p.observe(32 * MIB, Duration::from_millis(100));
+        let waits: Vec<Duration> = (0..4).map(|_| p.delay(MIB, 64 * MIB, 128 * MIB)).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let want = 3.125 * (i + 1) as f64;
+            let got = w.as_secs_f64() * 1e3;
+            assert!(
+                (got - want).abs() < 1.0,
+                "writer {i} waits {got} ms, want about {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fuller_the_cache_the_slower_writers_are_admitted() {
+        let p = Pacer::new();
+        p.observe(32 * MIB, Duration::from_millis(100));
+        let at = |dirty| {
+            let q = Pacer::new();
+            q.observe(32 * MIB, Duration::from_millis(100));
+            q.delay(MIB, dirty, 128 * MIB)
+        };
+        assert!(at(40 * MIB) < at(64 * MIB));
+        assert!(at(64 * MIB) < at(100 * MIB));
+        assert!(at(128 * MIB) <= MAX_PAUSE);
+    }
+}

@@ -133,6 +133,68 @@ fn list_of_an_empty_store_says_so() {
     assert!(env.ok(&["list"]).contains("no volumes"));
 }
 
+/// The value of the `info` line `KEY: VALUE`.
+fn info_line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no '{key}:' line:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn create_write_mode_throughput_is_what_create_info_and_info_json_report_and_it_lasts() {
+    let env = Env::new();
+    let stdout = env.ok(&["create", "v", "--size", "4M", "--write-mode", "throughput"]);
+    assert!(stdout.contains("write mode throughput"), "{stdout}");
+    assert_eq!(
+        info_line(&env.ok(&["info", "v"]), "write mode"),
+        "throughput"
+    );
+    assert_eq!(env.info("v")["write_mode"], "throughput");
+
+    // Still so once data, a snapshot and more data rewrote the superblock.
+    env.import("v", "a.img", &random_image(4 * MIB, 21));
+    env.ok(&["snapshot", "create", "v@s1"]);
+    let b = random_image(4 * MIB, 22);
+    env.import("v", "b.img", &b);
+    assert_eq!(env.info("v")["write_mode"], "throughput");
+    assert_eq!(
+        info_line(&env.ok(&["info", "v"]), "write mode"),
+        "throughput"
+    );
+    assert!(env.export("v", "out.img") == b);
+    assert!(env.export("v@s1", "s1.img") == random_image(4 * MIB, 21));
+    assert!(env.ok(&["check", "v"]).contains("clean"));
+}
+
+#[test]
+fn create_without_write_mode_makes_an_atomic_volume_as_write_mode_atomic_does() {
+    let env = Env::new();
+    let stdout = env.ok(&["create", "d", "--size", "4M"]);
+    assert!(stdout.contains("write mode atomic"), "{stdout}");
+    assert_eq!(info_line(&env.ok(&["info", "d"]), "write mode"), "atomic");
+    assert_eq!(env.info("d")["write_mode"], "atomic");
+
+    env.ok(&["create", "a", "--size", "4M", "--write-mode", "atomic"]);
+    assert_eq!(info_line(&env.ok(&["info", "a"]), "write mode"), "atomic");
+    assert_eq!(env.info("a")["write_mode"], "atomic");
+}
+
+#[test]
+fn create_help_documents_write_mode_and_both_its_values() {
+    let env = Env::new();
+    let help = env.ok(&["create", "--help"]);
+    let at = help
+        .find("--write-mode <MODE>")
+        .unwrap_or_else(|| panic!("no --write-mode in create --help:\n{help}"));
+    let option = &help[at..];
+    // Up to the next option.
+    let option = &option[..option[2..].find("\n  -").map_or(option.len(), |i| i + 2)];
+    for word in ["atomic", "throughput", "FLUSH", "FUA", "[default: atomic]"] {
+        assert!(option.contains(word), "no {word:?} in:\n{option}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // snapshots
 

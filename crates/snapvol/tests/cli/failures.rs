@@ -296,6 +296,28 @@ fn junk_sizes_are_usage_errors_that_name_the_value() {
 }
 
 #[test]
+fn an_unknown_write_mode_is_a_usage_error_that_names_the_allowed_values_and_creates_nothing() {
+    let env = Env::new();
+    for bad in ["bogus", "Throughput", "fast", ""] {
+        let err = env.usage_error(&["create", "v", "--size", "4M", "--write-mode", bad]);
+        assert!(err.contains("--write-mode"), "{bad:?}: {err}");
+        assert!(
+            err.contains("atomic") && err.contains("throughput"),
+            "{bad:?}: the allowed values are not named: {err}"
+        );
+        assert!(!env.store().exists(), "{bad:?}: a store was created");
+    }
+    let err = env.usage_error(&["create", "v", "--size", "4M", "--write-mode", "bogus"]);
+    assert!(err.contains("'bogus'"), "{err}");
+    // Not in an existing store either.
+    env.create("other");
+    env.usage_error(&["create", "v", "--size", "4M", "--write-mode", "bogus"]);
+    assert!(!env.store().join("v").exists(), "a volume was created");
+    let list = env.json(&["list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+}
+
+#[test]
 fn missing_arguments_and_unknown_commands_are_usage_errors() {
     let env = Env::new();
     env.usage_error(&["create", "v"]);

@@ -12,9 +12,10 @@
 //! offline and killed part-way), `workloads` (fio and ext4), `sigkill`, `control`
 //! (SIGTERM, locking, the control socket), `consistency` (snapshots under concurrent writers),
 //! `integrity` (a damaged journal or preserved chunk, a full file system), `tls` (TLS
-//! with client certificates, SIGHUP reloading them) and `metrics` (`--metrics`: counters
-//! against the traffic real clients sent, and under concurrent writers); the helpers
-//! several of them use are below.
+//! with client certificates, SIGHUP reloading them), `metrics` (`--metrics`: counters
+//! against the traffic real clients sent, and under concurrent writers) and `write_mode`
+//! (`create --write-mode`: FLUSH, FUA writes and snapshots against SIGKILL, through qemu-io
+//! and fio); the helpers several of them use are below.
 
 #[path = "../serving/mod.rs"]
 mod serving;
@@ -30,6 +31,7 @@ mod restore;
 mod sigkill;
 mod tls;
 mod workloads;
+mod write_mode;
 
 use crate::serving::*;
 

@@ -324,6 +324,13 @@ impl ServeArgs {
     }
 }
 
+/// `--write-mode`: one of the names `WriteMode` parses, listed in `--help` and completions.
+fn write_mode_arg() -> impl clap::builder::TypedValueParser<Value = snapvol_engine::WriteMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["atomic", "throughput"])
+        .map(|s| s.parse().expect("one of the possible values"))
+}
+
 /// Parses a count that must be 1 or more.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -374,7 +381,7 @@ pub struct CreateArgs {
     /// least a chunk skip the journal (their bytes are written once, by the destage) and
     /// become durable at the next FLUSH, FUA write or snapshot; after a crash an unflushed
     /// one may be torn, as on a disk. FLUSH, FUA and snapshots mean the same in both.
-    #[arg(long, value_name = "MODE", default_value = "atomic")]
+    #[arg(long, value_name = "MODE", default_value = "atomic", value_parser = write_mode_arg())]
     pub write_mode: snapvol_engine::WriteMode,
 }
 

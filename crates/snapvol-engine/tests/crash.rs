@@ -864,6 +864,30 @@ fn a_write_zeroes_longer_than_a_quarter_of_the_cache_is_all_old_or_all_new_after
     }
 }
 
+/// What broke (found by the write-mode-throughput harness): `destage_all` and a clean close
+/// write every cached chunk to the source, and relied on the journal head's move to sync it.
+/// In write mode throughput a large write that skipped the journal leaves the journal empty,
+/// so nothing synced the source: `destage_all` returned, or the volume was marked closed
+/// cleanly, with the write still in the source's volatile cache, and a power loss then lost
+/// data the user had been told was durable (live byte 0x0 read 0x00 after k=9, DropAll).
+#[test]
+fn in_write_mode_throughput_destage_all_and_a_clean_close_make_large_writes_durable() {
+    for (name, last) in [
+        ("a_large_write_then_destage_all", DestageAll),
+        ("a_large_write_then_a_clean_close", Reopen),
+    ] {
+        every_crash_point_of(&Workload {
+            name,
+            chunk_size: 16 * 1024,
+            chunks: 8,
+            cache_size: 64 * KIB,
+            compact_after_records: 4096,
+            write_mode: WriteMode::Throughput,
+            ops: vec![write(0, 64 * KIB), write(100 * KIB, 20 * KIB), last],
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rollback: finished or never happened.
 // ---------------------------------------------------------------------------------------------

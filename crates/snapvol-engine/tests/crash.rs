@@ -23,7 +23,7 @@ use crashkit::{
 };
 use snapvol_engine::journal::RING_OFFSET;
 use snapvol_engine::units::{Geometry, SnapshotSeq};
-use snapvol_engine::{Layout, Volume, VolumeOptions};
+use snapvol_engine::{Layout, Volume, VolumeOptions, WriteMode};
 
 use Op::{Delete, DestageAll, Flush, Reopen, Snap};
 
@@ -57,6 +57,7 @@ fn unaligned_writes_across_three_snapshots() -> Workload {
         chunks: 64,
         cache_size: 32 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, 20 * KIB),
             write(20 * KIB + 100, 30_000),
@@ -120,6 +121,7 @@ fn cache_pressure_destages_between_snapshots() -> Workload {
         chunks: 32,
         cache_size: 64 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops,
     }
 }
@@ -133,6 +135,7 @@ fn close_and_reopen_in_the_middle() -> Workload {
         chunks: 128,
         cache_size: 48 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(7, 30_000),
             write(100 * KIB, 64 * KIB),
@@ -166,6 +169,7 @@ fn zeroes_and_trims_over_preserved_chunks() -> Workload {
         chunks: 48,
         cache_size: 64 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, 256 * KIB),
             write(256 * KIB + 1, 200 * KIB),
@@ -199,6 +203,7 @@ fn many_snapshots_share_copies_while_the_log_compacts() -> Workload {
         chunks: 32,
         cache_size: 16 * KIB,
         compact_after_records: 6,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, size),
             Snap("s1"),
@@ -236,6 +241,7 @@ fn overlapping_writes_with_fua_and_flushes() -> Workload {
         chunks: 48,
         cache_size: 16 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, 96 * KIB),
             Snap("base"),
@@ -297,8 +303,134 @@ fn seeded_mix(seed: u64, chunk: u64, chunks: u64) -> Workload {
         chunks,
         cache_size: 24 * KIB,
         compact_after_records: 8,
+        write_mode: WriteMode::Atomic,
         ops,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write mode throughput: data writes of at least a chunk skip the journal where no replayable
+// record covers their chunks, and are durable only once a FLUSH, a snapshot, `destage_all` or
+// a clean close destages them; until then a crash may tear them. These scripts mix them with
+// small (journaled) writes into the same chunks so that both paths, and the switch between
+// them, are cut at every I/O.
+// ---------------------------------------------------------------------------------------------
+
+/// Large writes (aligned and not) and small ones into the same chunks, snapshots taken with no
+/// FLUSH before them (the snapshot itself must destage the large writes), FUA writes small and
+/// large (a FUA promises itself and the journaled writes, not the large ones before it), zeroes
+/// and trims, deletes, and a cache of four chunks so destages run in the middle of it all.
+fn large_and_small_writes_share_chunks_around_unflushed_snapshots() -> Workload {
+    Workload {
+        name: "large_and_small_writes_share_chunks_around_unflushed_snapshots",
+        chunk_size: 16 * 1024,
+        chunks: 32,
+        cache_size: 64 * KIB,
+        compact_after_records: 4096,
+        write_mode: WriteMode::Throughput,
+        ops: vec![
+            write(0, 64 * KIB),
+            write(5 * KIB, 3000),
+            write(64 * KIB + 100, 40_000),
+            write(16 * KIB, 32 * KIB),
+            Flush,
+            // Chunk 0 still has the small write's record in the journal: this one is staged.
+            write(0, 16 * KIB),
+            write(100 * KIB, 50_000),
+            write(110 * KIB + 7, 200),
+            Snap("a"),
+            write(0, 128 * KIB),
+            fua(20 * KIB, 2000),
+            write(200 * KIB + 3, 20_000),
+            fua(256 * KIB, 32 * KIB),
+            zero(32 * KIB, 16 * KIB),
+            trim(150 * KIB, 20 * KIB),
+            write(140 * KIB, 48 * KIB),
+            Snap("b"),
+            Delete("a"),
+            write(300 * KIB, 64 * KIB + 5),
+            write(310 * KIB, 100),
+            Flush,
+            write(0, 512 * KIB),
+            Snap("c"),
+            write(400 * KIB + 9, 30_000),
+            Delete("b"),
+            write(8 * KIB, 4 * KIB),
+            write(48 * KIB, 16 * KIB),
+            write(240 * KIB + 1, 20 * KIB),
+        ],
+    }
+}
+
+/// Small 4 KiB chunks and a 16 KiB cache: large writes over chunks whose small writes the
+/// journal still holds (staged, so a replay never lays the older write over them), then again
+/// once `destage_all` moved the journal head past them (they skip it again), a clean close in
+/// the middle (it must make the skipped writes durable), snapshots back to back with no FLUSH,
+/// and a log that compacts.
+fn large_writes_into_chunks_the_journal_still_holds() -> Workload {
+    Workload {
+        name: "large_writes_into_chunks_the_journal_still_holds",
+        chunk_size: 4096,
+        chunks: 64,
+        cache_size: 16 * KIB,
+        compact_after_records: 8,
+        write_mode: WriteMode::Throughput,
+        ops: vec![
+            write(0, 8 * KIB + 100),
+            write(4 * KIB + 5, 10),
+            write(2 * KIB, 8 * KIB),
+            Flush,
+            write(3 * KIB, 5 * KIB),
+            DestageAll,
+            write(0, 12 * KIB),
+            Snap("s1"),
+            write(1000, 5000),
+            write(6000, 20_000),
+            zero(0, 4 * KIB),
+            Snap("s2"),
+            Snap("s3"),
+            write(0, 64 * KIB),
+            Delete("s1"),
+            fua(30 * KIB, 8 * KIB),
+            write(100 * KIB, 4 * KIB),
+            write(100 * KIB + 1, 4095),
+            write(128 * KIB - 3, 10 * KIB),
+            Reopen,
+            write(128 * KIB, 4 * KIB + 1),
+            trim(64 * KIB, 64 * KIB),
+            write(70 * KIB, 5000),
+            Snap("s4"),
+            Delete("s2"),
+            write(200 * KIB, 40 * KIB),
+            Flush,
+            write(10 * KIB, 30 * KIB),
+            Delete("s3"),
+            write(12 * KIB, 100),
+        ],
+    }
+}
+
+/// The write-mode-throughput sweep: the scripts above, and existing ones run in throughput.
+/// `CRASHKIT_THROUGHPUT=all` runs every scripted workload in throughput too (minutes more).
+fn throughput_workloads() -> Vec<Workload> {
+    let mut out = vec![
+        large_and_small_writes_share_chunks_around_unflushed_snapshots(),
+        large_writes_into_chunks_the_journal_still_holds(),
+    ];
+    if std::env::var("CRASHKIT_THROUGHPUT").is_ok_and(|v| v == "all") {
+        out.extend(
+            scripted_workloads()
+                .into_iter()
+                .map(Workload::in_throughput),
+        );
+    } else {
+        // The cheapest of the others (a minute of the crash binary's run in all).
+        out.extend([
+            zeroes_and_trims_over_preserved_chunks().in_throughput(),
+            seeded_mix(0x5EED_0005, 16 * 1024, 48).in_throughput(),
+        ]);
+    }
+    out
 }
 
 fn scripted_workloads() -> Vec<Workload> {
@@ -331,11 +463,12 @@ fn report(what: &str, s: &Summary) {
 // The exhaustive sweep
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn every_crash_point_of_every_scripted_workload_recovers() {
+/// Sweeps every crash index of each workload (those `CRASHKIT_ONLY` names, if set) and
+/// returns the summary of them all.
+fn sweep_every_crash_point(what: &str, workloads: Vec<Workload>) -> Summary {
     let started = Instant::now();
     let mut total = Summary::default();
-    for w in scripted_workloads() {
+    for w in workloads {
         if std::env::var("CRASHKIT_ONLY").is_ok_and(|o| o != w.name) {
             continue;
         }
@@ -356,15 +489,40 @@ fn every_crash_point_of_every_scripted_workload_recovers() {
     }
     eprintln!("{}", total.outcomes());
     eprintln!(
-        "crash points: {} (exhaustive sweep, {:.1?})",
+        "crash points: {} ({what}, {:.1?})",
         total.points,
         started.elapsed()
     );
+    total
+}
+
+#[test]
+fn every_crash_point_of_every_scripted_workload_recovers() {
+    let total = sweep_every_crash_point("exhaustive sweep", scripted_workloads());
     report("exhaustive sweep", &total);
     assert!(
         total.points >= 10_000,
         "only {} crash points ran; the CI run needs at least 10,000",
         total.points
+    );
+}
+
+/// Write mode throughput keeps every promise but one of write mode atomic: a crash may tear a
+/// large write no FLUSH or snapshot followed (each byte new or old), and nothing else. Flushed
+/// data, FUA writes, snapshots (taken without a FLUSH before them too), journaled requests
+/// whole, `check` clean, no leaked space: every crash point of every throughput script.
+#[test]
+fn in_write_mode_throughput_every_crash_point_keeps_flushed_data_snapshots_and_small_writes_whole()
+{
+    let total = sweep_every_crash_point("write mode throughput", throughput_workloads());
+    report("write mode throughput", &total);
+    if std::env::var("CRASHKIT_ONLY").is_ok() {
+        return;
+    }
+    assert!(
+        total.unflushed_torn > 0 && total.unflushed_kept > 0 && total.unflushed_lost > 0,
+        "the throughput sweep reaches torn, kept and lost large writes: {}",
+        total.outcomes()
     );
 }
 
@@ -422,6 +580,7 @@ fn large_writes_wrap_the_journal_past_its_head() -> Workload {
         chunks: 64,
         cache_size: 8 << 20,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, payload(ring / 4)),
             DestageAll,
@@ -454,6 +613,7 @@ fn flush_then_more() -> Workload {
         chunks: 32,
         cache_size: 16 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![
             write(0, 128 * KIB),
             Snap("a"),
@@ -529,6 +689,85 @@ fn the_oracle_rejects_a_torn_request_and_accepts_all_old_or_all_new() {
     assert!(err.contains("torn request: write of op 1"), "{err}");
 }
 
+/// Write mode throughput: an unflushed large write may be torn, each byte new or old; the same
+/// request in write mode atomic may not; and a torn byte still has to be one of those two.
+#[test]
+fn the_oracle_lets_only_an_unflushed_large_write_of_write_mode_throughput_tear() {
+    let size = 64 * KIB;
+    let mut m = Model::new(size, 4096);
+    m.write(req(0, 0, size), true);
+    m.settle();
+    let mut large = req(1, 8 * KIB, 16 * KIB);
+    large.tearable = true;
+    m.write(large.clone(), true);
+    let mut half = m.settled.clone();
+    half[8 * KIB as usize..14 * KIB as usize]
+        .copy_from_slice(&m.image[8 * KIB as usize..14 * KIB as usize]);
+    assert_eq!(assert_live_volume(&m, &half), 1, "counted as torn");
+    let mut garbage = half.clone();
+    garbage[15 * KIB as usize] ^= 0x5A;
+    let err = catching(|| assert_live_volume(&m, &garbage)).expect_err("neither old nor new");
+    assert!(err.contains("flushed data lost"), "{err}");
+
+    let mut atomic = Model::new(size, 4096);
+    atomic.write(req(0, 0, size), true);
+    atomic.settle();
+    atomic.write(
+        Req {
+            tearable: false,
+            ..large
+        },
+        true,
+    );
+    let err = catching(|| assert_live_volume(&atomic, &half)).expect_err("torn");
+    assert!(err.contains("torn request: write of op 1"), "{err}");
+
+    // A completed FLUSH promises it whole.
+    m.settle();
+    let err = catching(|| assert_live_volume(&m, &half)).expect_err("flushed");
+    assert!(err.contains("flushed data lost"), "{err}");
+}
+
+/// A FUA write makes durable itself and the journaled writes before it, not a large write that
+/// skipped the journal; but where a journaled write came after the large one, it is what a
+/// replay leaves, so there the large write's bytes are no longer allowed.
+#[test]
+fn the_oracle_holds_a_fua_to_itself_and_the_journaled_writes_not_to_an_earlier_large_one() {
+    let size = 64 * KIB;
+    let mut m = Model::new(size, 4096);
+    m.write(req(0, 0, size), true);
+    m.settle();
+    let mut large = req(1, 0, 16 * KIB);
+    large.tearable = true;
+    m.write(large, true);
+    m.write(req(2, 12 * KIB, 100), true);
+    m.write(req(3, 40 * KIB, 4 * KIB), true);
+    m.settle_fua();
+    let at = |r: std::ops::Range<u64>| r.start as usize..r.end as usize;
+
+    // The large write lost, torn or whole: allowed, with the journaled ones present.
+    let mut got = m.image.clone();
+    got[at(0..16 * KIB)].copy_from_slice(&m.settled[at(0..16 * KIB)]);
+    got[at(12 * KIB..12 * KIB + 100)].copy_from_slice(&m.image[at(12 * KIB..12 * KIB + 100)]);
+    assert_live_volume(&m, &got);
+    got[at(0..4 * KIB)].copy_from_slice(&m.image[at(0..4 * KIB)]);
+    assert_eq!(assert_live_volume(&m, &got), 1, "torn");
+    assert_live_volume(&m, &m.image);
+
+    // The FUA write itself lost: flushed data lost.
+    let mut lost = m.image.clone();
+    lost[at(40 * KIB..44 * KIB)].fill(0);
+    let err = catching(|| assert_live_volume(&m, &lost)).expect_err("fua lost");
+    assert!(err.contains("flushed data lost"), "{err}");
+    // The journaled write after the large one replaced by the large one's bytes.
+    let mut over = m.image.clone();
+    let large_bytes = pattern(1001, 16 * KIB);
+    over[at(12 * KIB..12 * KIB + 100)]
+        .copy_from_slice(&large_bytes[12 * KIB as usize..12 * KIB as usize + 100]);
+    let err = catching(|| assert_live_volume(&m, &over)).expect_err("older over newer");
+    assert!(err.contains("flushed data lost"), "{err}");
+}
+
 #[test]
 fn the_oracle_counts_one_copy_for_snapshots_taken_between_two_overwrites() {
     let size = 16 * KIB;
@@ -553,6 +792,7 @@ fn req(op: usize, off: u64, len: u64) -> Req {
         len,
         data: Some(pattern(op as u64 + 1000, len).into()),
         epoch: 0,
+        tearable: false,
     }
 }
 
@@ -580,6 +820,7 @@ fn a_write_longer_than_a_journal_record_is_all_old_or_all_new_after_a_crash() {
         chunks: 128,
         cache_size: 2 << 20,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![write(0, 1536 * KIB), Flush],
     });
 }
@@ -597,6 +838,7 @@ fn a_write_zeroes_longer_than_a_quarter_of_the_cache_is_all_old_or_all_new_after
         chunks: 8,
         cache_size: 64 * KIB,
         compact_after_records: 4096,
+        write_mode: WriteMode::Atomic,
         ops: vec![write(0, 128 * KIB), DestageAll, zero(0, 64 * KIB), Flush],
     };
     let n = dry_run(&w, false);
@@ -619,6 +861,30 @@ fn a_write_zeroes_longer_than_a_quarter_of_the_cache_is_all_old_or_all_new_after
     img.journal[sector.clone()].copy_from_slice(&lost[sector]);
     if let Err(e) = catching(|| recover_and_check(&w, &run.model, img, &[])) {
         panic!("{e}");
+    }
+}
+
+/// What broke (found by the write-mode-throughput harness): `destage_all` and a clean close
+/// write every cached chunk to the source, and relied on the journal head's move to sync it.
+/// In write mode throughput a large write that skipped the journal leaves the journal empty,
+/// so nothing synced the source: `destage_all` returned, or the volume was marked closed
+/// cleanly, with the write still in the source's volatile cache, and a power loss then lost
+/// data the user had been told was durable (live byte 0x0 read 0x00 after k=9, DropAll).
+#[test]
+fn in_write_mode_throughput_destage_all_and_a_clean_close_make_large_writes_durable() {
+    for (name, last) in [
+        ("a_large_write_then_destage_all", DestageAll),
+        ("a_large_write_then_a_clean_close", Reopen),
+    ] {
+        every_crash_point_of(&Workload {
+            name,
+            chunk_size: 16 * 1024,
+            chunks: 8,
+            cache_size: 64 * KIB,
+            compact_after_records: 4096,
+            write_mode: WriteMode::Throughput,
+            ops: vec![write(0, 64 * KIB), write(100 * KIB, 20 * KIB), last],
+        });
     }
 }
 

@@ -71,6 +71,10 @@ impl Inner {
         self.journal_flush()?;
         while self.destage_batch()? > 0 {}
         self.reclaim_journal(true)?;
+        // Writes that skipped the journal (write mode throughput) were just written to the
+        // source: the head's move syncs it only if the journal held something, and a clean
+        // close marked on an unsynced source would lose them to a power loss.
+        self.sync_unjournaled()?;
         self.target
             .sync()
             .map_err(|e| Error::io("sync", Device::Target, 0, e))

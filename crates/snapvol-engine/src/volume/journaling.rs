@@ -78,6 +78,13 @@ impl Inner {
             self.check_writable()?;
             self.journal_append_upto(self.gate.current().0)?;
         }
+        self.sync_unjournaled()
+    }
+
+    /// Syncs the source unless a sync since the last destage of writes that skipped the
+    /// journal did: their data is durable nowhere else. (Journaled data needs no such sync
+    /// until the journal's head moves past it, which syncs the source first.)
+    pub(super) fn sync_unjournaled(&self) -> Result<()> {
         let written = self.source_written.load(Ordering::SeqCst);
         if self.source_synced.load(Ordering::SeqCst) < written {
             self.source

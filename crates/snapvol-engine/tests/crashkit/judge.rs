@@ -39,7 +39,7 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 }
 
 /// `[from, to)` minus every range in `holes`, as sorted disjoint ranges.
-fn subtract(from: u64, to: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(super) fn subtract(from: u64, to: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut holes: Vec<_> = holes
         .iter()
         .filter(|&&(a, b)| a < to && from < b)
@@ -134,7 +134,10 @@ pub fn torn_superblocks(dev: &Devices, img: &Images) -> Vec<u64> {
 /// The live volume after recovery: every byte holds its settled value or the value of a write
 /// issued after the last completed flush; and each such write shows whole or not at all, judged
 /// on the bytes no later write touches and that tell its data apart from every other candidate.
-pub fn assert_live_volume(m: &Model, got: &[u8]) {
+/// A tearable write (write mode throughput, see [`Req::tearable`]) is exempt from the last
+/// rule only: each of its bytes may be new or old. Returns how many of those shown in part.
+pub fn assert_live_volume(m: &Model, got: &[u8]) -> usize {
+    let mut torn_tearable = 0;
     const STRIDE: usize = 4096;
     let pending = m.pending();
     for (block, (g, s)) in got.chunks(STRIDE).zip(m.settled.chunks(STRIDE)).enumerate() {
@@ -176,6 +179,15 @@ pub fn assert_live_volume(m: &Model, got: &[u8]) {
             .flat_map(|&(a, b)| a..b)
             .find(|&at| got[at as usize] == r.byte(at) && telling(at));
         let Some(seen) = seen else { continue };
+        if r.tearable {
+            // It may have skipped the journal and been cut as its chunks reached the source.
+            let torn = visible
+                .iter()
+                .flat_map(|&(a, b)| a..b)
+                .any(|at| got[at as usize] != r.byte(at));
+            torn_tearable += usize::from(torn);
+            continue;
+        }
         if let Some(torn) = visible
             .iter()
             .flat_map(|&(a, b)| a..b)
@@ -193,6 +205,7 @@ pub fn assert_live_volume(m: &Model, got: &[u8]) {
             );
         }
     }
+    torn_tearable
 }
 
 /// Bounds on the preserved chunk copies the live snapshots need: for chunk `c`, snapshot `s`
@@ -201,7 +214,8 @@ pub fn assert_live_volume(m: &Model, got: &[u8]) {
 /// may not have survived: where the recovered volume cannot tell, both are allowed.
 pub fn needed_copies(m: &Model, live: &[SnapshotSeq], got: &[u8]) -> (u64, u64) {
     let chunks = m.image.len() as u64 / m.chunk;
-    let (settled, pending) = m.writes.split_at(m.durable);
+    let (settled, pending): (Vec<&Req>, Vec<&Req>) =
+        m.writes.iter().partition(|r| !m.is_pending(r.op));
     let count = |epochs: &[u64]| -> u64 {
         let mut groups: Vec<usize> = live
             .iter()
@@ -216,8 +230,13 @@ pub fn needed_copies(m: &Model, live: &[SnapshotSeq], got: &[u8]) -> (u64, u64) 
     for c in 0..chunks {
         let (start, end) = (c * m.chunk, (c + 1) * m.chunk);
         let touches = |r: &&Req| r.off < end && start < r.off + r.len;
-        let mut epochs: Vec<u64> = settled.iter().filter(touches).map(|r| r.epoch).collect();
-        let p: Vec<&Req> = pending.iter().filter(touches).collect();
+        let mut epochs: Vec<u64> = settled
+            .iter()
+            .copied()
+            .filter(touches)
+            .map(|r| r.epoch)
+            .collect();
+        let p: Vec<&Req> = pending.iter().copied().filter(touches).collect();
         let without = count(&epochs);
         if p.is_empty() {
             lo += without;
@@ -245,6 +264,8 @@ pub struct Outcome {
     pub unflushed_kept: bool,
     /// Some write after the last completed flush is missing.
     pub unflushed_lost: bool,
+    /// Some tearable write (write mode throughput) shows in part.
+    pub unflushed_torn: bool,
     /// A snapshot whose creation was interrupted: `Some(survived)`.
     pub interrupted_snapshot: Option<bool>,
     /// A snapshot whose deletion was interrupted: `Some(still there)`.
@@ -314,10 +335,11 @@ fn assert_recovered(m: &Model, vol: &Volume) -> Recovered {
             );
         }
     }
-    assert_live_volume(m, &live);
+    let torn = assert_live_volume(m, &live);
     let mut outcome = Outcome {
         unflushed_kept: live != m.settled,
         unflushed_lost: live != m.image,
+        unflushed_torn: torn > 0,
         ..Outcome::default()
     };
     for sm in &m.snaps {

@@ -6,6 +6,9 @@
 //! last completed FLUSH (a flush, a FUA write, a snapshot create, `destage_all` or a clean
 //! close that returned `Ok`), and the writes issued after it, each of which may or may not
 //! have survived, but only whole. Every snapshot whose creation returned `Ok` is an exact image.
+//! In write mode throughput a data write of at least a chunk (not FUA) may skip the journal:
+//! until a completed FLUSH, snapshot create, `destage_all` or clean close follows it, each of
+//! its bytes may be new or old (a FUA write of another request does not make it durable).
 //!
 //! `workload` holds the scripted workloads, `devices` the crash-simulating VLUNs and the crash
 //! images, `oracle` the model of what was promised, `run` a workload run up to a crash,

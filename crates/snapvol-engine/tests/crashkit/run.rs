@@ -50,10 +50,11 @@ pub fn run_workload(w: &Workload, crash_at: Option<u64>, background_destage: boo
                     len,
                     data: Some(data),
                     epoch: m.epoch,
+                    tearable: w.tearable(len, true, fua),
                 };
                 m.write(req, r.is_ok());
                 if fua && r.is_ok() {
-                    m.settle();
+                    m.settle_fua();
                 }
                 r
             }
@@ -69,6 +70,7 @@ pub fn run_workload(w: &Workload, crash_at: Option<u64>, background_destage: boo
                     len,
                     data: None,
                     epoch: m.epoch,
+                    tearable: w.tearable(len, false, false),
                 };
                 m.write(req, r.is_ok());
                 r

@@ -23,6 +23,8 @@ pub struct Summary {
     /// Recoveries that kept some unflushed write / lost some.
     pub unflushed_kept: u64,
     pub unflushed_lost: u64,
+    /// Recoveries where an unflushed large write of write mode throughput shows in part.
+    pub unflushed_torn: u64,
     /// Interrupted snapshot creations that survived / did not.
     pub snapshot_kept: u64,
     pub snapshot_lost: u64,
@@ -37,6 +39,7 @@ impl Summary {
     fn count(&mut self, o: Outcome) {
         self.unflushed_kept += u64::from(o.unflushed_kept);
         self.unflushed_lost += u64::from(o.unflushed_lost);
+        self.unflushed_torn += u64::from(o.unflushed_torn);
         match o.interrupted_snapshot {
             Some(true) => self.snapshot_kept += 1,
             Some(false) => self.snapshot_lost += 1,
@@ -56,6 +59,7 @@ impl Summary {
         self.failures.extend(o.failures);
         self.unflushed_kept += o.unflushed_kept;
         self.unflushed_lost += o.unflushed_lost;
+        self.unflushed_torn += o.unflushed_torn;
         self.snapshot_kept += o.snapshot_kept;
         self.snapshot_lost += o.snapshot_lost;
         self.delete_done += o.delete_done;
@@ -66,10 +70,12 @@ impl Summary {
     /// One line on what the recoveries gave back.
     pub fn outcomes(&self) -> String {
         format!(
-            "unflushed writes kept in {} / lost in {} recoveries; interrupted snapshots kept {} / \
-             lost {}; interrupted deletes done {} / undone {}; torn superblock copies {}",
+            "unflushed writes kept in {} / lost in {} / large ones torn in {} recoveries; \
+             interrupted snapshots kept {} / lost {}; interrupted deletes done {} / undone {}; \
+             torn superblock copies {}",
             self.unflushed_kept,
             self.unflushed_lost,
+            self.unflushed_torn,
             self.snapshot_kept,
             self.snapshot_lost,
             self.delete_done,

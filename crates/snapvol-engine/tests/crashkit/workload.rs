@@ -49,6 +49,9 @@ pub struct Workload {
     pub chunks: u64,
     pub cache_size: u64,
     pub compact_after_records: u64,
+    /// The volume's write mode. In throughput, a data write of at least a chunk may be torn
+    /// by a crash until a FLUSH or snapshot follows it (the oracle's `Req::tearable`).
+    pub write_mode: WriteMode,
     pub ops: Vec<Op>,
 }
 
@@ -63,8 +66,28 @@ impl Workload {
             geometry,
             target_cap: None,
             journal_size: JOURNAL_SIZE,
-            write_mode: WriteMode::Atomic,
+            write_mode: self.write_mode,
         }
+    }
+
+    /// The same script on a volume created in write mode throughput, its name marked so.
+    pub fn in_throughput(self) -> Workload {
+        Workload {
+            name: Box::leak(format!("{}@throughput", self.name).into_boxed_str()),
+            write_mode: WriteMode::Throughput,
+            ..self
+        }
+    }
+
+    /// Whether a write request of `len` bytes may be torn by a crash until a FLUSH or a
+    /// snapshot follows it: in write mode throughput a data write of at least a chunk, not
+    /// FUA, skips the journal unless a journal record still covers one of its chunks (engine
+    /// state the oracle does not model, so it allows both).
+    pub(super) fn tearable(&self, len: u64, data: bool, fua: bool) -> bool {
+        self.write_mode == WriteMode::Throughput
+            && data
+            && !fua
+            && len >= u64::from(self.chunk_size)
     }
 
     pub(super) fn options(&self, background_destage: bool) -> VolumeOptions {

@@ -118,8 +118,8 @@ pub struct VolumeMetrics {
     pub destaged_chunks: u64,
     /// How long those batches took.
     pub destage_duration: HistogramSnapshot,
-    /// How long each write request waited for room in the cache before it could land (zero
-    /// when there was room): the part of a write's latency that destaging causes.
+    /// How long each write request waited for room in the cache, or was paced to the destage
+    /// rate (zero when neither): the part of a write's latency that destaging causes.
     pub cache_wait: HistogramSnapshot,
     /// Reads of preserved copies that failed their checksum since the volume was opened.
     pub checksum_failures: u64,

@@ -196,7 +196,7 @@ struct Stats {
     destage_batches: AtomicU64,
     destaged_chunks: AtomicU64,
     destage_duration: Histogram,
-    /// How long write requests waited for cache room (`make_room`).
+    /// How long write requests waited for cache room (`make_room`) or were paced (`pacing`).
     cache_wait: Histogram,
     snapshots_created: AtomicU64,
     snapshots_deleted: AtomicU64,

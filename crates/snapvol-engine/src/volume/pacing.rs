@@ -59,7 +59,7 @@ impl Pacer {
     /// quarter full, the drain rate at half full, nothing at the limit.
     pub(super) fn delay(&self, cost: u64, dirty: u64, limit: u64) -> Duration {
         let rate = self.rate.load(Ordering::Relaxed);
-        if rate == 0 || dirty <= limit / 4 {
+        if cost == 0 || rate == 0 || dirty <= limit / 4 {
             return Duration::ZERO;
         }
         let setpoint = limit / 2;

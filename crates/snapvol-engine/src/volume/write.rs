@@ -94,7 +94,12 @@ impl Inner {
             None => chunks * 512,
         };
         let cost = versions + if data.is_some() && !skip { len } else { 0 };
-        self.make_room(cost, versions)?;
+        // Paced are requests of a chunk or more, the streams that fill the cache faster than
+        // a destage drains it. A smaller one adds at most a chunk, often nothing (a version of
+        // its chunk is there already), and pacing it by a chunk's worth would throttle random
+        // writes far below what the destager keeps up with.
+        let paced = if len >= self.geo.chunk() { versions } else { 0 };
+        self.make_room(cost, paced)?;
         let admitted = self.gate.enter();
         let epoch = admitted.epoch;
         // Copy the request once: the journal needs it, and whole chunks of it serve as their

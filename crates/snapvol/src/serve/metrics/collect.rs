@@ -165,7 +165,7 @@ impl Gather {
             ),
             (
                 "snapvol_cache_wait_seconds",
-                "How long write requests waited for room in the cache before landing (0 when there was room): the share of write latency that destaging causes.",
+                "How long write requests waited for room in the cache, or were paced to the destage rate (0 when neither): the share of write latency that destaging causes.",
                 Histogram,
                 per(&|_, m| Times(m.cache_wait)),
             ),

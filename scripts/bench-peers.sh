@@ -755,5 +755,5 @@ python3 "$REPORT" report --results "$RESULTS" --out "$OUT" \
     w5_sizes="$W5_SIZES" w5_samples="$W5_SAMPLES" w5_gap_s="$W5_GAP" w5_fill="$W5_FILL" \
     w6_write_s="$W6_WRITE_S" w7_size="$W7_SIZE" w7_changed="$W7_CHANGED" w7_snaps="$W7_SNAPS" \
     snapvol_journal="$SNAPVOL_JOURNAL" snapvol_cache_bytes="$SNAPVOL_CACHE_B" \
-    snapvol_write_mode="$SNAPVOL_WRITE_MODE" \
+    snapvol_write_mode="$SNAPVOL_WRITE_MODE" snapvol_cache_dir="$SNAPVOL_CACHE_DIR" \
     total_seconds="$T_TOTAL" estimate_seconds="$EST_S"

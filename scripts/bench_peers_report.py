@@ -662,8 +662,15 @@ def cmd_report(argv):
         raw, meta = [json.loads(line) for line in text.splitlines() if line.strip()], {}
     meta.update(parse_kv(args.meta))
     mode = meta.get("snapvol_write_mode", "atomic")
-    if mode != "atomic":
-        LABEL["snapvol"] = f"snapvol ({mode})"
+    notes = [] if mode == "atomic" else [mode]
+    cache_dir = meta.get("snapvol_cache_dir", "")
+    if cache_dir:
+        # /dev/shm and other tmpfs stand in for NVRAM: fast, and gone at power loss.
+        tmpfs = subprocess.run(["stat", "-f", "-c", "%T", cache_dir], capture_output=True,
+                               text=True).stdout.strip() == "tmpfs"
+        notes.append(f"journal in {cache_dir}" + (", tmpfs: not durable" if tmpfs else ""))
+    if notes:
+        LABEL["snapvol"] = f"snapvol ({'; '.join(notes)})"
     agg = aggregate(raw)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = int(meta.get("runs", 1))

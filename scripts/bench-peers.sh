@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side by side over NBD on loopback, the seven workloads of issue 5: snapvol, qemu (a qcow2 image
+# Side by side over NBD on loopback, the workloads of issues 5 and 15: snapvol, qemu (a qcow2 image
 # with internal snapshots, served by qemu-storage-daemon) and nbdkit (file plugin on a raw file,
 # no snapshots: the ceiling of serving NBD from a file on this machine), each driven by
 # `fio --ioengine=nbd`. See docs/benchmarks.md, "Against the peers".
@@ -8,10 +8,10 @@
 #   RUNS=1 ./scripts/bench-peers.sh               # one run per point: about 9 min
 #   WORKLOADS="w1 w3" RUNS=3 ./scripts/bench-peers.sh
 #   SIZE=256M RUNS=1 W2_PASSES=4 W3_RUNTIME=3 W4_RUNTIME=3 W5_SAMPLES=5 W6_WRITE_S=3 \
-#     W7_SIZE=64G W7_CHANGED=1G W7_SNAPS=8 ./scripts/bench-peers.sh   # smoke test, 3 min
+#     W7_SIZE=64G W7_CHANGED=1G W7_SNAPS=8 W8_SNAPS=100 ./scripts/bench-peers.sh   # smoke test, 3 min
 #
 # With the defaults and RUNS=5, each workload takes about (minutes): w1 5, w2 7.5, w3 2.5,
-# w4 2.5, w5 3, w6 2.5, w7 2.5 (W7_QEMU=1 adds 5.5). The script prints its estimate for the
+# w4 2.5, w5 3, w6 2.5, w7 2.5 (W7_QEMU=1 adds 5.5), w8 2. The script prints its estimate for the
 # chosen settings at the start (from this machine's speeds, measured on 2026-11-26: sequential
 # writes with snapshots at about 135 MiB/s for snapvol, 160 for qemu, 550 for nbdkit, and
 # 0.45 s to start a fio process), each workload's elapsed time as it ends, and the total.
@@ -66,11 +66,15 @@
 #       1 MiB writes over the whole volume. VmRSS and VmHWM from /proc/PID/status, against
 #       snapvol's RAM cache (a quarter of the journal: 128 MiB). One run (memory, not a
 #       timing). snapvol only unless W7_QEMU=1: qcow2 writes there run at about 35 MiB/s.
+#   w8  many snapshots: scripts/bench-many-snapshots.py W8_SNAPS (10000) on its own server
+#       (port PORT_BASE + 3): snapshot create, delete (freeing a copy) and list at 10 and at
+#       W8_SNAPS snapshots, each with a preserved copy only it reads, and the server's VmRSS.
+#       snapvol only (qemu's internal snapshots are not made for thousands). One run.
 #
 # Environment: RUNS (5), WORKLOADS ("w1 w2 w3 w4 w5 w6 w7"), SERVERS ("snapvol qemu nbdkit"),
 # SIZE (1G), W1_SNAPS, W2_PASSES, W2_PASS_SIZE, W3_RUNTIME (alias RAND_RUNTIME), W3_SNAPS,
 # W4_RUNTIME, W5_SIZES, W5_SAMPLES, W5_GAP, W5_FILL, W6_WRITE_S, W7_SIZE, W7_CHANGED, W7_SNAPS,
-# W7_QEMU (0), SNAPVOL_JOURNAL (512M), SNAPVOL_WRITE_MODE (atomic; throughput labels snapvol's
+# W7_QEMU (0), W8_SNAPS (10000), SNAPVOL_JOURNAL (512M), SNAPVOL_WRITE_MODE (atomic; throughput labels snapvol's
 # rows "snapvol (throughput)"), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
 # cache journal in a file there, `create --cache`: /dev/shm stands in for NVRAM, but a tmpfs is
 # not durable across power loss, so label such rows so), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
@@ -81,7 +85,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-ALL_WORKLOADS="w1 w2 w3 w4 w5 w6 w7"
+ALL_WORKLOADS="w1 w2 w3 w4 w5 w6 w7 w8"
 ALL_SERVERS="snapvol qemu nbdkit"
 RUNS=${RUNS:-5}
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
@@ -102,6 +106,7 @@ W7_SIZE=${W7_SIZE:-1T}
 W7_CHANGED=${W7_CHANGED:-10G}
 W7_SNAPS=${W7_SNAPS:-64}
 W7_QEMU=${W7_QEMU:-0}
+W8_SNAPS=${W8_SNAPS:-10000}
 SNAPVOL_JOURNAL=${SNAPVOL_JOURNAL:-512M}
 SNAPVOL_CACHE_DIR=${SNAPVOL_CACHE_DIR:-}
 SNAPVOL_WRITE_MODE=${SNAPVOL_WRITE_MODE:-atomic}
@@ -147,7 +152,7 @@ estimate() {
         -v w1n="$W1_SNAPS" -v w2p="$W2_PASSES" -v w2b="$W2_PASS_B" -v w3t="$W3_RUNTIME" \
         -v w3n="$W3_SNAPS" -v w4t="$W4_RUNTIME" -v w5s="$W5_SIZES" -v w5n="$W5_SAMPLES" \
         -v w5g="$W5_GAP" -v w5f="$W5_FILL_B" -v w6t="$W6_WRITE_S" -v w7b="$W7_CHANGED_B" \
-        -v w7n="$W7_SNAPS" -v w7q="$W7_QEMU" 'BEGIN {
+        -v w7n="$W7_SNAPS" -v w7q="$W7_QEMU" -v w8n="$W8_SNAPS" 'BEGIN {
         M = 1048576; fio = 0.45; snap = 0.03; ss = 2
         plain["snapvol"] = 250; cow["snapvol"] = 135; w2r["snapvol"] = 150; w7r["snapvol"] = 100
         plain["qemu"] = 380; cow["qemu"] = 160; w2r["qemu"] = 120; w7r["qemu"] = 35
@@ -178,6 +183,9 @@ estimate() {
                 t += fill + runs * (w6t + snap + rec[s] + 2 * ss)
             if (index(wl, " w7 ") && (s == "snapvol" || (s == "qemu" && w7q == 1)))
                 t += ss + w7b / M / w7r[s] + w7n * (fio + snap) + 5
+            # w8: a snapshot process and a 4 KiB write each, then two measured points
+            if (index(wl, " w8 ") && s == "snapvol")
+                t += w8n * 0.011 + 30
         }
         printf "%d\n", t
     }'
@@ -192,6 +200,8 @@ command -v nbdkit >/dev/null || need_apt+=(nbdkit)
 command -v fio >/dev/null || need_apt+=(fio)
 command -v nbdinfo >/dev/null || need_apt+=(libnbd-bin)
 command -v qemu-storage-daemon >/dev/null || need_apt+=(qemu-utils)
+# w8's client: Debian's Python with its libnbd bindings (not whatever python3 is first in PATH)
+! has w8 "$WORKLOADS" || /usr/bin/python3 -c 'import nbd' 2>/dev/null || need_apt+=(python3-libnbd)
 if ((${#need_apt[@]})); then
     log "installing ${need_apt[*]}"
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -739,6 +749,23 @@ w7() {
     phase_end
 }
 
+# ---------------------------------------------------------------- w8
+w8() {
+    phase_start w8 "many snapshots: create, delete and list at 10 and at $W8_SNAPS"
+    if has snapvol "$SERVERS"; then
+        local out=$TMP/w8.jsonl
+        PORT=$((PORT_BASE + 3)) /usr/bin/python3 "$ROOT/scripts/bench-many-snapshots.py" \
+            "$W8_SNAPS" >"$out"
+        local line
+        while read -r line; do
+            # shellcheck disable=SC2046 # one KEY=VALUE word per field of the script's JSON line
+            emit workload=w8 server=snapvol $(python3 -c 'import json, sys
+print(" ".join(f"{k}={v}" for k, v in json.loads(sys.argv[1]).items()))' "$line")
+        done <"$out"
+    fi
+    phase_end
+}
+
 # ---------------------------------------------------------------- run
 for w in $ALL_WORKLOADS; do
     has "$w" "$WORKLOADS" && "$w"
@@ -754,6 +781,7 @@ python3 "$REPORT" report --results "$RESULTS" --out "$OUT" \
     w3_runtime_s="$W3_RUNTIME" w3_snaps="$W3_SNAPS" w4_runtime_s="$W4_RUNTIME" \
     w5_sizes="$W5_SIZES" w5_samples="$W5_SAMPLES" w5_gap_s="$W5_GAP" w5_fill="$W5_FILL" \
     w6_write_s="$W6_WRITE_S" w7_size="$W7_SIZE" w7_changed="$W7_CHANGED" w7_snaps="$W7_SNAPS" \
+    w8_snaps="$W8_SNAPS" \
     snapvol_journal="$SNAPVOL_JOURNAL" snapvol_cache_bytes="$SNAPVOL_CACHE_B" \
     snapvol_write_mode="$SNAPVOL_WRITE_MODE" snapvol_cache_dir="$SNAPVOL_CACHE_DIR" \
     total_seconds="$T_TOTAL" estimate_seconds="$EST_S"

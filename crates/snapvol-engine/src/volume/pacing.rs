@@ -58,6 +58,11 @@ impl Pacer {
     /// rate times `(limit - dirty) / (limit - limit / 2)`: 1.5 times the drain rate at a
     /// quarter full, the drain rate at half full, nothing at the limit.
     pub(super) fn delay(&self, cost: u64, dirty: u64, limit: u64) -> Duration {
+        self.delay_at(cost, dirty, limit, self.origin.elapsed().as_nanos() as u64)
+    }
+
+    /// [`Pacer::delay`] at `now` nanoseconds since the pacer was made.
+    fn delay_at(&self, cost: u64, dirty: u64, limit: u64, now: u64) -> Duration {
         let rate = self.rate.load(Ordering::Relaxed);
         if cost == 0 || rate == 0 || dirty <= limit / 4 {
             return Duration::ZERO;
@@ -65,7 +70,6 @@ impl Pacer {
         let setpoint = limit / 2;
         let ratio = (limit.saturating_sub(dirty) as f64 / (limit - setpoint) as f64).max(0.05);
         let pause = (cost as f64 * 1e9 / (rate as f64 * ratio)) as u64;
-        let now = self.origin.elapsed().as_nanos() as u64;
         let until = {
             let mut next = self.next.lock();
             let start = (*next).max(now);
@@ -93,17 +97,17 @@ mod tests {
     #[test]
     fn writers_at_half_full_are_admitted_at_the_drain_rate_one_after_another() {
         let p = Pacer::new();
-        // 320 MiB/s: a MiB every 3.125 ms.
+        // 320 MiB/s: a MiB every 3.125 ms. Four writers arrive together at t = 1 s: each
+        // takes the slot after the one before.
         p.observe(32 * MIB, Duration::from_millis(100));
-        let waits: Vec<Duration> = (0..4).map(|_| p.delay(MIB, 64 * MIB, 128 * MIB)).collect();
-        for (i, w) in waits.iter().enumerate() {
-            let want = 3.125 * (i + 1) as f64;
-            let got = w.as_secs_f64() * 1e3;
-            assert!(
-                (got - want).abs() < 1.0,
-                "writer {i} waits {got} ms, want about {want}"
-            );
-        }
+        let now = 1_000_000_000;
+        let waits: Vec<u64> = (0..4)
+            .map(|_| p.delay_at(MIB, 64 * MIB, 128 * MIB, now).as_micros() as u64)
+            .collect();
+        assert_eq!(waits, [3125, 6250, 9375, 12500]);
+        // One that comes after those slots have passed waits only for its own.
+        let later = p.delay_at(MIB, 64 * MIB, 128 * MIB, now + 100_000_000);
+        assert_eq!(later.as_micros(), 3125);
     }
 
     #[test]
@@ -113,7 +117,7 @@ mod tests {
         let at = |dirty| {
             let q = Pacer::new();
             q.observe(32 * MIB, Duration::from_millis(100));
-            q.delay(MIB, dirty, 128 * MIB)
+            q.delay_at(MIB, dirty, 128 * MIB, 0)
         };
         assert!(at(40 * MIB) < at(64 * MIB));
         assert!(at(64 * MIB) < at(100 * MIB));

@@ -117,11 +117,9 @@ impl EpochGate {
 
     /// Starts epoch `current + 1` once every writer of the current one has landed; returns it.
     pub(super) fn advance(&self) -> Epoch {
-        let _one_closer = self.closers.lock();
-        self.shut_and_drain();
-        let next = Epoch(self.epoch.fetch_add(1, Ordering::SeqCst) + 1);
-        self.open();
-        next
+        match self.advance_after(|| Ok::<(), std::convert::Infallible>(())) {
+            Ok(next) => next,
+        }
     }
 
     /// Shuts the door for one writer alone, once every writer inside has landed.

@@ -85,14 +85,20 @@ impl Inner {
     /// journal did: their data is durable nowhere else. (Journaled data needs no such sync
     /// until the journal's head moves past it, which syncs the source first.)
     pub(super) fn sync_unjournaled(&self) -> Result<()> {
-        let written = self.source_written.load(Ordering::SeqCst);
-        if self.source_synced.load(Ordering::SeqCst) < written {
-            self.source
-                .sync()
-                .map_err(|e| Error::io("sync", Device::Source, 0, e))
-                .inspect_err(|e| self.fail(e))?;
-            self.source_synced.fetch_max(written, Ordering::SeqCst);
+        if self.source_synced.load(Ordering::SeqCst) < self.source_written.load(Ordering::SeqCst) {
+            self.sync_source().inspect_err(|e| self.fail(e))?;
         }
+        Ok(())
+    }
+
+    /// Syncs the source, and records that the sync covers every destage batch counted in
+    /// `source_written` before it began.
+    fn sync_source(&self) -> Result<()> {
+        let written = self.source_written.load(Ordering::SeqCst);
+        self.source
+            .sync()
+            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
+        self.source_synced.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
 
@@ -303,11 +309,7 @@ impl Inner {
     /// Makes `head` the journal's head on disk: the source is synced first (the data of every
     /// record before it must be durable there), then the superblock records it.
     pub(super) fn persist_journal_head(&self, head: JournalHead) -> Result<()> {
-        let written = self.source_written.load(Ordering::SeqCst);
-        self.source
-            .sync()
-            .map_err(|e| Error::io("sync", Device::Source, 0, e))?;
-        self.source_synced.fetch_max(written, Ordering::SeqCst);
+        self.sync_source()?;
         let mut meta = self.meta.lock();
         meta.sb.journal_head = head.pos;
         meta.sb.journal_head_seq = head.seq;

@@ -105,6 +105,61 @@ fn check_clean(devs: &[Arc<CrashVlun>; 3], when: &str) {
     assert!(r.is_clean(), "check {when}: {:?}", r.problems);
 }
 
+/// What a power loss right now leaves of the three devices (each cut at its own random point
+/// among its unsynced writes), as fresh devices.
+fn power_loss(devs: &[Arc<CrashVlun>; 3], seed: u64) -> Vluns {
+    let ctl = FaultController::new();
+    let dev = |d: &Arc<CrashVlun>, seed| {
+        Box::new(CrashVlun::from_image(
+            &ctl,
+            d.crash_image(CrashMode::Random, seed),
+        ))
+    };
+    Vluns {
+        source: dev(&devs[0], seed),
+        target: dev(&devs[1], seed + 1),
+        journal: dev(&devs[2], seed + 2),
+    }
+}
+
+/// ENOSPC at each point the engine asks for space, one point per run: a fresh 2 MiB volume
+/// (256 KiB cache, destaged by the writers themselves, so the points are the same every run)
+/// is readied by `setup`, the fault is armed at point `k`, `body` runs; then the volume must
+/// read as the oracle says, close cleanly and pass `check`. Returns how many points there
+/// were (runs in which the fault fired).
+fn sweep_space_points(
+    setup: impl Fn(&Volume, &mut Oracle),
+    mut body: impl FnMut(u64, &[Arc<CrashVlun>; 3], &Volume, &mut Oracle),
+) -> u64 {
+    const SIZE: u64 = 2 * MIB;
+    for k in 0.. {
+        let opts = VolumeOptions {
+            cache_size: 256 * KIB,
+            background_destage: false,
+            ..VolumeOptions::default()
+        };
+        let (ctl, devs, vol) = volume_on_crash_devices(SIZE, opts);
+        let mut o = Oracle {
+            live: vec![0u8; SIZE as usize],
+            snapshots: Vec::new(),
+        };
+        setup(&vol, &mut o);
+        let base = ctl.op_count(OpFilter::Only(IoOp::ReserveSpace));
+        ctl.fail_at_with(base + k, OpFilter::Only(IoOp::ReserveSpace), libc::ENOSPC);
+        body(k, &devs, &vol, &mut o);
+        let at = format!("(ENOSPC at space request {k})");
+        o.assert_matches(&vol, &at);
+        let fired = ctl.faults_injected() > 0;
+        vol.close()
+            .unwrap_or_else(|e| panic!("point {k}: close: {e}"));
+        check_clean(&devs, &at);
+        if !fired {
+            return k;
+        }
+    }
+    unreachable!()
+}
+
 #[test]
 fn a_full_file_system_refuses_writes_with_enospc_and_the_volume_takes_them_once_space_is_freed() {
     const SIZE: u64 = 8 * MIB;
@@ -148,20 +203,7 @@ fn a_full_file_system_refuses_writes_with_enospc_and_the_volume_takes_them_once_
     // Everything acknowledged can be flushed while the disk is full (the journal's ring was
     // allocated at create), and a power loss now keeps all of it.
     vol.flush().unwrap();
-    let crashed = |seed: u64| {
-        let ctl = FaultController::new();
-        let dev = |d: &Arc<CrashVlun>, seed| {
-            Box::new(CrashVlun::from_image(
-                &ctl,
-                d.crash_image(CrashMode::Random, seed),
-            ))
-        };
-        Vluns {
-            source: dev(&devs[0], seed),
-            target: dev(&devs[1], seed + 1),
-            journal: dev(&devs[2], seed + 2),
-        }
-    };
+    let crashed = |seed| power_loss(&devs, seed);
     for seed in [1, 7, 42] {
         let after = Volume::open_on("v", crashed(seed), VolumeOptions::default()).unwrap();
         o.assert_matches(
@@ -213,63 +255,174 @@ impl OkOrEnospc for Result<&(), &Error> {
 #[test]
 fn enospc_at_every_point_the_engine_asks_for_space_costs_only_that_request() {
     const SIZE: u64 = 2 * MIB;
-    let mut points = 0;
     let mut refusals = 0;
-    for k in 0.. {
-        let opts = VolumeOptions {
-            cache_size: 256 * KIB,
-            background_destage: false,
-            ..VolumeOptions::default()
-        };
-        let (ctl, devs, vol) = volume_on_crash_devices(SIZE, opts);
-        let base = ctl.op_count(OpFilter::Only(IoOp::ReserveSpace));
-        ctl.fail_at_with(base + k, OpFilter::Only(IoOp::ReserveSpace), libc::ENOSPC);
-        let mut o = Oracle {
-            live: vec![0u8; SIZE as usize],
-            snapshots: Vec::new(),
-        };
-        // Each step retried once if the one ENOSPC hit it.
-        let mut step = |o: &mut Oracle, f: &dyn Fn(&mut Oracle) -> Result<(), Error>| {
-            if let Err(e) = f(o) {
-                assert!(is_enospc(&e), "point {k}: {e}");
-                refusals += 1;
-                f(o).unwrap_or_else(|e| panic!("point {k}: the retry failed: {e}"));
+    let points = sweep_space_points(
+        |_, _| {},
+        |k, _, vol, o| {
+            // Each step retried once if the one ENOSPC hit it.
+            let mut step = |o: &mut Oracle, f: &dyn Fn(&mut Oracle) -> Result<(), Error>| {
+                if let Err(e) = f(o) {
+                    assert!(is_enospc(&e), "point {k}: {e}");
+                    refusals += 1;
+                    f(o).unwrap_or_else(|e| panic!("point {k}: the retry failed: {e}"));
+                }
+            };
+            for round in 0..4u64 {
+                step(o, &|o| {
+                    let off = round * 7 * CHUNK % SIZE;
+                    let data = pattern(round, off, 3 * CHUNK);
+                    vol.write(off, &data)?;
+                    o.live[off as usize..(off + 3 * CHUNK) as usize].copy_from_slice(&data);
+                    Ok(())
+                });
+                step(o, &|_| vol.flush());
+                step(o, &|o| {
+                    let name = format!("s{round}");
+                    vol.snapshot_create(&name)?;
+                    o.snapshots.push((name, o.live.clone()));
+                    Ok(())
+                });
+                step(o, &|_| vol.destage_all());
             }
-        };
-        for round in 0..4u64 {
-            step(&mut o, &|o| {
-                let off = round * 7 * CHUNK % SIZE;
-                let data = pattern(round, off, 3 * CHUNK);
-                vol.write(off, &data)?;
-                o.live[off as usize..(off + 3 * CHUNK) as usize].copy_from_slice(&data);
+            step(o, &|o| {
+                vol.snapshot_delete("s1")?;
+                o.snapshots.retain(|(n, _)| n != "s1");
                 Ok(())
             });
-            step(&mut o, &|_| vol.flush());
-            step(&mut o, &|o| {
-                let name = format!("s{round}");
-                vol.snapshot_create(&name)?;
-                o.snapshots.push((name, o.live.clone()));
-                Ok(())
-            });
-            step(&mut o, &|_| vol.destage_all());
-        }
-        step(&mut o, &|o| {
-            vol.snapshot_delete("s1")?;
-            o.snapshots.retain(|(n, _)| n != "s1");
-            Ok(())
-        });
-        o.assert_matches(&vol, &format!("(ENOSPC at space request {k})"));
-        let fired = ctl.faults_injected() > 0;
-        vol.close()
-            .unwrap_or_else(|e| panic!("point {k}: close: {e}"));
-        check_clean(&devs, &format!("(ENOSPC at space request {k})"));
-        if !fired {
-            break;
-        }
-        points += 1;
-    }
+        },
+    );
     eprintln!("{points} points where the engine asks for space, each refused once: {refusals} requests got ENOSPC and succeeded when retried");
     assert!(points >= 5, "{points}");
+}
+
+/// What broke (issue 15): a request larger than a quarter of the cache is journaled whole and
+/// then lands piece by piece; a later piece that found the file system full (a destage for its
+/// room paused) got ENOSPC after earlier pieces had landed. The client was told the write
+/// failed while part of it read back new, and a power loss then replayed all of it.
+///
+/// ENOSPC at each point the engine asks for space, while such requests overwrite preserved
+/// data: each one is done whole (and survives a power loss) or refused having changed
+/// nothing, live or after a power loss.
+#[test]
+fn a_request_larger_than_a_quarter_of_the_cache_lands_whole_or_not_at_all_when_space_runs_out() {
+    const SIZE: u64 = 2 * MIB;
+    const LEN: u64 = 12 * CHUNK;
+    let mut refused = 0;
+    let points = sweep_space_points(
+        |vol, o| {
+            assert!(try_write(vol, o, 1, 0, SIZE));
+            vol.snapshot_create("s").unwrap();
+            o.snapshots.push(("s".into(), o.live.clone()));
+        },
+        |k, devs, vol, o| {
+            for round in 0..6u64 {
+                let off = round * 5 * CHUNK % (SIZE - LEN);
+                if try_write(vol, o, 10 + round, off, LEN) {
+                    continue;
+                }
+                refused += 1;
+                o.assert_matches(vol, &format!("after a refused request (point {k})"));
+                // A power loss now leaves the same: what was acknowledged was journaled and
+                // synced before it landed (the journal writer is this thread).
+                let after =
+                    Volume::open_on("v", power_loss(devs, k), VolumeOptions::default()).unwrap();
+                o.assert_matches(&after, &format!("after a power loss (point {k})"));
+                after.close().unwrap();
+                assert!(try_write(vol, o, 10 + round, off, LEN), "the retry");
+            }
+            vol.flush().unwrap();
+        },
+    );
+    eprintln!("{points} points where the engine asks for space: {refused} large requests refused (each having changed nothing), the rest landed whole");
+    assert!(points >= 5, "{points}");
+}
+
+/// The same race with the background destager: requests larger than a quarter of the cache
+/// from one thread and chunk writes from two others, over preserved data, while the file
+/// system fills up and is freed again and snapshots are taken. Each thread owns its range,
+/// so after every request its range must read all new (done) or all as before (ENOSPC).
+#[test]
+fn racing_writers_on_a_file_system_that_fills_and_frees_lose_or_tear_nothing() {
+    const SIZE: u64 = 8 * MIB;
+    const LARGE: u64 = 2 * MIB;
+    let opts = VolumeOptions {
+        cache_size: MIB,
+        ..VolumeOptions::default()
+    };
+    let (ctl, devs, vol) = volume_on_crash_devices(SIZE, opts);
+    let vol = Arc::new(vol);
+    vol.write(0, &pattern(1, 0, SIZE)).unwrap();
+    vol.snapshot_create("s0").unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Thread t owns [t * SIZE / 4, (t + 1) * SIZE / 4); thread 0 writes it whole in large
+    // requests, the others chunk by chunk.
+    let writers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (vol, stop) = (vol.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let base = t * SIZE / 4;
+                let mut image = pattern(1, base, SIZE / 4);
+                let (mut done, mut refused) = (0u64, 0u64);
+                for tag in 100.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let (off, len) = if t == 0 {
+                        (base + (tag % 2) * (SIZE / 4 - LARGE), LARGE)
+                    } else {
+                        (base + (tag * 7 % (SIZE / 4 / CHUNK)) * CHUNK, CHUNK)
+                    };
+                    let data = pattern(tag, off, len);
+                    let at = (off - base) as usize..(off - base + len) as usize;
+                    match vol.write(off, &data) {
+                        Ok(()) => {
+                            image[at.clone()].copy_from_slice(&data);
+                            done += 1;
+                        }
+                        Err(e) if is_enospc(&e) => refused += 1,
+                        Err(e) => panic!("thread {t}: a write failed otherwise: {e}"),
+                    }
+                    let mut back = vec![0u8; len as usize];
+                    vol.read(off, &mut back).unwrap();
+                    assert!(
+                        back == image[at],
+                        "thread {t}: request {tag} at {off} reads neither all new nor all old"
+                    );
+                }
+                (base, image, done, refused)
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        if round % 2 == 0 {
+            ctl.fill_up();
+        } else {
+            ctl.free_space();
+        }
+        if round % 5 == 4 {
+            vol.snapshot_create(&format!("s{round}")).unwrap();
+        }
+    }
+    ctl.free_space();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut live = pattern(1, 0, SIZE);
+    for w in writers {
+        let (base, image, done, refused) = w.join().unwrap();
+        eprintln!("writer at {base}: {done} requests done, {refused} refused with ENOSPC");
+        live[base as usize..base as usize + image.len()].copy_from_slice(&image);
+    }
+    vol.flush().unwrap();
+    let o = Oracle {
+        live,
+        snapshots: vec![("s0".into(), pattern(1, 0, SIZE))],
+    };
+    o.assert_matches(&vol, "after the race");
+    let after = Volume::open_on("v", power_loss(&devs, 3), VolumeOptions::default()).unwrap();
+    o.assert_matches(&after, "after a power loss");
+    after.close().unwrap();
+    Arc::try_unwrap(vol).unwrap().close().unwrap();
+    check_clean(&devs, "after the race");
 }
 
 /// What broke (issue 10, finding 5): after many snapshot deletions a target file kept its

@@ -194,9 +194,16 @@ impl Inner {
                 };
                 let cost = self.geo.split(pos, n).count() as u64 * per_chunk;
                 // Not paced: the request is journaled and the gate shut, so a pause here only
-                // holds every other writer up (and widens the window in which a full file
-                // system can refuse a later piece; see `make_room`'s DeviceFull).
-                self.make_room(cost, 0)?;
+                // holds every other writer up. And not refused: it is durable already, and a
+                // refusal now would tell the client it failed while the pieces before this
+                // one read back new (and a replay brings all of it back). A file system full
+                // enough to pause the destage lets it land over the cache's limit instead:
+                // its data is in memory anyway, in the request's buffer, which whole chunks
+                // share; the writes after it wait, or get ENOSPC, until the destage resumes.
+                match self.make_room(cost, 0) {
+                    Err(Error::DeviceFull { .. }) => {}
+                    r => r?,
+                }
                 let req = Landing {
                     offset: pos,
                     len: n,

@@ -77,7 +77,8 @@
 # W7_QEMU (0), W8_SNAPS (10000), SNAPVOL_JOURNAL (512M), SNAPVOL_WRITE_MODE (atomic; throughput labels snapvol's
 # rows "snapvol (throughput)"), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
 # cache journal in a file there, `create --cache`: /dev/shm stands in for NVRAM, but a tmpfs is
-# not durable across power loss, so label such rows so), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
+# not durable across power loss, so label such rows so), SNAPVOL_BIN (target/release/snapvol: another
+# build for an A/B), PORT_BASE (10950; uses 4 ports), OUT (docs/bench when
 # every workload and server runs, else /var/tmp/bench-peers-out), KEEP_TMP=1 keeps the temp
 # dir (it is also kept when the script fails). Output: OUT/peers.json (settings, medians and
 # every run), OUT/peers.md, OUT/peers-seq-write.svg (w1), OUT/peers-hourly.svg (w2).
@@ -219,7 +220,7 @@ fi
 
 log "building snapvol (release)"
 cargo build --release -p snapvol
-SNAPVOL=$ROOT/target/release/snapvol
+SNAPVOL=${SNAPVOL_BIN:-$ROOT/target/release/snapvol}
 REPORT=$ROOT/scripts/bench_peers_report.py
 
 # ---------------------------------------------------------------- state and cleanup

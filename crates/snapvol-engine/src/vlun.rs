@@ -99,6 +99,52 @@ pub trait Vlun: Send + Sync + std::fmt::Debug {
         reqs.iter()
             .try_for_each(|&(offset, buf)| self.write_at(buf, offset))
     }
+    /// [`Vlun::write_many`] of data that is written once and rarely read again (preserved
+    /// copies): a file VLUN writes it past the page cache (`O_DIRECT`) where the buffers and
+    /// offsets are aligned to [`DIRECT_ALIGN`], so that cold data neither takes memory from
+    /// hot data nor costs the allocation of fresh page-cache pages, and a later `sync` has
+    /// only the file's metadata left to write. Durability is as for `write_many`: only a
+    /// later [`Vlun::sync`] makes the writes durable. The default is `write_many`.
+    fn write_cold(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
+        self.write_many(reqs)
+    }
+}
+
+/// The alignment of buffer, offset and length at which [`Vlun::write_cold`] on a file can skip
+/// the page cache: a page, a multiple of every logical block size in use.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A byte buffer whose start is aligned to [`DIRECT_ALIGN`], for [`Vlun::write_cold`]. Its
+/// contents are unspecified after [`AlignedBuf::ensure`] grows it.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Makes the buffer at least `len` bytes long (contents unspecified).
+    pub fn ensure(&mut self, len: usize) {
+        if len > self.len {
+            self.raw = vec![0; len + DIRECT_ALIGN];
+            self.start = self.raw.as_ptr().align_offset(DIRECT_ALIGN);
+            self.len = len;
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
 }
 
 /// Writes `len` zero bytes at `offset`, a MiB at a time.
@@ -118,21 +164,44 @@ fn write_zeros<V: Vlun + ?Sized>(v: &V, offset: u64, len: u64) -> io::Result<()>
 pub struct FileVlun {
     file: File,
     block_device: bool,
+    /// The same file opened `O_DIRECT`, for [`Vlun::write_cold`]; `None` where the file
+    /// system does not take it (tmpfs) or the VLUN is read-only.
+    direct: Option<File>,
 }
 
 impl FileVlun {
     /// Opens an existing file or block device for reading and writing.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let block_device = file.metadata()?.file_type().is_block_device();
-        Ok(Self { file, block_device })
+        Self::with_direct(file, path)
     }
 
     /// Opens an existing file or block device for reading only: writes fail.
     pub fn open_read_only(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).open(path)?;
         let block_device = file.metadata()?.file_type().is_block_device();
-        Ok(Self { file, block_device })
+        Ok(Self {
+            file,
+            block_device,
+            direct: None,
+        })
+    }
+
+    /// A read-write VLUN of `file` (at `path`), with its `O_DIRECT` descriptor where the file
+    /// system has one to give.
+    fn with_direct(file: File, path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Ok(Self {
+            file,
+            block_device,
+            direct,
+        })
     }
 
     /// Creates (or opens, for a block device) `path` and gives a regular file the length `len`
@@ -149,10 +218,7 @@ impl FileVlun {
             .create_new(true)
             .open(path)?;
         file.set_len(len)?;
-        Ok(Self {
-            file,
-            block_device: false,
-        })
+        Self::with_direct(file, path)
     }
 }
 
@@ -179,6 +245,31 @@ impl Vlun for FileVlun {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn write_cold(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
+        let aligned = |&(offset, buf): &(u64, &[u8])| {
+            offset % DIRECT_ALIGN as u64 == 0
+                && buf.len() % DIRECT_ALIGN == 0
+                && buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
+        };
+        match &self.direct {
+            Some(direct) if reqs.iter().all(aligned) => {
+                for &(offset, buf) in reqs {
+                    match direct.write_all_at(buf, offset) {
+                        Ok(()) => {}
+                        // A file system that opened the file O_DIRECT but refuses this write
+                        // that way: the page cache takes it.
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.write_at(buf, offset)?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            _ => self.write_many(reqs),
+        }
     }
 
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -491,6 +582,54 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Preserved copies go through `write_cold`: aligned requests past the page cache (where
+    /// the file system takes O_DIRECT), unaligned ones through it. Either way a read, also
+    /// one of pages that were cached before the write, returns what was written last, and so
+    /// does the file after a sync and a reopen.
+    #[test]
+    fn cold_writes_read_back_whether_or_not_they_skip_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let v = FileVlun::create(&path, 0).unwrap();
+        // Pages of the first range are in the page cache, dirty, before the cold write.
+        v.write_at(&[7u8; 3 * DIRECT_ALIGN], 0).unwrap();
+        let mut cold = AlignedBuf::default();
+        cold.ensure(4 * DIRECT_ALIGN);
+        assert_eq!(cold.as_ptr().align_offset(DIRECT_ALIGN), 0, "aligned");
+        for (i, b) in cold.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let far = 1 << 20; // past the end: the write extends the file
+        v.write_cold(&[
+            (DIRECT_ALIGN as u64, &cold[..DIRECT_ALIGN]),
+            (far, &cold[..]),
+        ])
+        .unwrap();
+        // Unaligned (offset, length, buffer): through the page cache.
+        v.write_cold(&[(far + 5, &cold[1..100])]).unwrap();
+        let mut want = vec![7u8; 3 * DIRECT_ALIGN];
+        want[DIRECT_ALIGN..2 * DIRECT_ALIGN].copy_from_slice(&cold[..DIRECT_ALIGN]);
+        let mut want_far = cold.to_vec();
+        want_far[5..104].copy_from_slice(&cold[1..100]);
+        let check = |v: &FileVlun, when: &str| {
+            let mut got = vec![0u8; 3 * DIRECT_ALIGN];
+            v.read_at(&mut got, 0).unwrap();
+            assert!(got == want, "the overwritten cached range {when}");
+            let mut got = vec![0u8; 4 * DIRECT_ALIGN];
+            v.read_at(&mut got, far).unwrap();
+            assert!(got == want_far, "the extending range {when}");
+            assert_eq!(v.len().unwrap(), far + 4 * DIRECT_ALIGN as u64, "{when}");
+        };
+        check(&v, "right after the writes");
+        v.sync().unwrap();
+        drop(v);
+        check(&FileVlun::open(&path).unwrap(), "after a reopen");
+        eprintln!(
+            "O_DIRECT on this file system: {}",
+            FileVlun::open(&path).unwrap().direct.is_some()
+        );
+    }
 
     fn exercise(v: &dyn Vlun) {
         v.write_at(b"hello", 10).unwrap();

@@ -11,6 +11,7 @@ use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
 use crate::units::{TargetSlot, BLOCK};
+use crate::vlun::AlignedBuf;
 
 use super::space::device_code;
 use super::{Inner, MetaState};
@@ -257,9 +258,7 @@ impl Inner {
                 .count();
             let area_len = copies as usize * chunk;
             let need = area_len + shared * chunk;
-            if scratch.len() < need {
-                scratch.resize(need, 0);
-            }
+            scratch.ensure(need);
             let (area, sources) = scratch[..need].split_at_mut(area_len);
             // Every original the batch needs, read at once (a network VLUN keeps them all in
             // flight).
@@ -321,8 +320,10 @@ impl Inner {
                 at += len;
             }
             let first = self.slot_offset(runs[0].0);
+            // Cold data: past the page cache where the target allows (the scratch buffer is
+            // aligned for it); the target sync of the commit makes it durable either way.
             self.target
-                .write_many(&writes)
+                .write_cold(&writes)
                 .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
             // Every affected snapshot's log and bitmap now point at the copies: commit.
             let records = destage::records(&placed);
@@ -374,7 +375,7 @@ impl Inner {
         // large one is given back once both are done.
         let written = self.write_source(&batch, nblocks, &mut scratch);
         if scratch.len() > 2 * MAX_BATCH as usize {
-            *scratch = Vec::new();
+            *scratch = AlignedBuf::default();
         }
         written?;
         // Counted before the versions leave the cache: a FLUSH that finds them gone then
@@ -421,7 +422,7 @@ impl Inner {
         &self,
         batch: &[DirtyChunk],
         nblocks: usize,
-        compose: &mut Vec<u8>,
+        compose: &mut AlignedBuf,
     ) -> Result<()> {
         self.check_held()?;
         let bs = BLOCK as usize;
@@ -436,9 +437,7 @@ impl Inner {
                 _ => 0,
             })
             .sum();
-        if compose.len() < composed {
-            compose.resize(composed, 0);
-        }
+        compose.ensure(composed);
         let mut free = &mut compose[..composed];
         let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
         for (d, plan) in batch.iter().zip(plans) {

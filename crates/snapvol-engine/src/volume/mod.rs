@@ -240,7 +240,7 @@ struct Inner {
     capacity_hint: AtomicU64,
     /// Serializes destage batches with snapshot deletion; holds the buffer a batch gathers its
     /// preserved copies in, kept from batch to batch (no fresh zeroed pages each time).
-    destage_lock: Mutex<Vec<u8>>,
+    destage_lock: Mutex<crate::vlun::AlignedBuf>,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
     /// Snapshots not yet in the metadata log, oldest first.

@@ -308,7 +308,7 @@ impl Volume {
             slots_used: AtomicU64::new(slots_used),
             reserved: AtomicU64::new(0),
             capacity_hint: AtomicU64::new(0),
-            destage_lock: Mutex::new(Vec::new()),
+            destage_lock: Mutex::new(Default::default()),
             admin_lock: Mutex::new(()),
             pending: Mutex::new(Vec::new()),
             failed: OnceLock::new(),

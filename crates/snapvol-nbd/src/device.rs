@@ -128,7 +128,9 @@ pub trait BlockDevice: Send + Sync {
         false
     }
 
-    /// Fills `buf` with the bytes at `offset`.
+    /// Fills `buf` with the bytes at `offset`: every byte of it, or fails. (The server reuses
+    /// a worker's read buffer from request to request, so a byte left unwritten would send
+    /// the client bytes of an earlier read.)
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError>;
 
     /// Writes `data` at `offset`; with `fua`, durably before returning.

@@ -132,8 +132,8 @@ struct Pool {
 enum Reply {
     /// A simple (or structured `NBD_REPLY_TYPE_NONE`) success without payload.
     Done,
-    /// The bytes a read returned.
-    Data { offset: u64, buf: Vec<u8> },
+    /// The bytes a read returned: the first `len` bytes of the worker's read buffer.
+    Data { offset: u64, len: usize },
     /// Reply chunks already encoded (block status).
     Frames(Vec<u8>),
 }
@@ -149,19 +149,28 @@ struct Ctx<'a, W: Write> {
     peer: &'a str,
 }
 
+/// The largest read buffer a worker keeps between requests: a request up to this size reuses
+/// it (no allocation, no fresh zeroed pages), a larger one allocates its own. Sixteen workers of
+/// a connection keep at most 32 MiB.
+const KEEP_READ_BUFFER: usize = 2 << 20;
+
 impl<W: Write> Ctx<'_, W> {
-    fn handle(&self, job: Job) {
+    /// Performs a request and replies to it. `read_buf` is the worker's buffer for read data,
+    /// kept from request to request.
+    fn handle(&self, job: Job, read_buf: &mut Vec<u8>) {
         let Job {
             req,
             payload,
             received,
         } = job;
         let result = match check_request(&req, &self.info) {
-            Ok(action) => catch_unwind(AssertUnwindSafe(|| self.perform(&req, action, &payload)))
-                .unwrap_or_else(|_| {
-                    error!(peer = self.peer, request = ?req, "the device panicked");
-                    Err(DevError::io("internal error in the device"))
-                }),
+            Ok(action) => catch_unwind(AssertUnwindSafe(|| {
+                self.perform(&req, action, &payload, read_buf)
+            }))
+            .unwrap_or_else(|_| {
+                error!(peer = self.peer, request = ?req, "the device panicked");
+                Err(DevError::io("internal error in the device"))
+            }),
             Err(e) => Err(e),
         };
         // The device hears of the request before the client does, so that whatever it counts
@@ -174,24 +183,40 @@ impl<W: Write> Ctx<'_, W> {
         });
         match result {
             Ok(Reply::Done) => self.writer.ok(req.cookie),
-            Ok(Reply::Data { offset, buf }) => self.writer.read_data(req.cookie, offset, &buf),
+            Ok(Reply::Data { offset, len }) => {
+                self.writer.read_data(req.cookie, offset, &read_buf[..len])
+            }
             Ok(Reply::Frames(head)) => self.writer.send(&head, &[]),
             Err(e) => {
                 debug!(peer = self.peer, request = ?req, error = %e, "request failed");
                 self.writer.error(req.cookie, &e)
             }
         };
+        if read_buf.len() > KEEP_READ_BUFFER {
+            *read_buf = Vec::new();
+        }
     }
 
     /// Runs the action and returns the reply it earned; the caller sends it.
-    fn perform(&self, req: &Request, action: Action, payload: &[u8]) -> Result<Reply, DevError> {
+    fn perform(
+        &self,
+        req: &Request,
+        action: Action,
+        payload: &[u8],
+        read_buf: &mut Vec<u8>,
+    ) -> Result<Reply, DevError> {
         let dev = self.device;
         let mark_dirty = || self.dirty.store(true, Ordering::SeqCst);
         match action {
             Action::Read { offset, len } => {
-                let mut buf = vec![0u8; len as usize];
-                dev.read(offset, &mut buf)?;
-                return Ok(Reply::Data { offset, buf });
+                let len = len as usize;
+                if read_buf.len() < len {
+                    read_buf.resize(len, 0);
+                }
+                // A device's read fills the whole buffer or fails: no byte of an earlier
+                // request's data is ever sent.
+                dev.read(offset, &mut read_buf[..len])?;
+                return Ok(Reply::Data { offset, len });
             }
             Action::Write { offset, fua } => {
                 dev.write(offset, payload, fua)?;
@@ -268,6 +293,7 @@ impl<W: Write> Ctx<'_, W> {
 }
 
 fn worker<W: Write>(pool: &Pool, ctx: &Ctx<'_, W>) {
+    let mut read_buf = Vec::new();
     loop {
         let job = {
             let mut st = pool.state.lock();
@@ -284,7 +310,7 @@ fn worker<W: Write>(pool: &Pool, ctx: &Ctx<'_, W>) {
             }
         };
         let Some(job) = job else { return };
-        ctx.handle(job);
+        ctx.handle(job, &mut read_buf);
         pool.state.lock().in_flight -= 1;
         pool.slots.notify_one();
     }
@@ -345,6 +371,7 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
         peer,
     };
     let pool = Pool::default();
+    let mut inline_buf = Vec::new();
     let end = thread::scope(|s| {
         let (pool, ctx) = (&pool, &ctx);
         let end = loop {
@@ -380,7 +407,7 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
                 received: Instant::now(),
             };
             if inline {
-                ctx.handle(job);
+                ctx.handle(job, &mut inline_buf);
                 continue;
             }
             let mut st = pool.state.lock();

@@ -1,6 +1,7 @@
 //! The one narrow door between the NBD server and storage: [`BlockDevice`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -135,6 +136,13 @@ pub trait BlockDevice: Send + Sync {
 
     /// Writes `data` at `offset`; with `fua`, durably before returning.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError>;
+
+    /// [`BlockDevice::write`] of a payload the server read into a shared buffer: a device that
+    /// keeps the bytes (a cache) may keep a reference to the buffer instead of copying it. The
+    /// default writes it as a slice.
+    fn write_shared(&self, offset: u64, data: &Arc<[u8]>, fua: bool) -> Result<(), DevError> {
+        self.write(offset, data, fua)
+    }
 
     /// Makes every completed write durable (see the trait's durability contract).
     fn flush(&self) -> Result<(), DevError>;

@@ -71,6 +71,7 @@ use crate::vlun::Vlun;
 use crate::chain::BlockPlace;
 use epoch::EpochGate;
 pub use restore::{ChangeGuard, RollbackReport};
+use write::Bytes;
 
 /// Tunables for an open volume.
 #[derive(Debug, Clone)]
@@ -391,7 +392,16 @@ impl Volume {
 
     /// Writes `data` at `offset`; acknowledged once it is in the cache (claims 17, 22).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.inner.write(offset, data.len() as u64, Some(data))
+        self.inner
+            .write(offset, data.len() as u64, Some(Bytes::Borrowed(data)))
+    }
+
+    /// [`Volume::write`] of bytes already in a shared buffer: the cache and the journal keep
+    /// references to it instead of a copy (an NBD server reads each payload straight into
+    /// one).
+    pub fn write_shared(&self, offset: u64, data: &Arc<[u8]>) -> Result<()> {
+        self.inner
+            .write(offset, data.len() as u64, Some(Bytes::Shared(data)))
     }
 
     /// Makes `[offset, offset + len)` read as zero; originals are preserved first where a
@@ -514,7 +524,14 @@ impl Volume {
     /// Writes `data` at `offset` and makes it durable before returning (NBD's FUA): it is
     /// journaled in either write mode, so this costs one journal sync and never a destage.
     pub fn write_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.inner.write_fua(offset, data.len() as u64, Some(data))
+        self.inner
+            .write_fua(offset, data.len() as u64, Some(Bytes::Borrowed(data)))
+    }
+
+    /// [`Volume::write_fua`] of bytes already in a shared buffer (see [`Volume::write_shared`]).
+    pub fn write_fua_shared(&self, offset: u64, data: &Arc<[u8]>) -> Result<()> {
+        self.inner
+            .write_fua(offset, data.len() as u64, Some(Bytes::Shared(data)))
     }
 
     /// [`Volume::write_zeroes`] (or [`Volume::trim`]), durable before returning (NBD's FUA).

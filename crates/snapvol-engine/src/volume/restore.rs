@@ -205,7 +205,7 @@ impl Inner {
                     self.write(pos, n, None)?;
                     report.zeroed_bytes += n;
                 } else {
-                    self.write(pos, n, Some(piece))?;
+                    self.write(pos, n, Some(super::write::Bytes::Borrowed(piece)))?;
                 }
                 pos += n;
                 report.rewritten_bytes += n;

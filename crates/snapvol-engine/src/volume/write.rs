@@ -18,10 +18,41 @@ use crate::units::{WriteMode, BLOCK};
 use super::space::device_of;
 use super::{Inner, Staged, JOURNAL_EAGER, STAGING_SHARDS};
 
+/// A write's bytes: borrowed from the caller, or already in a buffer the cache and the journal
+/// may keep a reference to (an NBD payload read straight into one). Borrowed bytes are copied
+/// once, into such a buffer; shared ones are not copied at all.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Shared(&'a Arc<[u8]>),
+}
+
+impl<'a> Bytes<'a> {
+    fn as_slice(&self) -> &'a [u8] {
+        match *self {
+            Bytes::Borrowed(d) => d,
+            Bytes::Shared(d) => d,
+        }
+    }
+
+    /// The buffer the cache and the journal share: the request's own, or a copy of it.
+    fn share(&self) -> Arc<[u8]> {
+        match *self {
+            Bytes::Borrowed(d) => Arc::from(d),
+            Bytes::Shared(d) => Arc::clone(d),
+        }
+    }
+
+    /// Bytes `range` of the request (borrowed: a piece of a request is copied when it lands).
+    fn slice(&self, range: std::ops::Range<usize>) -> Bytes<'a> {
+        Bytes::Borrowed(&self.as_slice()[range])
+    }
+}
+
 impl Inner {
     /// Writes `data` (zeros for `None`) at `offset`: journaled, or in write mode throughput
     /// skipping the journal if it is a data request of at least a chunk.
-    pub(super) fn write(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+    pub(super) fn write(&self, offset: u64, len: u64, data: Option<Bytes<'_>>) -> Result<()> {
         let skip =
             self.write_mode == WriteMode::Throughput && data.is_some() && len >= self.geo.chunk();
         self.write_as(offset, len, data, skip)
@@ -29,13 +60,13 @@ impl Inner {
 
     /// A FUA write: journaled whatever the write mode (one journal sync makes just this
     /// request durable, where skipping the journal would need a destage), then durable.
-    pub(super) fn write_fua(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+    pub(super) fn write_fua(&self, offset: u64, len: u64, data: Option<Bytes<'_>>) -> Result<()> {
         self.write_as(offset, len, data, false)?;
         self.check_writable()?;
         self.journal_flush().inspect_err(|e| self.fail(e))
     }
 
-    fn write_as(&self, offset: u64, len: u64, data: Option<&[u8]>, skip: bool) -> Result<()> {
+    fn write_as(&self, offset: u64, len: u64, data: Option<Bytes<'_>>, skip: bool) -> Result<()> {
         self.check_writable()?;
         self.geo.check_range(offset, len)?;
         if len == 0 {
@@ -47,7 +78,7 @@ impl Inner {
             let mut pos = offset;
             while pos < offset + len {
                 let end = (pos + self.max_record).min(offset + len);
-                let piece = data.map(|d| &d[(pos - offset) as usize..(end - offset) as usize]);
+                let piece = data.map(|d| d.slice((pos - offset) as usize..(end - offset) as usize));
                 self.write_as(pos, end - pos, piece, skip)?;
                 pos = end;
             }
@@ -72,7 +103,7 @@ impl Inner {
             // fall between two pieces of a request larger than a quarter of the cache).
             Some(data) if skip => pieces(offset, len, step).try_for_each(|(pos, n)| {
                 let at = (pos - offset) as usize;
-                self.write_small(pos, n, Some(&data[at..at + n as usize]), true)
+                self.write_small(pos, n, Some(data.slice(at..at + n as usize)), true)
             }),
             _ if len > step => self.write_large(offset, len, data, step),
             _ => self.write_small(offset, len, data, false),
@@ -86,7 +117,13 @@ impl Inner {
     /// A request that fits the cache: lands in it, and is staged for the journal — unless
     /// `skip` and no journal record a replay would apply covers its chunks, in which case it
     /// lands without one ([`Journaling::Skipped`]), durable at the next FLUSH.
-    fn write_small(&self, offset: u64, len: u64, data: Option<&[u8]>, skip: bool) -> Result<()> {
+    fn write_small(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<Bytes<'_>>,
+        skip: bool,
+    ) -> Result<()> {
         let chunks = self.geo.split(offset, len).count() as u64;
         // What the versions will hold (and a destage drain), then the copy kept for the journal.
         let versions = match data {
@@ -102,9 +139,9 @@ impl Inner {
         self.make_room(cost, paced)?;
         let admitted = self.gate.enter();
         let epoch = admitted.epoch;
-        // Copy the request once: the journal needs it, and whole chunks of it serve as their
-        // cache versions too.
-        let shared: Option<Arc<[u8]>> = data.map(Arc::from);
+        // The request's bytes in one buffer (copied at most once): the journal needs them, and
+        // whole chunks of them serve as their cache versions too.
+        let shared: Option<Arc<[u8]>> = data.map(|d| d.share());
         let req = Landing {
             offset,
             len,
@@ -151,7 +188,7 @@ impl Inner {
     /// whole) however much of it had been destaged; then it lands piece by piece. It writes
     /// alone (the epoch gate shut for its duration), so no other request lands between its
     /// journal record and its last piece, which would make the cache and a replay disagree.
-    fn write_large(&self, offset: u64, len: u64, data: Option<&[u8]>, step: u64) -> Result<()> {
+    fn write_large(&self, offset: u64, len: u64, data: Option<Bytes<'_>>, step: u64) -> Result<()> {
         let alone = self.gate.alone();
         let epoch = alone.epoch;
         // Room for every preservation it may need, before anything is written (ENOSPC). With
@@ -164,7 +201,7 @@ impl Inner {
             pool += self.needing_preservation(&lock, epoch).len() as u64;
         }
         self.reserve(pool)?;
-        let shared: Option<Arc<[u8]>> = data.map(Arc::from);
+        let shared: Option<Arc<[u8]>> = data.map(|d| d.share());
         // Pin the journal head before the append: an append that is durable but not yet landed
         // is only in the journal, and a head move between the append and a pin set after it
         // would pass its record (a power cut then loses an acknowledged write). Every append

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io::{BufWriter, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
@@ -107,7 +108,7 @@ impl<W: Write> ReplyWriter<'_, W> {
 /// One request handed to a worker.
 struct Job {
     req: Request,
-    payload: Vec<u8>,
+    payload: Arc<[u8]>,
     /// When the request and its payload had been read.
     received: Instant,
 }
@@ -202,7 +203,7 @@ impl<W: Write> Ctx<'_, W> {
         &self,
         req: &Request,
         action: Action,
-        payload: &[u8],
+        payload: &Arc<[u8]>,
         read_buf: &mut Vec<u8>,
     ) -> Result<Reply, DevError> {
         let dev = self.device;
@@ -219,7 +220,7 @@ impl<W: Write> Ctx<'_, W> {
                 return Ok(Reply::Data { offset, len });
             }
             Action::Write { offset, fua } => {
-                dev.write(offset, payload, fua)?;
+                dev.write_shared(offset, payload, fua)?;
                 mark_dirty();
             }
             Action::Flush => {
@@ -391,10 +392,12 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
                 }
                 st.in_flight += 1;
             }
-            let mut payload = Vec::new();
+            let mut payload: Arc<[u8]> = Arc::new([]);
             if req.payload_len() > 0 {
-                payload = vec![0u8; req.payload_len() as usize];
-                if let Err(e) = reader.read_exact::<std::convert::Infallible>(&mut payload) {
+                // Read straight into the buffer the device may keep (no copy of it later).
+                payload = std::iter::repeat_n(0u8, req.payload_len() as usize).collect();
+                let buf = Arc::get_mut(&mut payload).expect("a buffer just made has one owner");
+                if let Err(e) = reader.read_exact::<std::convert::Infallible>(buf) {
                     if !inline {
                         pool.state.lock().in_flight -= 1;
                     }

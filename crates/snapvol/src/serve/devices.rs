@@ -74,6 +74,15 @@ impl BlockDevice for LiveDevice {
         .map_err(dev_err)
     }
 
+    fn write_shared(&self, offset: u64, data: &Arc<[u8]>, fua: bool) -> Result<(), DevError> {
+        if fua {
+            self.vol.write_fua_shared(offset, data)
+        } else {
+            self.vol.write_shared(offset, data)
+        }
+        .map_err(dev_err)
+    }
+
     fn flush(&self) -> Result<(), DevError> {
         self.vol.flush().map_err(dev_err)
     }

@@ -577,6 +577,9 @@ impl<T: Vlun + ?Sized> Vlun for std::sync::Arc<T> {
     fn write_many(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
         (**self).write_many(reqs)
     }
+    fn write_cold(&self, reqs: &[(u64, &[u8])]) -> io::Result<()> {
+        (**self).write_cold(reqs)
+    }
 }
 
 #[cfg(test)]

@@ -392,7 +392,8 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
                 }
                 st.in_flight += 1;
             }
-            let mut payload: Arc<[u8]> = Arc::new([]);
+            // Requests without a payload share one empty buffer (no allocation).
+            let mut payload: Arc<[u8]> = Arc::default();
             if req.payload_len() > 0 {
                 // Read straight into the buffer the device may keep (no copy of it later).
                 payload = std::iter::repeat_n(0u8, req.payload_len() as usize).collect();

@@ -65,13 +65,9 @@ impl BlockDevice for LiveDevice {
         self.vol.read(offset, buf).map_err(dev_err)
     }
 
+    /// The bytes copied once into a shared buffer, as `Volume::write` would copy them.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError> {
-        if fua {
-            self.vol.write_fua(offset, data)
-        } else {
-            self.vol.write(offset, data)
-        }
-        .map_err(dev_err)
+        self.write_shared(offset, &Arc::from(data), fua)
     }
 
     fn write_shared(&self, offset: u64, data: &Arc<[u8]>, fua: bool) -> Result<(), DevError> {

@@ -121,6 +121,12 @@ pub struct VolumeMetrics {
     /// How long each write request waited for room in the cache, or was paced to the destage
     /// rate (zero when neither): the part of a write's latency that destaging causes.
     pub cache_wait: HistogramSnapshot,
+    /// Compactions of the metadata log completed since the volume was opened, the records
+    /// committed while they were under way (which each then appended to its fresh chain),
+    /// and how long each took from its capture to its switch.
+    pub compactions: u64,
+    pub compaction_tail_records: u64,
+    pub compaction_duration: HistogramSnapshot,
     /// Reads of preserved copies that failed their checksum since the volume was opened.
     pub checksum_failures: u64,
     /// The volume refuses writes until reopened (an I/O error, or its lock was lost).

@@ -22,13 +22,7 @@ const MAX_BATCH: u64 = 32 << 20;
 impl Inner {
     pub(super) fn destager_loop(self: Arc<Self>) {
         loop {
-            {
-                let mut w = self.wake_lock.lock();
-                if !*w {
-                    self.wake.wait_for(&mut w, Duration::from_millis(100));
-                }
-                *w = false;
-            }
+            self.wake.wait(Duration::from_millis(100));
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }
@@ -100,7 +94,14 @@ impl Inner {
     /// given; otherwise of any dirty chunks, lowest first.
     pub(super) fn destage_batch_of(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
         let started = Instant::now();
-        match self.destage_batch_inner(unjournaled_upto) {
+        let batch = self.destage_batch_inner(unjournaled_upto).and_then(|n| {
+            if n > 0 {
+                self.maybe_compact().map(|()| n)
+            } else {
+                Ok(n)
+            }
+        });
+        match batch {
             Ok(n) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
                 if n > 0 {
@@ -354,8 +355,6 @@ impl Inner {
                 .iter()
                 .for_each(|d| self.cache.consume_reservations(d));
             self.stats.copies_made.fetch_add(copies, Ordering::Relaxed);
-            let mut meta = self.meta.lock();
-            self.maybe_checkpoint(&mut meta)?;
         } else {
             // Nothing to preserve: what the batch's writes reserved is not needed.
             let held: u64 = batch

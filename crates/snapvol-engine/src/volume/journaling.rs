@@ -21,14 +21,7 @@ impl Inner {
     /// wait for).
     pub(super) fn journal_loop(self: Arc<Self>) {
         loop {
-            {
-                let mut w = self.journal_wake_lock.lock();
-                if !*w {
-                    self.journal_wake
-                        .wait_for(&mut w, Duration::from_millis(100));
-                }
-                *w = false;
-            }
+            self.journal_wake.wait(Duration::from_millis(100));
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }

@@ -1,11 +1,10 @@
 //! The metadata log of an open volume: loading it at open (through the walker in
-//! [`crate::chain`], which `check` uses too), appending records, compaction, and the two-copy
-//! superblock write. Reading rules live in `chain`, not here.
+//! [`crate::chain`], which `check` uses too), appending records, and the two-copy superblock
+//! write. Compaction is `compaction`'s. Reading rules live in `chain`, not here.
 
 use std::sync::atomic::Ordering;
 
 use crate::chain::{self, BlockPlace, FirstProblem};
-use crate::destage::{self};
 use crate::error::{Device, Error, Result};
 use crate::format::{
     self, MetaBlock, Record, Superblock, BLOCK_SIZE, MAX_CREATE_LEN, META_PAYLOAD,
@@ -94,79 +93,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Rewrites the metadata log as a fresh chain holding only what is live, once the chain
-    /// has grown well past that, and frees the old chain's slots.
-    pub(super) fn maybe_checkpoint(&self, meta: &mut MetaState) -> Result<()> {
-        let live = self.index.len() as u64 + meta.committed.len() as u64;
-        let live_slots = self.live_meta_slots(meta.committed.len());
-        let by_records =
-            meta.chain_records >= self.compact_after_records && meta.chain_records >= 4 * live;
-        // Both counts include the ditto copies: twice the blocks of a single-copy log.
-        let by_slots = meta.chain_slots.len() as u64 >= 8 + 2 * live_slots;
-        if by_records || by_slots {
-            self.compact(meta)?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the durable state as a fresh chain and frees the old one. Returns `false`
-    /// (changing nothing) when the target has no room for the new chain.
-    fn compact(&self, meta: &mut MetaState) -> Result<bool> {
-        let live_slots = self.live_meta_slots(meta.committed.len());
-        if live_slots + 1 > self.free_slots(meta) {
-            return Ok(false);
-        }
-        let mut records: Vec<Record> = meta.committed.iter().map(create_record).collect();
-        let entries = self.index.sorted();
-        let placed: Vec<_> = entries
-            .iter()
-            .map(|(c, e)| destage::Placed {
-                chunk: *c,
-                slot: e.slot,
-                lo: e.lo,
-                hi: e.hi,
-                crc: e.crc,
-            })
-            .collect();
-        records.extend(destage::records(&placed));
-        let old_slots = std::mem::take(&mut meta.chain_slots);
-        let old_head = (meta.next_block, meta.sb.meta_head, meta.sb.meta_head_copy);
-        meta.next_block = None;
-        meta.sb.meta_head = 0;
-        meta.sb.meta_head_copy = 0;
-        let n = records.len() as u64;
-        match self.write_chain(meta, records) {
-            Ok(()) => {}
-            // A full file system refused the new chain before anything was written: the old
-            // one stands, in RAM as on disk.
-            Err(e @ Error::DeviceFull { .. }) => {
-                meta.chain_slots = old_slots;
-                (meta.next_block, meta.sb.meta_head, meta.sb.meta_head_copy) = old_head;
-                return Err(e);
-            }
-            // Any other failure has failed the volume (write_chain does); RAM no longer matters.
-            Err(e) => return Err(e),
-        }
-        meta.chain_records = n;
-        for s in old_slots {
-            meta.alloc.free(s);
-            // Nothing points there any more: give the space back (best effort).
-            let _ = self.target.discard(self.slot_offset(s), self.geo.chunk());
-        }
-        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-        tracing::debug!(volume = %self.name, records = n, "metadata log compacted");
-        Ok(true)
-    }
-
     /// New slots `records` would take after the chain head.
     fn slots_for(&self, meta: &MetaState, records: &[Record]) -> u64 {
-        let blocks = MetaBlock::pack(records, 0).len() as u64;
-        let per_slot = self.geo.chunk() / BLOCK_SIZE as u64;
-        let room_in_slot = meta.next_block.map_or(0, |next| {
-            (self.geo.chunk() - (next.at - self.data_start) % self.geo.chunk()) / BLOCK_SIZE as u64
-        });
+        let blocks = MetaBlock::pack(records, 0).len();
         // Every block twice: its slot and its ditto copy's.
-        2 * blocks.saturating_sub(room_in_slot).div_ceil(per_slot)
+        2 * self.pairs_for(meta, blocks) as u64
+    }
+
+    /// Fresh slot pairs `blocks` new blocks take after the room left in the chain head's pair.
+    fn pairs_for(&self, meta: &MetaState, blocks: usize) -> usize {
+        let per_slot = (self.geo.chunk() / BLOCK_SIZE as u64) as usize;
+        let room = meta.next_block.map_or(0, |next| {
+            ((self.geo.chunk() - (next.at - self.data_start) % self.geo.chunk())
+                / BLOCK_SIZE as u64) as usize
+        });
+        blocks.saturating_sub(room).div_ceil(per_slot)
     }
 
     /// Appends records to the metadata log and makes them part of the volume (see
@@ -182,7 +123,7 @@ impl Inner {
         let reserve = if may_use_reserve { 0 } else { META_HEADROOM };
         let fits =
             |meta: &MetaState| self.slots_for(meta, &records) + reserve <= self.free_slots(meta);
-        if !fits(meta) && (!self.compact(meta)? || !fits(meta)) {
+        if !fits(meta) && (!self.compact_locked(meta)? || !fits(meta)) {
             let (need, free) = (self.slots_for(meta, &records), self.free_slots(meta));
             return Err(self.no_room("the metadata log", need + reserve, free));
         }
@@ -222,9 +163,13 @@ impl Inner {
         } else {
             MetaBlock::pack(&records, meta.sb.meta_head_seq + 1)
         };
-        // The fresh slots the blocks need, with the file system's space for them, before
-        // anything is written: a full file system refuses the commit and changes nothing.
-        let mut fresh = self.fresh_metadata_slots(meta, blocks.len())?.into_iter();
+        // The fresh slots the blocks need after the room left in the current pair, with the
+        // file system's space for them, before anything is written: a full file system
+        // refuses the commit and changes nothing.
+        let pairs = self.fresh_metadata_slots(meta, self.pairs_for(meta, blocks.len()))?;
+        meta.chain_slots
+            .extend(pairs.iter().flat_map(|&(_, slots)| slots));
+        let mut fresh = pairs.into_iter().map(|(place, _)| place);
         self.pending.lock().drain(..created.len());
         meta.chain_records += created.len() as u64;
         let r = (|| {
@@ -248,12 +193,7 @@ impl Inner {
                 meta.sb.meta_head = place.at;
                 meta.sb.meta_head_copy = place.copy;
                 meta.sb.meta_head_seq = blk.seq;
-                let next = place.at + BLOCK_SIZE as u64;
-                meta.next_block =
-                    ((next - self.data_start) % self.geo.chunk() != 0).then_some(BlockPlace {
-                        at: next,
-                        copy: place.copy + BLOCK_SIZE as u64,
-                    });
+                meta.next_block = self.block_after(place);
             }
             self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
             if wrote {
@@ -268,30 +208,38 @@ impl Inner {
         for s in created {
             meta.committed.push(s);
         }
+        // A compaction under way writes these after the fresh chain it is building.
+        if let Some(c) = meta.compaction.as_mut() {
+            c.tail.extend(records);
+        }
         Ok(())
     }
 
-    /// The fresh slot pairs `blocks` new metadata blocks need after the room left in the
-    /// current pair, allocated and with the file system's space for them. All or nothing:
-    /// an error gives back what it took.
-    fn fresh_metadata_slots(&self, meta: &mut MetaState, blocks: usize) -> Result<Vec<BlockPlace>> {
-        let per_slot = (self.geo.chunk() / BLOCK_SIZE as u64) as usize;
-        let room = meta.next_block.map_or(0, |next| {
-            ((self.geo.chunk() - (next.at - self.data_start) % self.geo.chunk())
-                / BLOCK_SIZE as u64) as usize
-        });
-        let pairs = blocks.saturating_sub(room).div_ceil(per_slot);
-        let mut fresh: Vec<BlockPlace> = Vec::with_capacity(pairs);
+    /// Where the block after the one at `place` goes: the next block position of the same
+    /// slot pair, if the slot has room.
+    pub(super) fn block_after(&self, place: BlockPlace) -> Option<BlockPlace> {
+        let next = place.at + BLOCK_SIZE as u64;
+        ((next - self.data_start) % self.geo.chunk() != 0).then_some(BlockPlace {
+            at: next,
+            copy: place.copy + BLOCK_SIZE as u64,
+        })
+    }
+
+    /// `pairs` fresh slot pairs for metadata blocks, each with where its first block goes,
+    /// allocated and with the file system's space for them. All or nothing: an error gives
+    /// back what it took. The caller records the slots as a chain's.
+    pub(super) fn fresh_metadata_slots(
+        &self,
+        meta: &mut MetaState,
+        pairs: usize,
+    ) -> Result<Vec<(BlockPlace, [TargetSlot; 2])>> {
+        let mut fresh: Vec<(BlockPlace, [TargetSlot; 2])> = Vec::with_capacity(pairs);
         for _ in 0..pairs {
             match self.metadata_slots(meta) {
-                Ok(place) => fresh.push(place),
+                Ok(pair) => fresh.push(pair),
                 Err(e) => {
-                    for place in fresh {
-                        for off in [place.at, place.copy] {
-                            let slot = TargetSlot((off - self.data_start) / self.geo.chunk());
-                            meta.alloc.free(slot);
-                            meta.chain_slots.retain(|&s| s != slot);
-                        }
+                    for s in fresh.iter().flat_map(|&(_, slots)| slots) {
+                        meta.alloc.free(s);
                     }
                     return Err(e);
                 }
@@ -302,7 +250,7 @@ impl Inner {
 
     /// Two fresh slots, one for metadata blocks and one for their ditto copies: damage to
     /// one slot never takes both copies of a block.
-    fn metadata_slots(&self, meta: &mut MetaState) -> Result<BlockPlace> {
+    fn metadata_slots(&self, meta: &mut MetaState) -> Result<(BlockPlace, [TargetSlot; 2])> {
         let none_left = || Error::NoSpace {
             detail: "the target has no slot left for the metadata log".into(),
         };
@@ -327,12 +275,11 @@ impl Inner {
                 ));
             }
         }
-        meta.chain_slots.push(first);
-        meta.chain_slots.push(second);
-        Ok(BlockPlace {
+        let place = BlockPlace {
             at: self.slot_offset(first),
             copy: self.slot_offset(second),
-        })
+        };
+        Ok((place, [first, second]))
     }
 
     /// Writes `meta.sb` to both copies in turn: the next generation into the copy that holds

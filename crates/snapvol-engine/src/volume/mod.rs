@@ -32,10 +32,12 @@
 //! | `journaling` | the journal writer: appends, FLUSH, moving the journal head |
 //! | `destager` | the destage executor and its background thread (claims 14–16) |
 //! | `recovery` | replaying the cache journal after a crash (claim 25) |
-//! | `metalog` | the metadata log: loading the chain, commits, compaction, superblocks |
+//! | `metalog` | the metadata log: loading the chain, commits, superblocks |
+//! | `compaction` | rewriting the metadata log beside the commits that go on, and its thread |
 //! | `restore` | diffs between two points, and rollback |
 //! | `snapshots` | snapshot create and delete, space accounting |
 
+mod compaction;
 mod destager;
 mod epoch;
 mod journaling;
@@ -170,6 +172,8 @@ struct MetaState {
     /// The snapshots whose creation is in the metadata log: what a checkpoint writes. (The
     /// table the data path sees also holds the snapshots still pending.)
     committed: SnapshotTable,
+    /// The compaction under way, if one is: commits keep their records in its tail.
+    compaction: Option<compaction::Compaction>,
 }
 
 /// Snapshots taken whose creation is in the cache journal (or on its way there) but not yet
@@ -201,6 +205,11 @@ struct Stats {
     cache_wait: Histogram,
     snapshots_created: AtomicU64,
     snapshots_deleted: AtomicU64,
+    /// Metadata-log compactions completed, the records committed while they were under way,
+    /// and how long each took.
+    compactions: AtomicU64,
+    compaction_tail_records: AtomicU64,
+    compaction_duration: Histogram,
 }
 
 #[derive(Debug)]
@@ -244,6 +253,13 @@ struct Inner {
     destage_lock: Mutex<crate::vlun::AlignedBuf>,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
+    /// The compaction whose fresh chain may be written (0: none); held while it is written,
+    /// so that a cancel frees the slots only once no write to them is under way. Taken after
+    /// `meta` when both are.
+    compact_write: Mutex<u64>,
+    /// The last compaction's id.
+    compact_ids: AtomicU64,
+    compact_wake: Wake,
     /// Snapshots not yet in the metadata log, oldest first.
     pending: Mutex<Vec<PendingSnapshot>>,
     failed: OnceLock<String>,
@@ -252,14 +268,13 @@ struct Inner {
     /// [`Inner::check_held`]).
     lock: OnceLock<VolumeLock>,
     stats: Stats,
-    wake_lock: Mutex<bool>,
-    wake: Condvar,
+    /// Wakes the destager.
+    wake: Wake,
     /// Serializes journal head moves (which release the journal during their source sync).
     reclaim_lock: Mutex<()>,
     /// Bytes of write data staged for the journal.
     staged_bytes: AtomicU64,
-    journal_wake_lock: Mutex<bool>,
-    journal_wake: Condvar,
+    journal_wake: Wake,
     shutdown: AtomicBool,
     /// Opened to be looked at: nothing is written, ever.
     read_only: bool,
@@ -627,6 +642,9 @@ impl Volume {
             destaged_chunks: get(&s.destaged_chunks),
             destage_duration: s.destage_duration.snapshot(),
             cache_wait: s.cache_wait.snapshot(),
+            compactions: get(&s.compactions),
+            compaction_tail_records: get(&s.compaction_tail_records),
+            compaction_duration: s.compaction_duration.snapshot(),
             checksum_failures: get(&s.checksum_failures),
             failed: i.failed.get().is_some() || self.lock_lost().is_some(),
         }
@@ -674,6 +692,7 @@ impl Volume {
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.poke();
         self.inner.poke_journal();
+        self.inner.poke_compactor();
         for handle in self.destager.drain(..) {
             let _ = handle.join();
         }
@@ -752,15 +771,17 @@ impl Inner {
 
     /// Wakes the journal writer.
     fn poke_journal(&self) {
-        let mut w = self.journal_wake_lock.lock();
-        *w = true;
-        self.journal_wake.notify_all();
+        self.journal_wake.poke();
     }
 
+    /// Wakes the compactor.
+    fn poke_compactor(&self) {
+        self.compact_wake.poke();
+    }
+
+    /// Wakes the destager.
     fn poke(&self) {
-        let mut w = self.wake_lock.lock();
-        *w = true;
-        self.wake.notify_all();
+        self.wake.poke();
     }
 
     fn source_offset(&self, c: ChunkIndex) -> u64 {
@@ -769,6 +790,30 @@ impl Inner {
 
     fn slot_offset(&self, s: TargetSlot) -> u64 {
         self.data_start + s.0 * self.geo.chunk()
+    }
+}
+
+/// What wakes one of a volume's background threads: a flag set by [`Wake::poke`], so that a
+/// poke that comes while the thread is busy is not lost.
+#[derive(Debug, Default)]
+struct Wake {
+    poked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn poke(&self) {
+        *self.poked.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Returns once poked (since the last return) or after `timeout`.
+    fn wait(&self, timeout: std::time::Duration) {
+        let mut poked = self.poked.lock();
+        if !*poked {
+            self.cv.wait_for(&mut poked, timeout);
+        }
+        *poked = false;
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::cache::Cache;
 use crate::catalog::VolumeLock;
@@ -22,7 +22,7 @@ use crate::vlun::Vlun;
 
 use super::epoch::EpochGate;
 use super::metalog::load;
-use super::{Inner, Layout, MetaState, Stats, Volume, VolumeOptions, STAGING_SHARDS};
+use super::{Inner, Layout, MetaState, Stats, Volume, VolumeOptions, Wake, STAGING_SHARDS};
 
 /// Logs damage the journal scan found: corruption that a salvage skipped, or a damaged last
 /// append, which open drops (it cannot be told from an append a crash cut short).
@@ -304,22 +304,24 @@ impl Volume {
                 next_block: loaded.next_block,
                 chain_records: loaded.chain_records,
                 committed: loaded.table.clone(),
+                compaction: None,
             }),
             slots_used: AtomicU64::new(slots_used),
             reserved: AtomicU64::new(0),
             capacity_hint: AtomicU64::new(0),
             destage_lock: Mutex::new(Default::default()),
             admin_lock: Mutex::new(()),
+            compact_write: Mutex::new(0),
+            compact_ids: AtomicU64::new(0),
+            compact_wake: Wake::default(),
             pending: Mutex::new(Vec::new()),
             failed: OnceLock::new(),
             lock: OnceLock::new(),
             stats: Stats::default(),
-            wake_lock: Mutex::new(false),
-            wake: Condvar::new(),
+            wake: Wake::default(),
             reclaim_lock: Mutex::new(()),
             staged_bytes: AtomicU64::new(0),
-            journal_wake_lock: Mutex::new(false),
-            journal_wake: Condvar::new(),
+            journal_wake: Wake::default(),
             shutdown: AtomicBool::new(false),
             read_only,
             live_view: rollback_to.filter(|_| read_only),
@@ -346,20 +348,21 @@ impl Volume {
         }
         let mut destager = Vec::new();
         if opts.background_destage {
-            let bg = Arc::clone(&inner);
-            destager.push(
-                std::thread::Builder::new()
-                    .name(format!("destage-{name}"))
-                    .spawn(move || bg.destager_loop())
-                    .map_err(|e| Error::file("destager thread", e))?,
-            );
-            let bg = Arc::clone(&inner);
-            destager.push(
-                std::thread::Builder::new()
-                    .name(format!("journal-{name}"))
-                    .spawn(move || bg.journal_loop())
-                    .map_err(|e| Error::file("journal thread", e))?,
-            );
+            type Run = fn(Arc<Inner>);
+            let threads: [(&str, Run); 3] = [
+                ("destage", Inner::destager_loop),
+                ("journal", Inner::journal_loop),
+                ("compact", Inner::compactor_loop),
+            ];
+            for (role, run) in threads {
+                let bg = Arc::clone(&inner);
+                destager.push(
+                    std::thread::Builder::new()
+                        .name(format!("{role}-{name}"))
+                        .spawn(move || run(bg))
+                        .map_err(|e| Error::file(format!("{role} thread"), e))?,
+                );
+            }
         }
         let v = Self {
             inner,

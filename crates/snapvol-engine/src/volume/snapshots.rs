@@ -138,9 +138,12 @@ impl Inner {
         // takes on disk what it holds. A slot used again gets its space back first
         // (`reserve_space` in the destager). Best effort.
         self.discard_slots(&freed);
-        self.maybe_checkpoint(&mut meta)?;
+        drop(meta);
         tracing::info!(snapshot = %full, freed_chunks = freed.len(), "snapshot deleted");
-        Ok(())
+        // The log may have grown enough to compact: on the compactor thread, or here once the
+        // locks are let go.
+        drop(_d);
+        self.maybe_compact()
     }
 
     /// Per-snapshot exclusive and shared bytes: a copy read by exactly one live snapshot is

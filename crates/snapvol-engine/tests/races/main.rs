@@ -16,6 +16,7 @@ use snapvol_engine::fault::{CrashMode, CrashVlun, FaultController};
 use snapvol_engine::units::{Geometry, SnapshotSeq};
 use snapvol_engine::{Error, Layout, Vluns, Volume, VolumeOptions, WriteMode};
 
+mod compaction;
 mod rollback;
 
 const KIB: u64 = 1 << 10;

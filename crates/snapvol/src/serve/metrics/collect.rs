@@ -82,7 +82,7 @@ impl Gather {
         };
         use MetricType::{Counter, Gauge, Histogram};
         use Sample::{Count, Times, Value};
-        let families: [VolumeFamily<'_>; 17] = [
+        let families: [VolumeFamily<'_>; 20] = [
             ("snapvol_volume_size_bytes", "Size of the volume.", Gauge, per(&|s, _| Value(s))),
             (
                 "snapvol_volume_failed",
@@ -168,6 +168,24 @@ impl Gather {
                 "How long write requests waited for room in the cache, or were paced to the destage rate (0 when neither): the share of write latency that destaging causes.",
                 Histogram,
                 per(&|_, m| Times(m.cache_wait)),
+            ),
+            (
+                "snapvol_metadata_compactions",
+                "Compactions of the metadata log completed since the volume was opened.",
+                Counter,
+                per(&|_, m| Count(m.compactions)),
+            ),
+            (
+                "snapvol_metadata_compaction_tail_records",
+                "Metadata records committed while a compaction was under way, which it then appended to its fresh log.",
+                Counter,
+                per(&|_, m| Count(m.compaction_tail_records)),
+            ),
+            (
+                "snapvol_metadata_compaction_duration_seconds",
+                "How long compactions of the metadata log took, from capturing the live state to switching to the fresh log; commits and destage batches go on meanwhile.",
+                Histogram,
+                per(&|_, m| Times(m.compaction_duration)),
             ),
             (
                 "snapvol_checksum_failures",

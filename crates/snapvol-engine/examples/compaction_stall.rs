@@ -3,11 +3,13 @@
 //! A volume of 4 KiB chunks on real files is filled, then rewritten in rounds: each round takes
 //! a snapshot, rewrites every chunk once in a shuffled order with 4 KiB writes (so every chunk
 //! is preserved once, its copy in a slot unlike its neighbours', a record per copy), and
-//! deletes the previous round's snapshot (freeing its copies). The log grows by a record per
+//! deletes the previous round's snapshot (freeing its copies) once the rest is destaged, so
+//! that the deletion waits for no batch. The log grows by a record per
 //! chunk each round while the live state stays one copy per chunk, so every few rounds it is
 //! compacted, rewriting every live record. Printed per round: the latency of the 4 KiB writes
-//! (they wait for the destager when the cache is full), of the snapshot creation and of the
-//! deletion, and the volume's compaction figures.
+//! (they wait for the destager when the cache is full), of the snapshot creation, of
+//! destaging what the cache still holds, and of the deletion, and the volume's compaction
+//! figures.
 //!
 //! Run: `cargo run --release -p snapvol-engine --example compaction_stall`
 //! (`SNAPVOL_BENCH_MIB`, default 256: the volume size; `ROUNDS`, default 8;
@@ -66,8 +68,8 @@ fn main() {
         size / MIB
     );
     println!(
-        "round | write p50 / p99 / p99.9 / max (ms) | create (ms) | delete (ms) | compactions \
-         (tail records) | compaction time (ms)"
+        "round | write p50 / p99 / p99.9 / max (ms) | create (ms) | destage the rest (ms) | \
+         delete (ms) | compactions (tail records) | compaction time (ms)"
     );
     buf.truncate(4 * KIB as usize);
     for round in 0..rounds {
@@ -82,6 +84,9 @@ fn main() {
             vol.write(c * 4 * KIB, &buf).expect("write");
             lat.push(t.elapsed());
         }
+        let t = Instant::now();
+        vol.destage_all().expect("destage");
+        let destage = t.elapsed();
         let delete = if round > 0 {
             let t = Instant::now();
             vol.snapshot_delete(&format!("r{}", round - 1))
@@ -94,12 +99,13 @@ fn main() {
         let q = |p: f64| ms(lat[((lat.len() as f64 - 1.0) * p) as usize]);
         let m = vol.metrics();
         println!(
-            "{round:>5} | {:.3} / {:.3} / {:.2} / {:.1} | {:.2} | {:.2} | {} ({}) | {:.1}",
+            "{round:>5} | {:.3} / {:.3} / {:.2} / {:.1} | {:.2} | {:.0} | {:.2} | {} ({}) | {:.1}",
             q(0.5),
             q(0.99),
             q(0.999),
             q(1.0),
             ms(create),
+            ms(destage),
             ms(delete),
             m.compactions,
             m.compaction_tail_records,

@@ -40,6 +40,7 @@ pub mod device;
 pub mod exports;
 mod fuzz;
 pub mod handshake;
+mod payload;
 pub mod proto;
 pub mod server;
 mod stream;

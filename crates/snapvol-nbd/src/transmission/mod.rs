@@ -25,6 +25,7 @@ use tracing::{debug, error, warn};
 
 use crate::device::{BlockDevice, DevError, RequestDone};
 use crate::handshake::{MetaContext, Negotiated};
+use crate::payload;
 use crate::proto::*;
 use crate::stream::{FrameReader, ReadError};
 use frame::{Command, Request};
@@ -395,15 +396,17 @@ pub(crate) fn serve<R: Read, W: Write + Send>(
             // Requests without a payload share one empty buffer (no allocation).
             let mut payload: Arc<[u8]> = Arc::default();
             if req.payload_len() > 0 {
-                // Read straight into the buffer the device may keep (no copy of it later).
-                payload = std::iter::repeat_n(0u8, req.payload_len() as usize).collect();
-                let buf = Arc::get_mut(&mut payload).expect("a buffer just made has one owner");
+                // Read straight into the buffer the device may keep (no copy of it later): a
+                // large one reused once the device has let go of it (`payload`).
+                payload = payload::take(req.payload_len() as usize);
+                let buf = Arc::get_mut(&mut payload).expect("a buffer taken has one owner");
                 if let Err(e) = reader.read_exact::<std::convert::Infallible>(buf) {
                     if !inline {
                         pool.state.lock().in_flight -= 1;
                     }
                     break TransmissionEnd::Failed(format!("reading a write payload: {e}"));
                 }
+                payload::keep(&payload);
             }
             let job = Job {
                 req,

@@ -216,9 +216,11 @@ pub fn run(store: &Store, args: ServeArgs) -> Result<()> {
 /// Reusing the NBD server's payload buffers from a pool instead was measured and is no
 /// substitute: without these settings, 1 GiB of 1 MiB writes at depth 16 left the server at
 /// 50 to 112 MiB resident once idle (peaks 126 to 145 MiB), pool or no pool, against 5 to 6 MiB
-/// (peaks 78 to 103 MiB) with them. The engine's own copy of each write, as large as the
-/// payload, is freed on another thread once destaged, and that alone is enough for glibc to
-/// keep memory.
+/// (peaks 78 to 103 MiB) with them (that was while the engine kept a copy of each write of its
+/// own, freed on another thread once destaged). The pool the NBD server has now
+/// (`snapvol_nbd`'s `payload` module) works with these settings: the buffers it keeps are
+/// never freed while kept, so they cost neither the faults nor the unmaps, and the ones it
+/// lets go are given back to the system.
 fn bound_allocator_retention() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]

@@ -2,7 +2,8 @@
 """Races NBD writers against snapshots taken and deleted through the CLI (python3-libnbd).
 
 Eight connections write random 4 KiB blocks into the first 512 KiB (eight 64 KiB chunks) of
-the live export without pause. Meanwhile snapshots are taken with `snapvol snapshot create`;
+the live export without pause, and every fourth request 128 KiB at a 64 KiB boundary instead:
+payloads that large come from buffers the server reuses once its cache has let go of them. Meanwhile snapshots are taken with `snapvol snapshot create`;
 each is read over its own export right after the command returns and its digest recorded.
 Every third snapshot, an older one is deleted with `snapvol snapshot delete` while two
 readers keep reading it: each of their reads must return the snapshot's data or an error,
@@ -27,6 +28,7 @@ import nbd
 
 HOT = 512 * 1024
 BLOCK = 4096
+LARGE = 128 * 1024
 WRITERS = 8
 
 def connect(export):
@@ -69,8 +71,12 @@ def writer(k):
     h = connect(volume)
     try:
         while not stop.is_set():
-            off = rng.randrange(HOT // BLOCK) * BLOCK
-            h.pwrite(rng.randbytes(BLOCK), off)
+            if writes[k] % 4 == 3:
+                off = rng.randrange((HOT - LARGE) // (64 * 1024) + 1) * 64 * 1024
+                h.pwrite(rng.randbytes(LARGE), off)
+            else:
+                off = rng.randrange(HOT // BLOCK) * BLOCK
+                h.pwrite(rng.randbytes(BLOCK), off)
             writes[k] += 1
             if writes[k] % 64 == 0:
                 h.flush()

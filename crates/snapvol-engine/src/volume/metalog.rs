@@ -82,6 +82,18 @@ pub(super) fn load(target: &dyn Vlun, repair: bool) -> Result<Loaded> {
     })
 }
 
+/// Where a commit puts the creations of the snapshots still pending (durable in the journal,
+/// not yet in the log): they must come before any record that names them, and after every
+/// creation of an older snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PendingGo {
+    /// Before the commit's records: a destage batch's preservations may name them.
+    First,
+    /// After them: the records are a compaction's tail, commits made earlier, which may
+    /// themselves create snapshots (older ones) and name no pending one.
+    Last,
+}
+
 impl Inner {
     /// Appends records to the metadata log and makes them part of the volume (see
     /// [`Inner::commit_raw`]); the caller checkpoints once its RAM state includes them.
@@ -133,15 +145,24 @@ impl Inner {
     /// Writes `records` as new blocks after the chain head, syncs, then points the superblock
     /// (the copy its new generation selects) at the new head and syncs again. The caller made
     /// sure there is room.
-    pub(super) fn write_chain(&self, meta: &mut MetaState, mut records: Vec<Record>) -> Result<()> {
+    pub(super) fn write_chain(&self, meta: &mut MetaState, records: Vec<Record>) -> Result<()> {
+        self.write_chain_with(meta, records, PendingGo::First)
+    }
+
+    /// [`Inner::write_chain`], with the creations of pending snapshots where `pending` says.
+    pub(super) fn write_chain_with(
+        &self,
+        meta: &mut MetaState,
+        mut records: Vec<Record>,
+        pending: PendingGo,
+    ) -> Result<()> {
         // A holder that lost its lock writes no metadata: another host may own the volume.
         self.check_held()?;
         // A commit that failed left RAM out of step with the disk (the pending snapshots it
         // took, a journal head already set) and failed the volume under this lock: a call
         // that passed its own check before then must not write that RAM to the superblock.
         self.check_writable()?;
-        // Snapshots still pending go first (after the creations a checkpoint rewrites: their
-        // sequence numbers are higher), ahead of any record that may name them. The durable
+        // Snapshots still pending go in too, where `pending` says (`PendingGo`). The durable
         // prefix of the pending list only grows meanwhile (we hold the metadata lock), so the
         // same ones are taken off it below.
         let created: Vec<SnapshotMeta> = {
@@ -153,10 +174,10 @@ impl Inner {
                 .collect()
         };
         let last_seq = created.last().map_or(0, |s| s.seq.0);
-        let at = records
-            .iter()
-            .take_while(|r| matches!(r, Record::SnapshotCreate { .. }))
-            .count();
+        let at = match pending {
+            PendingGo::First => 0,
+            PendingGo::Last => records.len(),
+        };
         records.splice(at..at, created.iter().map(create_record));
         let blocks = if records.is_empty() && meta.sb.meta_head != 0 {
             Vec::new()

@@ -94,24 +94,22 @@ impl Inner {
     /// given; otherwise of any dirty chunks, lowest first.
     pub(super) fn destage_batch_of(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
         let started = Instant::now();
-        let batch = self.destage_batch_inner(unjournaled_upto).and_then(|n| {
-            if n > 0 {
-                self.maybe_compact().map(|()| n)
-            } else {
-                Ok(n)
+        match self.destage_batch_inner(unjournaled_upto) {
+            Ok(0) => {
+                self.out_of_space.store(0, Ordering::SeqCst);
+                Ok(0)
             }
-        });
-        match batch {
             Ok(n) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
-                if n > 0 {
-                    let s = &self.stats;
-                    let took = started.elapsed();
-                    s.destage_duration.observe(took);
-                    self.pacer.observe(n as u64 * self.geo.chunk(), took);
-                    s.destage_batches.fetch_add(1, Ordering::Relaxed);
-                    s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                let s = &self.stats;
+                let took = started.elapsed();
+                s.destage_duration.observe(took);
+                self.pacer.observe(n as u64 * self.geo.chunk(), took);
+                s.destage_batches.fetch_add(1, Ordering::Relaxed);
+                s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
+                // After the batch's figures: a compaction is not destaging. Its error (not a
+                // full file system: that only defers it) has failed the volume already.
+                self.maybe_compact()?;
                 Ok(n)
             }
             Err(e @ Error::DeviceFull { device, .. }) => {

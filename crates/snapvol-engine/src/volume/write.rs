@@ -43,9 +43,13 @@ impl<'a> Bytes<'a> {
         }
     }
 
-    /// Bytes `range` of the request (borrowed: a piece of a request is copied when it lands).
+    /// Bytes `range` of the request: the request itself when that is all of it (a shared
+    /// buffer stays shared), else borrowed (a piece of a request is copied when it lands).
     fn slice(&self, range: std::ops::Range<usize>) -> Bytes<'a> {
-        Bytes::Borrowed(&self.as_slice()[range])
+        match *self {
+            Bytes::Shared(d) if range == (0..d.len()) => *self,
+            _ => Bytes::Borrowed(&self.as_slice()[range]),
+        }
     }
 }
 

@@ -285,15 +285,18 @@ fn race(
                     let (off, len) = random_request_in(&mut rng, mode);
                     let tag = next_tag.fetch_add(1, Ordering::Relaxed);
                     n += 1;
-                    // Now and then a FLUSH, as NBD clients send them: it journals what is
-                    // staged, whenever it comes relative to a snapshot being taken.
-                    let done = vol.write(off, &pattern(tag, off, len)).and_then(|()| {
-                        if n % 16 == 0 {
-                            vol.flush()
-                        } else {
-                            Ok(())
-                        }
-                    });
+                    // Every other request as the NBD server sends it, in a buffer the cache
+                    // keeps (`write_shared`), the others copied (`write`). Now and then a
+                    // FLUSH, as NBD clients send them: it journals what is staged, whenever it
+                    // comes relative to a snapshot being taken.
+                    let bytes = pattern(tag, off, len);
+                    let written = if tag % 2 == 0 {
+                        vol.write_shared(off, &Arc::from(bytes))
+                    } else {
+                        vol.write(off, &bytes)
+                    };
+                    let done =
+                        written.and_then(|()| if n % 16 == 0 { vol.flush() } else { Ok(()) });
                     match done {
                         Ok(()) => {}
                         Err(Error::DeviceFull { .. }) if fill => {

@@ -128,3 +128,102 @@ fn every_flip_in_a_preserved_copy_is_caught_by_every_read_of_it() {
     eprintln!("{caught} of 64 flips in a preserved copy caught by whole-chunk and 512-byte reads");
     assert_eq!(caught, 64);
 }
+
+/// Where `want` (a whole chunk) lies in the target file.
+fn copy_at(fx: &Fixture, want: &[u8]) -> u64 {
+    let target = std::fs::read(fx.target_path("v")).unwrap();
+    (0..target.len() as u64 / CHUNK)
+        .map(|i| i * CHUNK)
+        .find(|&off| target[off as usize..(off + CHUNK) as usize] == *want)
+        .expect("the copy is in the target")
+}
+
+/// A read over copies in consecutive slots fetches them at once and verifies each: the damaged
+/// one in the middle fails the read and is the one named, and reads up to it and after it
+/// serve the snapshot's bytes.
+#[test]
+fn a_read_across_consecutive_copies_names_the_damaged_one_and_serves_around_it() {
+    let (fx, at0) = two_snapshots_sharing_copies();
+    let at5 = copy_at(&fx, &pattern(1, 5 * CHUNK, CHUNK));
+    assert_eq!(
+        at5,
+        at0 + 5 * CHUNK,
+        "one batch preserves the run in consecutive slots"
+    );
+    flip(&fx, at5 + 77);
+
+    let vol = fx.open("v", manual());
+    let s1 = vol.snapshot("s1").unwrap().seq;
+    let mut whole = vec![0u8; MIB as usize];
+    match vol.read_snapshot(s1, 0, &mut whole) {
+        Err(e @ Error::Corrupt { .. }) => {
+            assert!(e.to_string().contains(&format!("at {at5:#x}")), "{e}");
+            assert!(e.to_string().contains("chunk 5 "), "{e}");
+        }
+        other => panic!("a read over a damaged copy returned {other:?}"),
+    }
+    let mut before = vec![0u8; 5 * CHUNK as usize];
+    vol.read_snapshot(s1, 0, &mut before).unwrap();
+    assert!(before == pattern(1, 0, 5 * CHUNK));
+    let mut after = vec![0u8; 10 * CHUNK as usize];
+    vol.read_snapshot(s1, 6 * CHUNK, &mut after).unwrap();
+    assert!(after == pattern(1, 6 * CHUNK, 10 * CHUNK));
+    assert_eq!(vol.info().checksum_errors, 1);
+    vol.close().unwrap();
+    flip(&fx, at5 + 77);
+}
+
+/// Copies of one snapshot scattered over the target (preserved by different batches, some
+/// shared with an older snapshot) read the same whatever the request's alignment: runs of
+/// consecutive slots, single copies, pieces of chunks and the source, in one request.
+#[test]
+fn a_snapshot_whose_copies_are_scattered_reads_right_at_any_alignment() {
+    let fx = Fixture::new();
+    let vol = fx.create("v", SIZE, CHUNK, None, manual());
+    vol.write(0, &pattern(1, 0, SIZE)).unwrap();
+    vol.snapshot_create("s1").unwrap();
+    // Chunks 3 and 9 preserved first, in a batch of their own...
+    vol.write(3 * CHUNK, &pattern(2, 3 * CHUNK, CHUNK)).unwrap();
+    vol.write(9 * CHUNK, &pattern(2, 9 * CHUNK, 100)).unwrap();
+    vol.close().unwrap();
+    let vol = fx.open("v", manual());
+    vol.snapshot_create("s2").unwrap();
+    // ... then chunks 0..16 except 12 (which stays in the source for both snapshots), and
+    // chunk 20 alone.
+    vol.write(0, &pattern(3, 0, 12 * CHUNK)).unwrap();
+    vol.write(13 * CHUNK, &pattern(3, 13 * CHUNK, 3 * CHUNK))
+        .unwrap();
+    vol.write(20 * CHUNK + 5, &pattern(3, 20 * CHUNK + 5, 10))
+        .unwrap();
+    vol.close().unwrap();
+
+    let vol = fx.open("v", manual());
+    let s1 = vol.snapshot("s1").unwrap().seq;
+    let s2 = vol.snapshot("s2").unwrap().seq;
+    let mut s2_image = pattern(1, 0, SIZE);
+    s2_image[3 * CHUNK as usize..4 * CHUNK as usize].copy_from_slice(&pattern(2, 3 * CHUNK, CHUNK));
+    s2_image[9 * CHUNK as usize..9 * CHUNK as usize + 100].copy_from_slice(&pattern(
+        2,
+        9 * CHUNK,
+        100,
+    ));
+    let s1_image = pattern(1, 0, SIZE);
+    for (seq, image) in [(s1, &s1_image), (s2, &s2_image)] {
+        for (offset, len) in [
+            (0, 2 * MIB),
+            (1000, MIB + 5),
+            (CHUNK - 1, 17 * CHUNK + 2),
+            (2 * CHUNK, 3 * CHUNK),
+            (11 * CHUNK, 11 * CHUNK),
+        ] {
+            let mut buf = vec![0u8; len as usize];
+            vol.read_snapshot(seq, offset, &mut buf).unwrap();
+            assert!(
+                buf[..] == image[offset as usize..(offset + len) as usize],
+                "snapshot {seq:?} read wrong at {offset}+{len}"
+            );
+        }
+    }
+    assert_eq!(vol.info().checksum_errors, 0);
+    vol.close().unwrap();
+}

@@ -110,7 +110,24 @@ impl Inner {
             None => None,
         };
         let mut damaged = None;
-        'steps: for mut step in self.map_read(offset, buf.len() as u64, snap) {
+        let steps = self.map_read(offset, buf.len() as u64, snap);
+        let mut rest = steps.as_slice();
+        'steps: while let Some(&first) = rest.first() {
+            // Whole copies in consecutive slots (what one destage batch preserves for a run of
+            // chunks) are read at once.
+            let run = self.preserved_run(rest);
+            if run.len() > 1 {
+                let last = rest[run.len() - 1].piece;
+                rest = &rest[run.len()..];
+                let out = &mut buf[first.piece.req_off..last.req_off + last.len];
+                if let Done::Damaged(d) = self.read_preserved_run(&run, out)? {
+                    damaged = Some(d);
+                    break;
+                }
+                continue;
+            }
+            rest = &rest[1..];
+            let mut step = first;
             let out = &mut buf[step.piece.req_off..step.piece.req_off + step.piece.len];
             loop {
                 if let Done::Damaged(d) = self.do_step(&step, out)? {
@@ -181,6 +198,42 @@ impl Inner {
                 .map_err(|e| Error::io("read", Device::Source, base + start as u64, e))?;
         }
         Ok(())
+    }
+
+    /// The leading `steps` that are whole preserved copies lying in consecutive slots, each
+    /// with its copy: one read of the target fetches them all, in the order of the request's
+    /// buffer.
+    fn preserved_run(&self, steps: &[Step]) -> Vec<(ChunkIndex, Entry)> {
+        let chunk = self.geo.chunk() as usize;
+        let mut run: Vec<(ChunkIndex, Entry)> = Vec::new();
+        for s in steps {
+            let Place::Preserved(copy) = s.place else {
+                break;
+            };
+            let next_slot = run.last().is_none_or(|(_, e)| e.slot.0 + 1 == copy.slot.0);
+            if s.piece.len != chunk || !next_slot {
+                break;
+            }
+            run.push((s.piece.chunk, copy));
+        }
+        run
+    }
+
+    /// Reads the whole preserved copies of `run` (from [`Inner::preserved_run`]) into `out`
+    /// with one read, then verifies each against its checksum: the first that fails is the
+    /// run's result.
+    fn read_preserved_run(&self, run: &[(ChunkIndex, Entry)], out: &mut [u8]) -> Result<Done> {
+        let off = self.slot_offset(run[0].1.slot);
+        self.target
+            .read_at(out, off)
+            .map_err(|e| Error::io("read", Device::Target, off, e))?;
+        let chunk = self.geo.chunk() as usize;
+        for (&(c, copy), bytes) in run.iter().zip(out.chunks(chunk)) {
+            if crc32c::crc32c(bytes) != copy.crc {
+                return Ok(Done::Damaged(DamagedCopy { chunk: c, copy }));
+            }
+        }
+        Ok(Done::Read)
     }
 
     /// Reads `[within, within + out.len())` of a preserved copy, verifying the whole copy

@@ -45,7 +45,10 @@
 #       `qemu-nbd -l old` read-only on the same qcow2 with force-share (qemu cannot export an
 #       internal snapshot from the daemon that writes the image; a snapshot's clusters and
 #       tables are never rewritten while it exists, so reading them from a second process is
-#       safe). nbdkit: the live file, read while it is written.
+#       safe). nbdkit: the live file, read while it is written. W4_COLD=1 drops the page
+#       cache (sync; drop_caches, needs root) before each run, for every server: the old
+#       snapshot is then read from the disk, as a backup of last week's snapshot would be;
+#       by default whatever the fill and the overwrite left cached stays.
 #   w5  snapshot create latency: W5_SAMPLES (20) snapshots W5_GAP (0.1) s apart per run, idle
 #       (after the server's CPU went quiet and a `sync`) and under random 4 KiB writes (qd 16,
 #       one fio job for all the runs) to the first W5_FILL (1G), filled first; on volumes of
@@ -73,7 +76,7 @@
 #
 # Environment: RUNS (5), WORKLOADS ("w1 w2 w3 w4 w5 w6 w7"), SERVERS ("snapvol qemu nbdkit"),
 # SIZE (1G), W1_SNAPS, W2_PASSES, W2_PASS_SIZE, W3_RUNTIME (alias RAND_RUNTIME), W3_SNAPS,
-# W4_RUNTIME, W5_SIZES, W5_SAMPLES, W5_GAP, W5_FILL, W6_WRITE_S, W7_SIZE, W7_CHANGED, W7_SNAPS,
+# W4_RUNTIME, W4_COLD, W5_SIZES, W5_SAMPLES, W5_GAP, W5_FILL, W6_WRITE_S, W7_SIZE, W7_CHANGED, W7_SNAPS,
 # W7_QEMU (0), W8_SNAPS (10000), SNAPVOL_JOURNAL (512M), SNAPVOL_WRITE_MODE (atomic; throughput labels snapvol's
 # rows "snapvol (throughput)"), SNAPVOL_CACHE_DIR (unset; a directory puts snapvol's
 # cache journal in a file there, `create --cache`: /dev/shm stands in for NVRAM, but a tmpfs is
@@ -98,6 +101,7 @@ W2_PASS_SIZE=${W2_PASS_SIZE:-}
 W3_RUNTIME=${W3_RUNTIME:-${RAND_RUNTIME:-8}}
 W3_SNAPS=${W3_SNAPS:-8}
 W4_RUNTIME=${W4_RUNTIME:-6}
+W4_COLD=${W4_COLD:-0}
 W5_SIZES=${W5_SIZES:-1G 1T}
 W5_SAMPLES=${W5_SAMPLES:-20}
 W5_GAP=${W5_GAP:-0.1}
@@ -602,6 +606,11 @@ w4() {
         esac
         for r in $(seq 1 "$RUNS"); do
             d=$DIR/w4-r$r.json
+            if [ "$W4_COLD" = 1 ]; then
+                sync
+                echo 3 >/proc/sys/vm/drop_caches ||
+                    die "W4_COLD=1 drops the page cache, which needs root"
+            fi
             # shellcheck disable=SC2046
             fio_run "$d" \
                 $(job read "$read_uri") --rw=read --bs=1M --size="$SIZE_B" \
@@ -779,7 +788,7 @@ mkdir -p "$OUT"
 python3 "$REPORT" report --results "$RESULTS" --out "$OUT" \
     --meta runs="$RUNS" size="$SIZE" workloads="$WORKLOADS" servers="$SERVERS" \
     w1_snaps="$W1_SNAPS" w2_passes="$W2_PASSES" w2_pass_bytes="$W2_PASS_B" \
-    w3_runtime_s="$W3_RUNTIME" w3_snaps="$W3_SNAPS" w4_runtime_s="$W4_RUNTIME" \
+    w3_runtime_s="$W3_RUNTIME" w3_snaps="$W3_SNAPS" w4_runtime_s="$W4_RUNTIME" w4_cold="$W4_COLD" \
     w5_sizes="$W5_SIZES" w5_samples="$W5_SAMPLES" w5_gap_s="$W5_GAP" w5_fill="$W5_FILL" \
     w6_write_s="$W6_WRITE_S" w7_size="$W7_SIZE" w7_changed="$W7_CHANGED" w7_snaps="$W7_SNAPS" \
     w8_snaps="$W8_SNAPS" \

@@ -419,7 +419,11 @@ def w4_section(agg, meta):
         f"copies), and random 4 KiB writes (qd 16) to the live volume, which has a newer "
         f"snapshot. qemu cannot export an internal snapshot from the daemon that writes the "
         f"image: a second process, `qemu-nbd -l old`, reads it from the same qcow2 file "
-        f"(read-only, force-share). nbdkit has no snapshots: it reads the live file.\n\n"
+        f"(read-only, force-share). nbdkit has no snapshots: it reads the live file. "
+        + ("The page cache was dropped before each run (`W4_COLD=1`): every server reads "
+           "from the disk.\n\n" if meta.get("w4_cold") in (1, "1") else
+           "The page cache keeps what the fill and the overwrite left in it (`W4_COLD=1` "
+           "drops it before each run).\n\n")
         + "\n".join(rows) + "\n")
 
 

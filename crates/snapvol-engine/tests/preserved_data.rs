@@ -31,13 +31,8 @@ fn two_snapshots_sharing_copies() -> (Fixture, u64) {
     vol.snapshot_create("s2").unwrap();
     vol.write(0, &pattern(2, 0, MIB)).unwrap();
     vol.close().unwrap();
-    // The copy of chunk 0 holds pattern 1's first chunk: find its slot in the target.
-    let target = std::fs::read(fx.target_path("v")).unwrap();
-    let original = pattern(1, 0, CHUNK);
-    let at = (0..target.len() as u64 / CHUNK)
-        .map(|i| i * CHUNK)
-        .find(|&off| target[off as usize..(off + CHUNK) as usize] == original[..])
-        .expect("the copy of chunk 0 is in the target");
+    // The copy of chunk 0 holds pattern 1's first chunk.
+    let at = copy_at(&fx, &pattern(1, 0, CHUNK));
     (fx, at)
 }
 

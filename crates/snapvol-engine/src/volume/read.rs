@@ -116,7 +116,7 @@ impl Inner {
             // Whole copies in consecutive slots (what one destage batch preserves for a run of
             // chunks) are read at once.
             let run = self.preserved_run(rest);
-            if run.len() > 1 {
+            if !run.is_empty() {
                 let last = rest[run.len() - 1].piece;
                 rest = &rest[run.len()..];
                 let out = &mut buf[first.piece.req_off..last.req_off + last.len];
@@ -236,8 +236,9 @@ impl Inner {
         Ok(Done::Read)
     }
 
-    /// Reads `[within, within + out.len())` of a preserved copy, verifying the whole copy
-    /// against its checksum first (a piece of a chunk costs reading the chunk).
+    /// Reads `[within, within + out.len())` of a preserved copy that the piece does not cover
+    /// whole (whole copies are read as runs): the whole copy is read and verified, so a piece
+    /// of a chunk costs reading the chunk.
     fn read_preserved(
         &self,
         c: ChunkIndex,
@@ -245,23 +246,10 @@ impl Inner {
         within: usize,
         out: &mut [u8],
     ) -> Result<Done> {
-        let off = self.slot_offset(copy.slot);
-        let chunk = self.geo.chunk() as usize;
-        let io = |e| Error::io("read", Device::Target, off, e);
-        let ok = if out.len() == chunk {
-            self.target.read_at(out, off).map_err(io)?;
-            crc32c::crc32c(out) == copy.crc
-        } else {
-            let mut whole = vec![0u8; chunk];
-            self.target.read_at(&mut whole, off).map_err(io)?;
-            out.copy_from_slice(&whole[within..within + out.len()]);
-            crc32c::crc32c(&whole) == copy.crc
-        };
-        Ok(if ok {
-            Done::Read
-        } else {
-            Done::Damaged(DamagedCopy { chunk: c, copy })
-        })
+        let mut whole = vec![0u8; self.geo.chunk() as usize];
+        let done = self.read_preserved_run(&[(c, copy)], &mut whole)?;
+        out.copy_from_slice(&whole[within..within + out.len()]);
+        Ok(done)
     }
 
     pub(super) fn allocation(

@@ -263,12 +263,16 @@ impl Inner {
             }
             Ok(())
         })();
+        // The request is journaled: a piece that could not land leaves the cache short of
+        // it, so refuse to go on rather than guess (a reopen replays it whole). The volume
+        // fails before the pin goes: once the pieces that did land are destaged, nothing
+        // else holds the record, and a head move between the unpin and the failure would
+        // pass it, leaving those pieces on the source and the rest nowhere.
+        let landed = landed.inspect_err(|e| self.fail(e));
         self.unreserve(pool);
         unpin();
         drop(alone);
-        // The request is journaled: a piece that could not land leaves the cache short of
-        // it, so refuse to go on rather than guess (a reopen replays it whole).
-        landed.inspect_err(|e| self.fail(e))
+        landed
     }
 
     /// Waits until `cost` more bytes fit the cache, destaging on this thread when there is no

@@ -16,14 +16,20 @@
 //!   deletion does (`span`: the copies whose newest reader is the deleted snapshot) against
 //!   a walk of the whole index (`whole`, what deletions did before).
 //!
+//! - `cache_land/4k`: the CPU a random 4 KiB write costs the RAM cache, no I/O: writes land in
+//!   a 1 GiB volume of 64 KiB chunks (128 MiB bound), and whenever 64 MiB are dirty, 32 MiB of
+//!   versions are taken and retired as a destage batch would.
+//!
 //! Run: `cargo bench -p snapvol-engine --bench engine` (figures in docs/benchmarks.md).
 //! `SNAPVOL_BENCH_MIB` sets the overwrite volume size (default 256).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use snapvol_engine::cache::{Cache, Journaling, Landing, Pick};
 use snapvol_engine::metadata::{Entry, Index, SnapshotMeta, SnapshotTable};
-use snapvol_engine::units::{ChunkIndex, SnapshotSeq, TargetSlot};
+use snapvol_engine::units::{ChunkIndex, Epoch, Geometry, SnapshotSeq, TargetSlot};
 use snapvol_engine::{CreateOptions, Store, Volume, VolumeOptions};
 
 const MIB: u64 = 1 << 20;
@@ -202,11 +208,48 @@ fn snapshot_delete_index(c: &mut Criterion) {
     group.finish();
 }
 
+fn cache_land(c: &mut Criterion) {
+    const VOLUME: u64 = 1 << 30;
+    let cache = Cache::new(
+        Geometry::new(VOLUME, 64 << 10).expect("geometry"),
+        128 * MIB,
+    );
+    let data: Arc<[u8]> = Arc::from(vec![7u8; 4096]);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut group = c.benchmark_group("cache_land");
+    group.throughput(Throughput::Bytes(4096));
+    group.bench_function("4k", |b| {
+        b.iter(|| {
+            // xorshift64: a random 4 KiB block of the volume.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let offset = state % (VOLUME / 4096) * 4096;
+            let req = Landing {
+                offset,
+                len: 4096,
+                data: Some((&data, 0)),
+                epoch: Epoch(0),
+                journal: Journaling::In(1),
+            };
+            cache.lock_range(offset, 4096).land(&req, |_| false, &[]);
+            if cache.dirty_bytes() >= 64 * MIB {
+                for taken in cache.collect(32 * MIB, Pick::ANY) {
+                    cache.retire(&taken);
+                }
+                cache.forget_footprints(u64::MAX);
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     overwrite,
     snapshot_create,
     snapshot_read,
-    snapshot_delete_index
+    snapshot_delete_index,
+    cache_land
 );
 criterion_main!(benches);

@@ -196,14 +196,16 @@ pub fn records(placed: &[Placed]) -> Vec<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::VersionData;
+    use crate::cache::{Spares, VersionData};
     use crate::metadata::tests::table;
     use std::sync::Arc;
 
     fn version(epoch: Epoch, fill: u8, valid: BlockMask) -> Version {
+        let mut buf = Spares::new(16384, 16384).take();
+        buf.fill(fill);
         Version {
             epoch,
-            data: VersionData::Bytes(Arc::new(vec![fill; 16384])),
+            data: VersionData::Bytes(Arc::new(buf)),
             valid,
             id: 1,
             frozen: false,

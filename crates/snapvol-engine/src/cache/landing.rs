@@ -328,7 +328,7 @@ impl RangeLock<'_> {
                     },
                 };
             } else {
-                let buf = materialize(&mut newest.data, chunk);
+                let buf = materialize(&mut newest.data, newest.valid, &cache.spares);
                 for b in partial_blocks(p.within, p.len) {
                     if newest.valid.get(b) {
                         continue;
@@ -439,6 +439,55 @@ mod tests {
         assert!(out[..512].iter().all(|&b| b == 0xee));
         assert!(out[512..1024].iter().all(|&b| b == 1));
         assert!(out[1024..].iter().all(|&b| b == 0xee));
+    }
+
+    #[test]
+    fn a_spare_buffers_old_bytes_never_show_through() {
+        let c = cache();
+        let chunk = 16384;
+        let written_out = |c: &Cache| {
+            // Dropping the batch's share of each buffer hands it back to the spares.
+            for d in c.collect_all_for_tests() {
+                c.retire(&d);
+            }
+        };
+        // Chunk 0 written block by block with 0x11, then written out: its buffer is a spare.
+        for b in 0..4 {
+            land(&c, b * 4096, &[0x11; 4096], Epoch(0));
+        }
+        written_out(&c);
+        assert_eq!(c.spares.kept(), 1);
+        // A 4 KiB write into chunk 1 takes that buffer; only its block reads from the cache.
+        land(&c, chunk + 4096, &[0x22; 4096], Epoch(0));
+        assert_eq!(c.spares.kept(), 0, "the spare was taken");
+        let mut out = vec![0u8; chunk as usize];
+        let holes = c.read(ChunkIndex(1), 0, &mut out, Epoch::LIVE);
+        assert_eq!(holes.0, vec![(0, 4096), (8192, 8192)]);
+        assert!(out[4096..8192].iter().all(|&b| b == 0x22));
+        written_out(&c);
+        // A chunk zeroed whole, then written in part, reads zeros around the write.
+        let zero = Landing {
+            offset: 2 * chunk,
+            len: chunk,
+            data: None,
+            epoch: Epoch(0),
+            journal: Journaling::In(1),
+        };
+        c.lock_range(zero.offset, zero.len)
+            .land(&zero, |_| false, &[]);
+        land(&c, 2 * chunk + 4096, &[0x33; 4096], Epoch(0));
+        assert_eq!(c.spares.kept(), 0, "the spare was taken");
+        let holes = c.read(ChunkIndex(2), 0, &mut out, Epoch::LIVE);
+        assert!(holes.0.is_empty());
+        assert!(out[..4096].iter().all(|&b| b == 0));
+        assert!(out[4096..8192].iter().all(|&b| b == 0x33));
+        assert!(out[8192..].iter().all(|&b| b == 0));
+        // And the destager writes the image the reads show.
+        let taken = c.collect_all_for_tests();
+        assert_eq!(taken.len(), 1);
+        let mut image = vec![0xffu8; chunk as usize];
+        crate::destage::compose(&taken[0].versions, None, 0, &mut image);
+        assert_eq!(image, out);
     }
 
     #[test]

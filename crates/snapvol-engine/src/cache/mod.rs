@@ -19,15 +19,18 @@
 //! without bound.
 
 mod landing;
+mod spares;
 mod version;
 
 pub use landing::{
     EpochOrder, Journaling, LandedVersion, Landing, NewVersion, RangeLock, SourceBlock,
 };
+pub use spares::{ChunkBuf, Spares};
 pub use version::{BlockMask, Payload, Version, VersionData};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -35,6 +38,13 @@ use parking_lot::{Condvar, Mutex};
 use crate::units::{ChunkIndex, Epoch, Geometry, BLOCK};
 
 const SHARDS: usize = 64;
+
+/// The most bytes of spare chunk buffers a cache keeps: what one destage batch retires at most
+/// (32 MiB), so that the buffers a batch frees serve the writes that follow it. A small cache
+/// keeps a quarter of its size.
+fn spares_bound(limit: u64) -> u64 {
+    (limit / 4).min(32 << 20)
+}
 
 /// The chunks whose number is congruent to the shard's index, modulo [`SHARDS`].
 #[derive(Debug, Default)]
@@ -89,6 +99,7 @@ pub struct Cache {
     limit: u64,
     space_lock: Mutex<()>,
     space: Condvar,
+    spares: Arc<Spares>,
 }
 
 /// Ranges `(offset within chunk, len)` of a read that the cache could not serve and the
@@ -131,6 +142,10 @@ impl Cache {
             limit: limit.max(4 * geo.chunk()),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
+            spares: Spares::new(
+                geo.chunk() as usize,
+                spares_bound(limit.max(4 * geo.chunk())),
+            ),
         }
     }
 

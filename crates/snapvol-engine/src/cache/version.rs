@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::spares::{ChunkBuf, Spares};
 use crate::units::Epoch;
 
 /// Which 4 KiB blocks of a chunk a version holds (chunks are at most 256 blocks).
@@ -49,9 +50,10 @@ impl BlockMask {
 pub enum VersionData {
     /// The whole chunk reads as zero (write-zeroes and trim of a whole chunk); costs no buffer.
     Zero,
-    /// A chunk-sized buffer; only blocks in the version's mask are meaningful. Shared with the
-    /// destager while it writes the version out (frozen versions are never modified).
-    Bytes(Arc<Vec<u8>>),
+    /// A chunk-sized buffer; only blocks in the version's mask are meaningful (the others hold
+    /// whatever the buffer held before: see `spares`). Shared with the destager while it writes
+    /// the version out (frozen versions are never modified).
+    Bytes(Arc<ChunkBuf>),
     /// A whole-chunk write's bytes, borrowed from the copy of the request kept for the
     /// journal (`buf[start..start + chunk]`): a large write is copied once, not twice. A later
     /// write into the chunk turns it into `Bytes`.
@@ -133,13 +135,29 @@ impl Version {
     }
 }
 
-/// The version's own chunk buffer, ready to modify: a zero version gets a zeroed buffer (its
-/// valid blocks are rightly zero), a shared one a copy of its bytes.
-pub(super) fn materialize(data: &mut VersionData, chunk: usize) -> &mut Vec<u8> {
+/// The version's own chunk buffer, ready to modify, taken from `spares` if it needs one: a
+/// zero version's valid blocks are zeroed in it (the rest mean nothing and stay as the spare
+/// left them), a shared version's bytes copied in.
+pub(super) fn materialize<'a>(
+    data: &'a mut VersionData,
+    valid: BlockMask,
+    spares: &Arc<Spares>,
+) -> &'a mut [u8] {
     match data {
-        VersionData::Zero => *data = VersionData::Bytes(Arc::new(vec![0u8; chunk])),
+        VersionData::Zero => {
+            let mut buf = spares.take();
+            // A zero version holds every block or none (a piece of a chunk zeroed lands in a
+            // buffer); only a whole one needs its zeros written out.
+            if valid != BlockMask::default() {
+                buf.fill(0);
+            }
+            *data = VersionData::Bytes(Arc::new(buf));
+        }
         VersionData::Shared { buf, start } => {
-            *data = VersionData::Bytes(Arc::new(buf[*start..*start + chunk].to_vec()))
+            let mut own = spares.take();
+            let len = own.len();
+            own.copy_from_slice(&buf[*start..*start + len]);
+            *data = VersionData::Bytes(Arc::new(own));
         }
         VersionData::Bytes(_) => {}
     }
@@ -147,7 +165,8 @@ pub(super) fn materialize(data: &mut VersionData, chunk: usize) -> &mut Vec<u8> 
         unreachable!("materialised above")
     };
     // Unfrozen versions are never shared with a destage batch, so this does not copy.
-    Arc::make_mut(arc)
+    let own: &mut ChunkBuf = Arc::make_mut(arc);
+    own
 }
 
 /// Accounted size of a zero version (bookkeeping only).

@@ -447,8 +447,8 @@ mod tests {
         let chunk = 16384;
         let written_out = |c: &Cache| {
             // Dropping the batch's share of each buffer hands it back to the spares.
-            for d in c.collect_all_for_tests() {
-                c.retire(&d);
+            for mut d in c.collect_all_for_tests() {
+                c.retire(&mut d);
             }
         };
         // Chunk 0 written block by block with 0x11, then written out: its buffer is a spare.
@@ -500,9 +500,8 @@ mod tests {
         have[0].data = vec![0xee; 4096];
         // Meanwhile a destage retires a version in the same shard (chunk 64 shares shard 0).
         land(&c, 64 * 16384, &[2u8; 4096], Epoch(0));
-        let taken = c.collect_all_for_tests();
-        for d in &taken {
-            c.retire(d);
+        for mut d in c.collect_all_for_tests() {
+            c.retire(&mut d);
         }
         let lock = c.lock_range(512, 512);
         assert_eq!(

@@ -404,8 +404,10 @@ impl Cache {
         }
     }
 
-    /// Clears the dirty designation of what a destage wrote out: the versions it took.
-    pub fn retire(&self, taken: &DirtyChunk) {
+    /// Clears the dirty designation of what a destage wrote out: the versions it took, which
+    /// `taken` lets go of too (it keeps only its chunk), so that their buffers are spares
+    /// before the writers waiting for room are woken.
+    pub fn retire(&self, taken: &mut DirtyChunk) {
         let mut freed = 0;
         let mut shard = self.shard(taken.chunk).lock();
         shard.retired += 1;
@@ -425,6 +427,7 @@ impl Cache {
             self.dirty_chunks.fetch_sub(1, Ordering::Relaxed);
         }
         drop(shard);
+        taken.versions.clear();
         self.dirty_bytes.fetch_sub(freed, Ordering::Relaxed);
         self.notify_space();
     }

@@ -383,7 +383,8 @@ impl Inner {
         {
             self.source_written.fetch_add(1, Ordering::SeqCst);
         }
-        for d in &batch {
+        let mut batch = batch;
+        for d in &mut batch {
             self.cache.retire(d);
         }
         self.start_source_writeback(&batch);

@@ -110,6 +110,9 @@ pub struct VolumeMetrics {
     /// included), and the bound on them.
     pub dirty_bytes: u64,
     pub cache_limit_bytes: u64,
+    /// Chunk buffers of written-out versions the cache keeps for the next writes of less than
+    /// a chunk, in bytes (memory beside the dirty bytes, at most 32 MiB).
+    pub cache_spare_bytes: u64,
     /// Bytes of the cache journal's ring holding records not yet destaged, and its size.
     pub journal_used_bytes: u64,
     pub journal_size_bytes: u64,

@@ -200,6 +200,11 @@ impl Cache {
         self.dirty_chunks.load(Ordering::Relaxed)
     }
 
+    /// Bytes of spare chunk buffers kept (memory beside the dirty bytes).
+    pub fn spare_bytes(&self) -> u64 {
+        self.spares.kept() as u64 * self.geo.chunk()
+    }
+
     /// The configured bound.
     pub fn limit(&self) -> u64 {
         self.limit

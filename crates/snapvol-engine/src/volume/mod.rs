@@ -636,6 +636,7 @@ impl Volume {
             copies_made: get(&s.copies_made),
             dirty_bytes: i.cache.dirty_bytes(),
             cache_limit_bytes: i.cache.limit(),
+            cache_spare_bytes: i.cache.spare_bytes(),
             journal_used_bytes: get(&i.journal_used),
             journal_size_bytes: i.journal_ring,
             destage_batches: get(&s.destage_batches),

@@ -218,6 +218,19 @@ fn metrics_count_snapshots_copies_destage_batches_and_the_journal_as_they_happen
     assert_eq!(m.destaged_chunks, MIB / CHUNK);
     assert_eq!(m.destage_duration.count(), m.destage_batches);
     assert_eq!(m.copies_made, 0, "no snapshot needed an original");
+    assert_eq!(
+        m.cache_spare_bytes, 0,
+        "whole chunks share the request's buffer"
+    );
+
+    // A write of less than a chunk fills a chunk buffer of its own; once it is destaged, the
+    // cache keeps the buffer for the next such write, which takes it.
+    vol.write(2 * MIB, &pattern(3, 2 * MIB, 4 * KIB)).unwrap();
+    vol.destage_all().unwrap();
+    assert_eq!(vol.metrics().cache_spare_bytes, CHUNK);
+    vol.write(3 * MIB, &pattern(3, 3 * MIB, 4 * KIB)).unwrap();
+    assert_eq!(vol.metrics().cache_spare_bytes, 0, "the next write took it");
+    vol.destage_all().unwrap();
 
     // Three snapshots, then one overwrite of 4 chunks: 4 copies, shared by the three.
     for s in ["a", "b", "c"] {

@@ -82,7 +82,7 @@ impl Gather {
         };
         use MetricType::{Counter, Gauge, Histogram};
         use Sample::{Count, Times, Value};
-        let families: [VolumeFamily<'_>; 20] = [
+        let families: [VolumeFamily<'_>; 21] = [
             ("snapvol_volume_size_bytes", "Size of the volume.", Gauge, per(&|s, _| Value(s))),
             (
                 "snapvol_volume_failed",
@@ -132,6 +132,12 @@ impl Gather {
                 "Bound on the dirty bytes of the RAM cache.",
                 Gauge,
                 per(&|_, m| Value(m.cache_limit_bytes)),
+            ),
+            (
+                "snapvol_cache_spare_bytes",
+                "Chunk buffers the RAM cache keeps for the next writes of less than a chunk.",
+                Gauge,
+                per(&|_, m| Value(m.cache_spare_bytes)),
             ),
             (
                 "snapvol_journal_used_bytes",

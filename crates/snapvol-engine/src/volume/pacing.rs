@@ -9,6 +9,11 @@
 //! a client with a fixed queue depth sees queue depth / throughput), so spreading it evenly
 //! lowers the tail without costing throughput. The cache's hard bound stays where it was
 //! (`Cache::wait_for_space`); pacing only keeps writers from reaching it in bursts.
+//!
+//! Nor does pacing make anyone wait longer than the bound would: a writer at the bound waits
+//! for the batch under way to end, so no pause, and no slot of the clock, lies further ahead
+//! than a batch takes. (Without that cap, writers arriving with the cache nearly full were
+//! given slots up to half a second apart, and kept them after the batch had emptied the cache.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +26,8 @@ pub(super) struct Pacer {
     origin: Instant,
     /// The destager's drain rate in bytes a second, smoothed over batches (0: not known yet).
     rate: AtomicU64,
+    /// How long a destage batch takes, in nanoseconds, smoothed the same way.
+    batch: AtomicU64,
     /// When the next admission slot starts, in nanoseconds since `origin`.
     next: Mutex<u64>,
 }
@@ -33,30 +40,23 @@ impl Pacer {
         Self {
             origin: Instant::now(),
             rate: AtomicU64::new(0),
+            batch: AtomicU64::new(0),
             next: Mutex::new(0),
         }
     }
 
     /// Notes a destage batch of `bytes` that took `took`.
     pub(super) fn observe(&self, bytes: u64, took: Duration) {
-        let nanos = took.as_nanos().max(1) as f64;
-        let sample = (bytes as f64 * 1e9 / nanos) as u64;
-        let _ = self
-            .rate
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample
-                } else {
-                    // A quarter of the new sample: smooth over a few batches.
-                    (old / 4) * 3 + sample / 4
-                })
-            });
+        let nanos = took.as_nanos().max(1) as u64;
+        smooth(&self.rate, (bytes as f64 * 1e9 / nanos as f64) as u64);
+        smooth(&self.batch, nanos);
     }
 
     /// How long a writer of `cost` bytes waits before it lands, with `dirty` of `limit` bytes
     /// in the cache. Each writer takes the next slot of a clock that admits bytes at the drain
     /// rate times `(limit - dirty) / (limit - limit / 2)`: 1.5 times the drain rate at a
-    /// quarter full, the drain rate at half full, nothing at the limit.
+    /// quarter full, the drain rate at half full, nothing at the limit. No slot lies more than
+    /// a batch's duration ahead (nor [`MAX_PAUSE`]).
     pub(super) fn delay(&self, cost: u64, dirty: u64, limit: u64) -> Duration {
         self.delay_at(cost, dirty, limit, self.origin.elapsed().as_nanos() as u64)
     }
@@ -70,14 +70,29 @@ impl Pacer {
         let setpoint = limit / 2;
         let ratio = (limit.saturating_sub(dirty) as f64 / (limit - setpoint) as f64).max(0.05);
         let pause = (cost as f64 * 1e9 / (rate as f64 * ratio)) as u64;
+        let batch = self.batch.load(Ordering::Relaxed);
+        let cap = MAX_PAUSE.as_nanos() as u64;
+        let cap = if batch == 0 { cap } else { batch.min(cap) };
         let until = {
             let mut next = self.next.lock();
             let start = (*next).max(now);
-            *next = start + pause;
+            *next = (start + pause).min(now + cap);
             *next
         };
-        Duration::from_nanos(until - now).min(MAX_PAUSE)
+        Duration::from_nanos(until - now)
     }
+}
+
+/// Folds `sample` into `avg`: a quarter of the new sample, so smoothed over a few batches
+/// (the first sample is taken as it is).
+fn smooth(avg: &AtomicU64, sample: u64) {
+    let _ = avg.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 {
+            sample
+        } else {
+            (old / 4) * 3 + sample / 4
+        })
+    });
 }
 
 #[cfg(test)]
@@ -122,5 +137,24 @@ mod tests {
         assert!(at(40 * MIB) < at(64 * MIB));
         assert!(at(64 * MIB) < at(100 * MIB));
         assert!(at(128 * MIB) <= MAX_PAUSE);
+    }
+
+    #[test]
+    fn nobody_is_paced_longer_than_a_batch_takes_however_full_the_cache() {
+        let p = Pacer::new();
+        // 320 MiB/s in batches of 100 ms. At the limit a MiB would take 20 / 320 s at the
+        // floor ratio (62.5 ms): sixteen writers arriving together would get slots a second
+        // apart. Each waits at most a batch, the time the cache's bound would make it wait.
+        p.observe(32 * MIB, Duration::from_millis(100));
+        let now = 1_000_000_000;
+        let waits: Vec<u64> = (0..16)
+            .map(|_| p.delay_at(MIB, 128 * MIB, 128 * MIB, now).as_millis() as u64)
+            .collect();
+        assert_eq!(waits[0], 62);
+        assert!(waits[1..].iter().all(|&w| w == 100), "{waits:?}");
+        // Nor did the clock run ahead meanwhile: once that batch's time has passed and the
+        // cache is back at half full, a writer waits only for its own slot.
+        let later = p.delay_at(MIB, 64 * MIB, 128 * MIB, now + 100_000_000);
+        assert_eq!(later.as_micros(), 3125);
     }
 }

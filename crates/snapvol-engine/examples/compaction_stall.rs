@@ -19,15 +19,11 @@ use std::time::{Duration, Instant};
 
 use snapvol_engine::{CreateOptions, Store, VolumeOptions};
 
+mod common;
+use common::{env, store_dir};
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -36,10 +32,7 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let size = env("SNAPVOL_BENCH_MIB", 256) * MIB;
     let rounds = env("ROUNDS", 8);
-    let dir = tempfile::tempdir_in(
-        std::env::var("SNAPVOL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
-    )
-    .expect("tempdir");
+    let dir = store_dir();
     let opts = CreateOptions {
         chunk_size: 4096,
         ..CreateOptions::new(size)

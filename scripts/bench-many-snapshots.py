@@ -11,7 +11,9 @@ copy that only it reads. At 10 and at N snapshots (after a flush and 2 s for des
 measures, medians of 10: `snapshot create` of a throwaway snapshot, `snapshot delete` of it
 after a 4 KiB overwrite (so the deletion frees a copy), `snapshot list --json` (medians of 5),
 and the server's resident memory. Each figure includes the command's process start (~3 ms).
-One JSON line per point on stdout; progress on stderr.
+One JSON line per point on stdout; progress on stderr. SNAPVOL_BIN runs that binary as it is
+(bench-peers.sh passes the one it built or was given); otherwise target/release/snapvol is built
+first.
 """
 import json
 import os
@@ -25,7 +27,7 @@ import time
 import nbd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SNAPVOL = os.path.join(ROOT, "target", "release", "snapvol")
+SNAPVOL = os.environ.get("SNAPVOL_BIN") or os.path.join(ROOT, "target", "release", "snapvol")
 PORT = int(os.environ.get("PORT", "10999"))
 CHUNK = 64 << 10
 CHUNKS = (8 << 30) // CHUNK
@@ -33,7 +35,8 @@ CHUNKS = (8 << 30) // CHUNK
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "snapvol"], cwd=ROOT, check=True)
+    if not os.environ.get("SNAPVOL_BIN"):
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "snapvol"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="bench-many-snapshots.", dir="/var/tmp")
     store = os.path.join(tmp, "store")
     env = dict(os.environ, SNAPVOL_RUN_DIR=tmp)

@@ -764,7 +764,8 @@ w8() {
     phase_start w8 "many snapshots: create, delete and list at 10 and at $W8_SNAPS"
     if has snapvol "$SERVERS"; then
         local out=$TMP/w8.jsonl
-        PORT=$((PORT_BASE + 3)) /usr/bin/python3 "$ROOT/scripts/bench-many-snapshots.py" \
+        # The binary the other workloads ran (the script would build the working tree's).
+        SNAPVOL_BIN=$SNAPVOL PORT=$((PORT_BASE + 3)) /usr/bin/python3 "$ROOT/scripts/bench-many-snapshots.py" \
             "$W8_SNAPS" >"$out"
         local line
         while read -r line; do

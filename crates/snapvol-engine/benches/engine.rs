@@ -234,7 +234,7 @@ fn cache_land(c: &mut Criterion) {
             };
             cache.lock_range(offset, 4096).land(&req, |_| false, &[]);
             if cache.dirty_bytes() >= 64 * MIB {
-                for mut taken in cache.collect(32 * MIB, Pick::ANY) {
+                for mut taken in cache.collect(32 * MIB, Pick::ANY, &[]) {
                     cache.retire(&mut taken);
                 }
                 cache.forget_footprints(u64::MAX);

@@ -119,6 +119,9 @@ pub struct VolumeMetrics {
     /// Destage batches completed since the volume was opened, and the chunks they destaged.
     pub destage_batches: u64,
     pub destaged_chunks: u64,
+    /// Of those batches, the ones whose copies were written while the batch before them
+    /// committed (a run of batches overlaps them).
+    pub destage_overlapped: u64,
     /// How long those batches took.
     pub destage_duration: HistogramSnapshot,
     /// How long each write request waited for room in the cache, or was paced to the destage

@@ -512,6 +512,30 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_under_way_keeps_its_chunks_from_the_next_batch() {
+        let c = cache();
+        for chunk in 0..4u64 {
+            land(&c, chunk * 16384, &[chunk as u8 + 1; 4096], Epoch(0));
+        }
+        let first = c.collect(2 * 16384, crate::cache::Pick::ANY, &[]);
+        let busy: Vec<ChunkIndex> = first.iter().map(|d| d.chunk).collect();
+        assert_eq!(busy, vec![ChunkIndex(0), ChunkIndex(1)]);
+        // A write into a chunk under way adds to it; the next batch still leaves it alone,
+        // and takes the two chunks nobody holds.
+        land(&c, 4096, &[9; 4096], Epoch(0));
+        let second = c.collect(u64::MAX, crate::cache::Pick::ANY, &busy);
+        let taken: Vec<ChunkIndex> = second.iter().map(|d| d.chunk).collect();
+        assert_eq!(taken, vec![ChunkIndex(2), ChunkIndex(3)]);
+        // Once the first batch retired, what was written meanwhile is the next batch's.
+        for mut d in first {
+            c.retire(&mut d);
+        }
+        let third = c.collect(u64::MAX, crate::cache::Pick::ANY, &[]);
+        let taken: Vec<ChunkIndex> = third.iter().map(|d| d.chunk).collect();
+        assert_eq!(taken, vec![ChunkIndex(0), ChunkIndex(2), ChunkIndex(3)]);
+    }
+
+    #[test]
     fn a_write_older_than_a_chunks_newest_version_is_refused_before_anything_changes() {
         let c = cache();
         land(&c, 0, &[1u8; 4096], Epoch(5));

@@ -195,6 +195,15 @@ impl Cache {
         self.dirty_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the cache that `taken` frees when retired.
+    pub fn cost_of(&self, taken: &DirtyChunk) -> u64 {
+        taken
+            .versions
+            .iter()
+            .map(|v| v.cost(self.geo.chunk()))
+            .sum()
+    }
+
     /// Chunks with a dirty designation.
     pub fn dirty_chunks(&self) -> usize {
         self.dirty_chunks.load(Ordering::Relaxed)
@@ -350,8 +359,9 @@ impl Cache {
     /// Takes up to `max_bytes` of dirty chunks for destage, lowest chunk first, as `pick`
     /// allows: of each chunk, the oldest versions whose writes are all in the journal (or
     /// skipped it) and whose epoch is below `pick.below`. They are frozen (later writes start
-    /// new versions) and shared with the batch, not copied.
-    pub fn collect(&self, max_bytes: u64, pick: Pick) -> Vec<DirtyChunk> {
+    /// new versions) and shared with the batch, not copied. Chunks in `busy` (sorted: the
+    /// chunks of a batch still under way, whose versions it has yet to retire) are left alone.
+    pub fn collect(&self, max_bytes: u64, pick: Pick, busy: &[ChunkIndex]) -> Vec<DirtyChunk> {
         let takes = |v: &Version| v.journal_pending == 0 && v.epoch < pick.below;
         let mut keys = Vec::new();
         for shard in &self.shards {
@@ -361,6 +371,7 @@ impl Cache {
                     .chunks
                     .iter()
                     .filter(|(_, vs)| vs.first().is_some_and(takes))
+                    .filter(|(k, _)| busy.binary_search(&ChunkIndex(**k)).is_err())
                     .filter(|(_, vs)| {
                         pick.unjournaled_upto
                             .is_none_or(|g| vs.iter().any(|v| v.unjournaled <= g))
@@ -442,6 +453,6 @@ impl Cache {
 impl Cache {
     /// Everything dirty, taken for destage as one batch would (journal state aside).
     fn collect_all_for_tests(&self) -> Vec<DirtyChunk> {
-        self.collect(u64::MAX, Pick::ANY)
+        self.collect(u64::MAX, Pick::ANY, &[])
     }
 }

@@ -1,23 +1,87 @@
 //! The destage executor (claims 14–16): performs the plans of [`crate::destage`] in the order
 //! that keeps I1 and I2, and the background thread that runs it. It decides nothing about what
 //! to preserve (the plan does) and never appends to the journal (the journal writer does).
+//!
+//! A batch runs in two halves. The first takes the chunks, plans them and allocates the
+//! copies' slots ([`Inner::prepare`]), then reads the originals and writes the copies
+//! ([`Inner::copy`]); nothing of it is durable or visible yet, and [`Inner::abandon`] gives it
+//! all back. The second ([`Inner::finish`]) commits the pointers to the copies, then writes the
+//! new data to the source and retires the chunks from the cache. A run of batches
+//! ([`Inner::destage_while`]) overlaps them: batch *k* + 1's copies are written while batch *k*
+//! commits, so that the disk has the next batch's copies to write while the commit's syncs
+//! wait, instead of idling between the two. The batches take disjoint chunks (a batch's
+//! collection leaves the chunks of the one under way alone), so their order on the source does
+//! not matter, and their commits stay in order: each half runs one batch at a time.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::cache::{DirtyChunk, Pick};
 use crate::destage::{self, SourceWrite};
 use crate::error::{Device, Error, Result};
 use crate::metadata::Entry;
-use crate::units::{TargetSlot, BLOCK};
+use crate::units::{ChunkIndex, TargetSlot, BLOCK};
 use crate::vlun::AlignedBuf;
 
 use super::space::device_code;
 use super::{Inner, MetaState};
 
-/// Largest batch the destager takes at once.
+/// Largest batch the destager takes at once: 32 MiB, or a quarter of a smaller cache (so that
+/// one batch can be under way while the next is prepared and the cache still takes writes).
 const MAX_BATCH: u64 = 32 << 20;
+
+/// Serializes destaging with snapshot deletion and checks (which must find no batch between
+/// planning and commit), and keeps the buffers batches gather their copies in from batch to
+/// batch (no fresh zeroed pages each time): one per batch in flight.
+#[derive(Debug, Default)]
+pub(super) struct DestageLock {
+    scratch: Mutex<Vec<AlignedBuf>>,
+    /// Threads waiting in [`DestageLock::lock`]: a run of batches prepares no further one and
+    /// lets them in.
+    waiting: AtomicUsize,
+}
+
+impl DestageLock {
+    /// Takes the lock, as one who wants it between batches: a run of batches under way ends
+    /// at its next batch and hands the lock over.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Vec<AlignedBuf>> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.scratch.lock();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// Whether someone waits in [`DestageLock::lock`].
+    fn wanted(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// A destage batch before its commit: taken, planned and its copies' slots allocated
+/// ([`Inner::prepare`]), then its copies written ([`Inner::copy`]). Nothing of it is durable or
+/// visible; [`Inner::abandon`] gives it all back.
+struct Prepared {
+    batch: Vec<DirtyChunk>,
+    /// What each chunk of the batch preserves.
+    plans: Vec<destage::ChunkPlan>,
+    /// How many copies that is.
+    copies: u64,
+    /// The copies written, in slot order (empty until they are).
+    placed: Vec<destage::Placed>,
+    /// The runs of slots allocated for them.
+    runs: Vec<(TargetSlot, u64)>,
+    /// Target slots the batch's writes had reserved: allocations now if it preserves anything.
+    held: u64,
+    /// Cache bytes the batch frees when it retires.
+    bytes: u64,
+    /// The buffer the copies were gathered in (from the pool); the source writes compose in
+    /// it next.
+    scratch: AlignedBuf,
+    started: Instant,
+}
 
 impl Inner {
     pub(super) fn destager_loop(self: Arc<Self>) {
@@ -42,15 +106,11 @@ impl Inner {
     /// source.
     pub(super) fn destage_round(&self) -> Result<()> {
         self.journal_flush()?;
-        loop {
-            let n = self.destage_batch()?;
-            if n == 0 || self.shutdown.load(Ordering::SeqCst) {
-                break;
-            }
-            if self.cache.dirty_bytes() < self.cache.limit() / 8 {
-                break;
-            }
-        }
+        let light = self.cache.limit() / 8;
+        self.destage_while(|in_flight| {
+            !self.shutdown.load(Ordering::SeqCst)
+                && self.cache.dirty_bytes().saturating_sub(in_flight) >= light
+        })?;
         if self.background_destage {
             // The journal writer moves the head: its source sync then never holds up a batch.
             self.poke_journal();
@@ -64,7 +124,7 @@ impl Inner {
     /// that is the volume, usable without snapvol.
     pub(super) fn drain(&self) -> Result<()> {
         self.journal_flush()?;
-        while self.destage_batch()? > 0 {}
+        self.destage_while(|_| true)?;
         self.reclaim_journal(true)?;
         // Writes that skipped the journal (write mode throughput) were just written to the
         // source: the head's move syncs it only if the journal held something, and a clean
@@ -94,7 +154,167 @@ impl Inner {
     /// given; otherwise of any dirty chunks, lowest first.
     pub(super) fn destage_batch_of(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
         let started = Instant::now();
-        match self.destage_batch_inner(unjournaled_upto) {
+        let done = {
+            let mut scratch = self.destage_lock.lock();
+            self.check_writable()
+                .and_then(|()| self.prepare(&[], unjournaled_upto))
+                .and_then(|prepared| match prepared {
+                    None => Ok(0),
+                    Some(mut p) => {
+                        if let Err(e) = self.copy(&mut p, &mut scratch) {
+                            self.abandon(p, &mut scratch);
+                            return Err(e);
+                        }
+                        let (done, buf) = self.finish(p);
+                        scratch.push(buf);
+                        done
+                    }
+                })
+        };
+        let took = started.elapsed();
+        self.settle(done, took, took)
+    }
+
+    /// Destages batches for as long as `go_on(bytes the batch under way frees)` says and dirty
+    /// chunks are left, each batch's copies written while the one before commits. Someone
+    /// waiting for the destage lock gets it between two batches (none prepared), and the run
+    /// then goes on. An error ends the run; a batch prepared meanwhile is given back.
+    pub(super) fn destage_while(&self, go_on: impl Fn(u64) -> bool) -> Result<()> {
+        loop {
+            let mut scratch = self.destage_lock.scratch.lock();
+            let mut next: Option<Prepared> = None;
+            // When the last batch retired: the cache drains a batch per interval between
+            // retirements, which is shorter than a batch's own time when two overlap.
+            let mut last_done: Option<Instant> = None;
+            let handing_over = loop {
+                // A volume failed meanwhile (or whose lock was lost) destages nothing more.
+                if let Err(e) = self.check_writable() {
+                    if let Some(p) = next.take() {
+                        self.abandon(p, &mut scratch);
+                    }
+                    return Err(e);
+                }
+                let current = match next.take() {
+                    Some(p) => p,
+                    None => {
+                        let mut p = match self.prepare(&[], None) {
+                            Ok(Some(p)) => p,
+                            Ok(None) => break false,
+                            Err(e) => {
+                                return self
+                                    .settle(Err(e), Duration::ZERO, Duration::ZERO)
+                                    .map(drop)
+                            }
+                        };
+                        if let Err(e) = self.copy(&mut p, &mut scratch) {
+                            self.abandon(p, &mut scratch);
+                            return self
+                                .settle(Err(e), Duration::ZERO, Duration::ZERO)
+                                .map(drop);
+                        }
+                        p
+                    }
+                };
+                let more = go_on(current.bytes) && !self.destage_lock.wanted();
+                // The next batch is taken and its slots allocated before this one commits
+                // (the commit holds the metadata lock throughout its syncs).
+                let prepared = if more {
+                    let busy: Vec<ChunkIndex> = current.batch.iter().map(|d| d.chunk).collect();
+                    self.prepare(&busy, None)
+                } else {
+                    Ok(None)
+                };
+                let started = current.started;
+                let (done, buf, prepared) = self.overlap(current, prepared, &mut scratch);
+                scratch.push(buf);
+                let now = Instant::now();
+                let took = now - started;
+                let interval = last_done.map_or(took, |l| (now - l).min(took));
+                last_done = Some(now);
+                if matches!(prepared, Ok(Some(_))) {
+                    self.stats
+                        .destage_overlapped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let prepared = match self.settle(done, took, interval) {
+                    Ok(_) => prepared,
+                    Err(e) => {
+                        if let Ok(Some(p)) = prepared {
+                            self.abandon(p, &mut scratch);
+                        }
+                        return Err(e);
+                    }
+                };
+                match prepared {
+                    Ok(Some(p)) => next = Some(p),
+                    // Nothing but the chunks under way was left: look again now they retired.
+                    Ok(None) if more => {}
+                    Ok(None) => break self.destage_lock.wanted(),
+                    Err(e) => {
+                        return self
+                            .settle(Err(e), Duration::ZERO, Duration::ZERO)
+                            .map(drop)
+                    }
+                }
+            };
+            if !handing_over {
+                return Ok(());
+            }
+            MutexGuard::unlock_fair(scratch);
+        }
+    }
+
+    /// Finishes `current` on a thread of its own while this one writes the copies of `next`
+    /// (when there is one); without a thread, one after the other. Returns what finishing
+    /// `current` returned, and `next` ready to finish (or given back if its copies failed).
+    fn overlap(
+        &self,
+        current: Prepared,
+        next: Result<Option<Prepared>>,
+        pool: &mut Vec<AlignedBuf>,
+    ) -> (Result<usize>, AlignedBuf, Result<Option<Prepared>>) {
+        let handed = Mutex::new(Some(current));
+        let finish = || {
+            let p = handed.lock().take().expect("one batch, finished once");
+            self.finish(p)
+        };
+        let copied = |next: Result<Option<Prepared>>, pool: &mut Vec<AlignedBuf>| match next {
+            Ok(Some(mut p)) => match self.copy(&mut p, pool) {
+                Ok(()) => Ok(Some(p)),
+                Err(e) => {
+                    self.abandon(p, pool);
+                    Err(e)
+                }
+            },
+            other => other,
+        };
+        std::thread::scope(|s| {
+            let commit = std::thread::Builder::new()
+                .name("snapvol-commit".into())
+                .spawn_scoped(s, finish);
+            match commit {
+                Ok(commit) => {
+                    let next = copied(next, pool);
+                    let (done, buf) = commit
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    (done, buf, next)
+                }
+                Err(e) => {
+                    tracing::debug!(volume = %self.name, error = %e, "no thread for a batch's commit: one batch after the other");
+                    let (done, buf) = finish();
+                    (done, buf, copied(next, pool))
+                }
+            }
+        })
+    }
+
+    /// The accounting of a batch's end: its figures when it destaged something (it `took`
+    /// that long, and the cache drained it in `interval`, shorter when it overlapped the batch
+    /// before), the volume failed by any error but a full file system (which pauses destaging
+    /// until space is freed).
+    fn settle(&self, done: Result<usize>, took: Duration, interval: Duration) -> Result<usize> {
+        match done {
             Ok(0) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
                 Ok(0)
@@ -102,9 +322,8 @@ impl Inner {
             Ok(n) => {
                 self.out_of_space.store(0, Ordering::SeqCst);
                 let s = &self.stats;
-                let took = started.elapsed();
                 s.destage_duration.observe(took);
-                self.pacer.observe(n as u64 * self.geo.chunk(), took);
+                self.pacer.observe(n as u64 * self.geo.chunk(), interval);
                 s.destage_batches.fetch_add(1, Ordering::Relaxed);
                 s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
                 // After the batch's figures: a compaction is not destaging. Its error (not a
@@ -129,9 +348,16 @@ impl Inner {
         }
     }
 
-    fn destage_batch_inner(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
-        let mut scratch = self.destage_lock.lock();
-        self.check_writable()?;
+    /// The start of a batch: takes up to [`MAX_BATCH`] (or a quarter of the cache) of dirty chunks not in `busy` (of those
+    /// holding writes that skipped the journal in flush generation `unjournaled_upto` or
+    /// older, when given), plans what each must preserve and allocates the copies' slots.
+    /// `None`: nothing to destage.
+    fn prepare(
+        &self,
+        busy: &[ChunkIndex],
+        unjournaled_upto: Option<u64>,
+    ) -> Result<Option<Prepared>> {
+        let started = Instant::now();
         // A snapshot whose journal record is not durable yet must not be named by a
         // preservation (recovery would find a copy for a snapshot it does not know): writes
         // of its epoch wait. Journaled writes of that epoch wait anyway (their records follow
@@ -145,19 +371,18 @@ impl Inner {
             .min()
             .unwrap_or(crate::units::Epoch::LIVE);
         let batch = self.cache.collect(
-            MAX_BATCH,
+            MAX_BATCH.min(self.cache.limit() / 4),
             Pick {
                 below,
                 unjournaled_upto,
             },
+            busy,
         );
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let table = self.table.load_full();
         let nblocks = self.geo.blocks_per_chunk();
-        let chunk = self.geo.chunk_size as usize;
-
         // Plan (pure): which images each chunk must preserve, for which snapshots.
         let plans: Vec<_> = batch
             .iter()
@@ -172,170 +397,244 @@ impl Inner {
             })
             .collect();
         let copies: u64 = plans.iter().map(|p| p.preserve.len() as u64).sum();
-
-        let mut placed = Vec::with_capacity(copies as usize);
+        let mut held: u64 = batch
+            .iter()
+            .flat_map(|d| &d.versions)
+            .map(|v| u64::from(v.reserved))
+            .sum();
+        let bytes = batch.iter().map(|d| self.cache.cost_of(d)).sum();
+        let mut runs = Vec::new();
         if copies > 0 {
-            // Destage the originals to the next free target locations, sequentially.
-            // The reservations the batch's writes took become these allocations now, so no
-            // slot is ever counted twice.
-            let mut held: u64 = batch
-                .iter()
-                .flat_map(|d| &d.versions)
-                .map(|v| u64::from(v.reserved))
-                .sum();
-            // Landing reserved a slot for every image a live snapshot needed then, and a
-            // batch can only need fewer (snapshots deleted since): more would be a bug in that
+            // Destage the originals to the next free target locations, sequentially. The
+            // reservations the batch's writes took become these allocations now, so no slot
+            // is ever counted twice.
+            //
+            // Landing reserved a slot for every image a live snapshot needed then, and a batch
+            // can only need fewer (snapshots deleted since): more would be a bug in that
             // argument, and must still fit.
             if copies > held {
                 tracing::warn!(volume = %self.name, copies, held, "a destage batch needs more target slots than its writes reserved");
                 self.reserve(copies - held)?;
                 held = copies;
             }
-            let runs = {
-                let mut meta = self.meta.lock();
-                let runs = meta.alloc.allocate(copies).ok_or_else(|| Error::NoSpace {
-                    detail: format!("the target cannot hold {copies} more preserved chunks"),
-                })?;
-                // The file system's space for the copies, before anything is written: a full
-                // one gives the slots back and the batch waits (nothing happened).
-                for &(first, n) in &runs {
-                    let off = self.slot_offset(first);
-                    if let Err(e) = self.target.reserve_space(off, n * self.geo.chunk()) {
-                        for &(f, n) in &runs {
-                            (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
-                        }
-                        return Err(Error::io_or_full(
-                            "make room for preserved chunks",
-                            Device::Target,
-                            off,
-                            e,
-                        ));
+            let mut meta = self.meta.lock();
+            runs = meta.alloc.allocate(copies).ok_or_else(|| Error::NoSpace {
+                detail: format!("the target cannot hold {copies} more preserved chunks"),
+            })?;
+            // The file system's space for the copies, before anything is written: a full one
+            // gives the slots back and the batch waits (nothing happened).
+            for &(first, n) in &runs {
+                let off = self.slot_offset(first);
+                if let Err(e) = self.target.reserve_space(off, n * self.geo.chunk()) {
+                    for &(f, n) in &runs {
+                        (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
                     }
+                    return Err(Error::io_or_full(
+                        "make room for preserved chunks",
+                        Device::Target,
+                        off,
+                        e,
+                    ));
                 }
-                self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-                self.stats.preserving.fetch_add(copies, Ordering::SeqCst);
-                self.unreserve(held);
-                runs
-            };
-            // Until the commit below, the batch can still be undone: its slots freed, its
-            // writes' reservations back.
-            let undo = |meta: &mut MetaState| {
-                for &(f, n) in &runs {
-                    (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
-                }
-                self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
-                self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
-                self.reserved.fetch_add(held, Ordering::SeqCst);
-            };
-            let mut slots = runs
+            }
+            self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+            self.stats.preserving.fetch_add(copies, Ordering::SeqCst);
+            self.unreserve(held);
+        }
+        Ok(Some(Prepared {
+            batch,
+            plans,
+            copies,
+            placed: Vec::with_capacity(copies as usize),
+            runs,
+            held,
+            bytes,
+            scratch: AlignedBuf::default(),
+            started,
+        }))
+    }
+
+    /// The rest of a batch's first half: reads the originals its copies need, composes the
+    /// copies in a buffer from `pool` and writes them to their slots. Nothing is committed: a
+    /// crash from here leaves the slots free, as [`Inner::abandon`] does.
+    fn copy(&self, prepared: &mut Prepared, pool: &mut Vec<AlignedBuf>) -> Result<()> {
+        let mut scratch = pool.pop().unwrap_or_default();
+        let copied = self.copy_into(prepared, &mut scratch);
+        prepared.scratch = scratch;
+        copied
+    }
+
+    /// [`Inner::copy`], in `scratch`.
+    fn copy_into(&self, prepared: &mut Prepared, scratch: &mut AlignedBuf) -> Result<()> {
+        let copies = prepared.copies;
+        if copies == 0 {
+            return Ok(());
+        }
+        let (batch, plans, runs) = (&prepared.batch, &prepared.plans, &prepared.runs);
+        let chunk = self.geo.chunk_size as usize;
+        let mut slots = runs
+            .iter()
+            .flat_map(|&(s, n)| (0..n).map(move |i| TargetSlot(s.0 + i)));
+        // Copy i goes to the i-th allocated slot: one buffer, cut into the runs below. Every
+        // byte of it is written (read or composed) before it is used. A chunk with one copy
+        // that needs the source (the common case) has its original read straight into that
+        // copy's place, and the cached versions the copy holds laid over it; a chunk with
+        // several has its original read once into a buffer of its own, after the copies, and
+        // each copy composed from it.
+        let originals: Vec<Original> = plans
+            .iter()
+            .scan((0usize, 0usize), |(next, shared), plan| {
+                let o = if !plan.needs_source {
+                    Original::NotNeeded
+                } else if plan.preserve.len() == 1 {
+                    Original::InPlace(*next)
+                } else {
+                    *shared += 1;
+                    Original::Shared(*shared - 1)
+                };
+                *next += plan.preserve.len();
+                Some(o)
+            })
+            .collect();
+        let shared = originals
+            .iter()
+            .filter(|o| matches!(o, Original::Shared(_)))
+            .count();
+        let area_len = copies as usize * chunk;
+        let need = area_len + shared * chunk;
+        scratch.ensure(need);
+        let (area, sources) = scratch[..need].split_at_mut(area_len);
+        // Every original the batch needs, read at once (a network VLUN keeps them all in
+        // flight).
+        {
+            let mut copies_at: Vec<Option<&mut [u8]>> = area.chunks_mut(chunk).map(Some).collect();
+            let mut sources_at: Vec<Option<&mut [u8]>> =
+                sources.chunks_mut(chunk).map(Some).collect();
+            let mut reads: Vec<(u64, &mut [u8])> = batch
                 .iter()
-                .flat_map(|&(s, n)| (0..n).map(move |i| TargetSlot(s.0 + i)));
-            // Copy i goes to the i-th allocated slot: one buffer, cut into the runs below.
-            // Every byte of it is written (read or composed) before it is used. A chunk with
-            // one copy that needs the source (the common case) has its original read straight
-            // into that copy's place, and the cached versions the copy holds laid over it; a
-            // chunk with several has its original read once into a buffer of its own, after
-            // the copies, and each copy composed from it.
-            let originals: Vec<Original> = plans
-                .iter()
-                .scan((0usize, 0usize), |(next, shared), plan| {
-                    let o = if !plan.needs_source {
-                        Original::NotNeeded
-                    } else if plan.preserve.len() == 1 {
-                        Original::InPlace(*next)
-                    } else {
-                        *shared += 1;
-                        Original::Shared(*shared - 1)
+                .zip(&originals)
+                .filter_map(|(d, o)| {
+                    let buf = match *o {
+                        Original::NotNeeded => return None,
+                        Original::InPlace(i) => copies_at[i].take(),
+                        Original::Shared(i) => sources_at[i].take(),
                     };
-                    *next += plan.preserve.len();
-                    Some(o)
+                    Some((
+                        self.source_offset(d.chunk),
+                        buf.expect("one read per buffer"),
+                    ))
                 })
                 .collect();
-            let shared = originals
-                .iter()
-                .filter(|o| matches!(o, Original::Shared(_)))
-                .count();
-            let area_len = copies as usize * chunk;
-            let need = area_len + shared * chunk;
-            scratch.ensure(need);
-            let (area, sources) = scratch[..need].split_at_mut(area_len);
-            // Every original the batch needs, read at once (a network VLUN keeps them all in
-            // flight).
-            {
-                let mut copies_at: Vec<Option<&mut [u8]>> =
-                    area.chunks_mut(chunk).map(Some).collect();
-                let mut sources_at: Vec<Option<&mut [u8]>> =
-                    sources.chunks_mut(chunk).map(Some).collect();
-                let mut reads: Vec<(u64, &mut [u8])> = batch
-                    .iter()
-                    .zip(&originals)
-                    .filter_map(|(d, o)| {
-                        let buf = match *o {
-                            Original::NotNeeded => return None,
-                            Original::InPlace(i) => copies_at[i].take(),
-                            Original::Shared(i) => sources_at[i].take(),
-                        };
-                        Some((
-                            self.source_offset(d.chunk),
-                            buf.expect("one read per buffer"),
-                        ))
-                    })
-                    .collect();
-                let first = reads.first().map_or(0, |r| r.0);
-                self.source
-                    .read_many(&mut reads)
-                    .map_err(|e| Error::io("read originals", Device::Source, first, e))?;
-            }
-            let mut next = 0;
-            for ((d, plan), original) in batch.iter().zip(&plans).zip(&originals) {
-                let src = match *original {
-                    Original::Shared(i) => Some(&sources[i * chunk..(i + 1) * chunk]),
-                    _ => None,
-                };
-                for pres in &plan.preserve {
-                    let slot = slots.next().expect("allocated one slot per copy");
-                    let buf = &mut area[next * chunk..(next + 1) * chunk];
-                    if matches!(original, Original::InPlace(_)) {
-                        destage::overlay(&d.versions[..pres.image], buf);
-                    } else {
-                        destage::compose(&d.versions[..pres.image], src, 0, buf);
-                    }
-                    placed.push(destage::Placed {
-                        chunk: d.chunk,
-                        slot,
-                        lo: pres.lo,
-                        hi: pres.hi,
-                        crc: crc32c::crc32c(buf),
-                    });
-                    next += 1;
+            let first = reads.first().map_or(0, |r| r.0);
+            self.source
+                .read_many(&mut reads)
+                .map_err(|e| Error::io("read originals", Device::Source, first, e))?;
+        }
+        let mut next = 0;
+        let mut placed = Vec::with_capacity(copies as usize);
+        for ((d, plan), original) in batch.iter().zip(plans).zip(&originals) {
+            let src = match *original {
+                Original::Shared(i) => Some(&sources[i * chunk..(i + 1) * chunk]),
+                _ => None,
+            };
+            for pres in &plan.preserve {
+                let slot = slots.next().expect("allocated one slot per copy");
+                let buf = &mut area[next * chunk..(next + 1) * chunk];
+                if matches!(original, Original::InPlace(_)) {
+                    destage::overlay(&d.versions[..pres.image], buf);
+                } else {
+                    destage::compose(&d.versions[..pres.image], src, 0, buf);
                 }
+                placed.push(destage::Placed {
+                    chunk: d.chunk,
+                    slot,
+                    lo: pres.lo,
+                    hi: pres.hi,
+                    crc: crc32c::crc32c(buf),
+                });
+                next += 1;
             }
-            // The copies, a write per run of consecutive slots, all at once.
-            let mut writes = Vec::with_capacity(runs.len());
-            let mut at = 0;
-            for &(first, n) in &runs {
-                let len = n as usize * chunk;
-                writes.push((self.slot_offset(first), &area[at..at + len]));
-                at += len;
-            }
-            let first = self.slot_offset(runs[0].0);
-            // Cold data: past the page cache where the target allows (the scratch buffer is
-            // aligned for it); the target sync of the commit makes it durable either way.
-            self.target
-                .write_cold(&writes)
-                .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
-            // Every affected snapshot's log and bitmap now point at the copies: commit.
-            let records = destage::records(&placed);
+        }
+        // The copies, a write per run of consecutive slots, all at once.
+        let mut writes = Vec::with_capacity(runs.len());
+        let mut at = 0;
+        for &(first, n) in runs {
+            let len = n as usize * chunk;
+            writes.push((self.slot_offset(first), &area[at..at + len]));
+            at += len;
+        }
+        let first = self.slot_offset(runs[0].0);
+        // Cold data: past the page cache where the target allows (the scratch buffer is
+        // aligned for it); the target sync of the commit makes it durable either way.
+        self.target
+            .write_cold(&writes)
+            .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
+        prepared.placed = placed;
+        Ok(())
+    }
+
+    /// Gives back what a prepared batch took (its slots, its writes' reservations) without
+    /// committing it: its copies, if written, are left in free slots, as a crash would leave
+    /// them, and its chunks stay dirty for a later batch.
+    fn abandon(&self, prepared: Prepared, pool: &mut Vec<AlignedBuf>) {
+        if prepared.copies > 0 {
+            self.undo(&mut self.meta.lock(), &prepared);
+        }
+        pool.push(prepared.scratch);
+    }
+
+    /// Frees the slots of a prepared batch that preserves something, and gives its writes
+    /// their reservations back.
+    fn undo(&self, meta: &mut MetaState, prepared: &Prepared) {
+        for &(f, n) in &prepared.runs {
+            (0..n).for_each(|i| meta.alloc.free(TargetSlot(f.0 + i)));
+        }
+        self.slots_used.store(meta.alloc.used(), Ordering::SeqCst);
+        self.stats
+            .preserving
+            .fetch_sub(prepared.copies, Ordering::SeqCst);
+        self.reserved.fetch_add(prepared.held, Ordering::SeqCst);
+    }
+
+    /// The second half of a batch: every affected snapshot's log and bitmap pointed at the
+    /// copies (the commit), then the new data written to the source (claims 21, 23) and the
+    /// dirty designations cleared. Returns the number of chunks destaged, and the batch's
+    /// buffer.
+    fn finish(&self, prepared: Prepared) -> (Result<usize>, AlignedBuf) {
+        if let Err(e) = self.commit_batch(&prepared) {
+            return (Err(e), prepared.scratch);
+        }
+        let Prepared {
+            batch, mut scratch, ..
+        } = prepared;
+        let done = self.write_back(batch, &mut scratch);
+        // An unusually large buffer is given back once the batch is done with it.
+        if scratch.len() > 2 * MAX_BATCH as usize {
+            scratch = AlignedBuf::default();
+        }
+        (done, scratch)
+    }
+
+    /// Commits the pointers to a prepared batch's copies (nothing to commit if it preserves
+    /// nothing), and turns its writes' reservations into the copies' allocations.
+    fn commit_batch(&self, prepared: &Prepared) -> Result<()> {
+        let copies = prepared.copies;
+        debug_assert_eq!(prepared.placed.len() as u64, copies, "copies written");
+        if copies == 0 {
+            // Nothing to preserve: what the batch's writes reserved is not needed.
+            self.unreserve(prepared.held);
+        } else {
+            let records = destage::records(&prepared.placed);
             let mut meta = self.meta.lock();
             if let Err(e) = self.commit_locked(&mut meta, records) {
                 // A full file system refuses the metadata before anything is written; any
                 // other failure has failed the volume.
                 if matches!(e, Error::DeviceFull { .. }) {
-                    undo(&mut meta);
+                    self.undo(&mut meta, prepared);
                 }
                 return Err(e);
             }
-            for p in &placed {
+            for p in &prepared.placed {
                 self.index.insert(
                     p.chunk,
                     Entry {
@@ -348,33 +647,20 @@ impl Inner {
             }
             self.stats.preserving.fetch_sub(copies, Ordering::SeqCst);
             drop(meta);
-            // The batch's reservations are allocations now.
-            batch
-                .iter()
-                .for_each(|d| self.cache.consume_reservations(d));
             self.stats.copies_made.fetch_add(copies, Ordering::Relaxed);
-        } else {
-            // Nothing to preserve: what the batch's writes reserved is not needed.
-            let held: u64 = batch
-                .iter()
-                .flat_map(|d| &d.versions)
-                .map(|v| u64::from(v.reserved))
-                .sum();
-            self.unreserve(held);
-            batch
-                .iter()
-                .for_each(|d| self.cache.consume_reservations(d));
         }
+        // The batch's reservations are allocations now, or not needed.
+        prepared
+            .batch
+            .iter()
+            .for_each(|d| self.cache.consume_reservations(d));
+        Ok(())
+    }
 
-        // New data to the source (claims 21, 23), then the dirty designations cleared. A
-        // failure leaves every chunk of the batch dirty: the next batch writes them again.
-        // The scratch buffer serves the copies, then the composed source writes; an unusually
-        // large one is given back once both are done.
-        let written = self.write_source(&batch, nblocks, &mut scratch);
-        if scratch.len() > 2 * MAX_BATCH as usize {
-            *scratch = AlignedBuf::default();
-        }
-        written?;
+    /// Writes a committed batch's new data to the source, then clears the dirty designations.
+    /// A failure leaves every chunk of the batch dirty: the next batch writes them again.
+    fn write_back(&self, mut batch: Vec<DirtyChunk>, scratch: &mut AlignedBuf) -> Result<usize> {
+        self.write_source(&batch, self.geo.blocks_per_chunk(), scratch)?;
         // Counted before the versions leave the cache: a FLUSH that finds them gone then
         // knows the source holds data not yet synced.
         if batch
@@ -383,7 +669,6 @@ impl Inner {
         {
             self.source_written.fetch_add(1, Ordering::SeqCst);
         }
-        let mut batch = batch;
         for d in &mut batch {
             self.cache.retire(d);
         }

@@ -201,6 +201,8 @@ struct Stats {
     destage_batches: AtomicU64,
     destaged_chunks: AtomicU64,
     destage_duration: Histogram,
+    /// Batches whose copies were written while the batch before them committed.
+    destage_overlapped: AtomicU64,
     /// How long write requests waited for cache room (`make_room`) or were paced (`pacing`).
     cache_wait: Histogram,
     snapshots_created: AtomicU64,
@@ -248,9 +250,9 @@ struct Inner {
     reserved: AtomicU64,
     /// Slot count below which a reservation needs no look at the file system's free space.
     capacity_hint: AtomicU64,
-    /// Serializes destage batches with snapshot deletion; holds the buffer a batch gathers its
-    /// preserved copies in, kept from batch to batch (no fresh zeroed pages each time).
-    destage_lock: Mutex<crate::vlun::AlignedBuf>,
+    /// Serializes destage batches with snapshot deletion and checks; holds the buffers batches
+    /// gather their preserved copies in.
+    destage_lock: destager::DestageLock,
     /// Serializes snapshot creation and deletion.
     admin_lock: Mutex<()>,
     /// The compaction whose fresh chain may be written (0: none); held while it is written,
@@ -640,6 +642,7 @@ impl Volume {
             journal_used_bytes: get(&i.journal_used),
             journal_size_bytes: i.journal_ring,
             destage_batches: get(&s.destage_batches),
+            destage_overlapped: get(&s.destage_overlapped),
             destaged_chunks: get(&s.destaged_chunks),
             destage_duration: s.destage_duration.snapshot(),
             cache_wait: s.cache_wait.snapshot(),

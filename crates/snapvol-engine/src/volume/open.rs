@@ -309,7 +309,7 @@ impl Volume {
             slots_used: AtomicU64::new(slots_used),
             reserved: AtomicU64::new(0),
             capacity_hint: AtomicU64::new(0),
-            destage_lock: Mutex::new(Default::default()),
+            destage_lock: Default::default(),
             admin_lock: Mutex::new(()),
             compact_write: Mutex::new(0),
             compact_ids: AtomicU64::new(0),

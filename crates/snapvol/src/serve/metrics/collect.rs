@@ -82,7 +82,7 @@ impl Gather {
         };
         use MetricType::{Counter, Gauge, Histogram};
         use Sample::{Count, Times, Value};
-        let families: [VolumeFamily<'_>; 21] = [
+        let families: [VolumeFamily<'_>; 22] = [
             ("snapvol_volume_size_bytes", "Size of the volume.", Gauge, per(&|s, _| Value(s))),
             (
                 "snapvol_volume_failed",
@@ -162,6 +162,12 @@ impl Gather {
                 "Chunks destaged to the source since the volume was opened.",
                 Counter,
                 per(&|_, m| Count(m.destaged_chunks)),
+            ),
+            (
+                "snapvol_destage_overlapped_batches",
+                "Destage batches whose preserved copies were written while the batch before them committed.",
+                Counter,
+                per(&|_, m| Count(m.destage_overlapped)),
             ),
             (
                 "snapvol_destage_batch_duration_seconds",

@@ -60,6 +60,16 @@ impl DestageLock {
     }
 }
 
+/// How a run of batches waits for the destage lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// The destager's own rounds: after whoever holds it or asks for it.
+    Background,
+    /// Someone who needs the chunks destaged now (a FLUSH, a full journal, recovery, a
+    /// close): a background run under way hands the lock over between two batches.
+    Asked,
+}
+
 /// A destage batch before its commit: taken, planned and its copies' slots allocated
 /// ([`Inner::prepare`]), then its copies written ([`Inner::copy`]). Nothing of it is durable or
 /// visible; [`Inner::abandon`] gives it all back.
@@ -107,7 +117,7 @@ impl Inner {
     pub(super) fn destage_round(&self) -> Result<()> {
         self.journal_flush()?;
         let light = self.cache.limit() / 8;
-        self.destage_while(|in_flight| {
+        self.destage_while(Turn::Background, None, |in_flight| {
             !self.shutdown.load(Ordering::SeqCst)
                 && self.cache.dirty_bytes().saturating_sub(in_flight) >= light
         })?;
@@ -124,7 +134,7 @@ impl Inner {
     /// that is the volume, usable without snapvol.
     pub(super) fn drain(&self) -> Result<()> {
         self.journal_flush()?;
-        self.destage_while(|_| true)?;
+        self.destage_dirty()?;
         self.reclaim_journal(true)?;
         // Writes that skipped the journal (write mode throughput) were just written to the
         // source: the head's move syncs it only if the journal held something, and a clean
@@ -135,9 +145,9 @@ impl Inner {
             .map_err(|e| Error::io("sync", Device::Target, 0, e))
     }
 
-    /// One destage batch (claims 14–16): preserve originals once each for every snapshot that
-    /// needs them, commit the pointers, then write the new data to the source and clear the
-    /// dirty designations. Returns the number of chunks destaged.
+    /// Destages every dirty chunk that may be destaged, in batches (claims 14–16): each
+    /// preserves originals once each for every snapshot that needs them, commits the
+    /// pointers, then writes the new data to the source and clears the dirty designations.
     ///
     /// A file system that runs out of space costs the batch, not the volume: before anything
     /// is committed nothing of the batch counts (its slots go back), after the commit the
@@ -145,43 +155,28 @@ impl Inner {
     /// redoes them (the writes are idempotent; the originals are preserved already). The error
     /// is [`Error::DeviceFull`]; the volume stays writable and destaging resumes once space is
     /// freed.
-    pub(super) fn destage_batch(&self) -> Result<usize> {
-        self.destage_batch_of(None)
-    }
-
-    /// [`Inner::destage_batch`] of the chunks holding writes that skipped the journal in
-    /// flush generation `unjournaled_upto` or an older one (write mode throughput), when
-    /// given; otherwise of any dirty chunks, lowest first.
-    pub(super) fn destage_batch_of(&self, unjournaled_upto: Option<u64>) -> Result<usize> {
-        let started = Instant::now();
-        let done = {
-            let mut scratch = self.destage_lock.lock();
-            self.check_writable()
-                .and_then(|()| self.prepare(&[], unjournaled_upto))
-                .and_then(|prepared| match prepared {
-                    None => Ok(0),
-                    Some(mut p) => {
-                        if let Err(e) = self.copy(&mut p, &mut scratch) {
-                            self.abandon(p, &mut scratch);
-                            return Err(e);
-                        }
-                        let (done, buf) = self.finish(p);
-                        scratch.push(buf);
-                        done
-                    }
-                })
-        };
-        let took = started.elapsed();
-        self.settle(done, took, took)
+    pub(super) fn destage_dirty(&self) -> Result<()> {
+        self.destage_while(Turn::Asked, None, |_| true)
     }
 
     /// Destages batches for as long as `go_on(bytes the batch under way frees)` says and dirty
-    /// chunks are left, each batch's copies written while the one before commits. Someone
-    /// waiting for the destage lock gets it between two batches (none prepared), and the run
-    /// then goes on. An error ends the run; a batch prepared meanwhile is given back.
-    pub(super) fn destage_while(&self, go_on: impl Fn(u64) -> bool) -> Result<()> {
+    /// chunks are left, each batch's copies written while the one before commits: of the
+    /// chunks holding writes that skipped the journal in flush generation `unjournaled_upto`
+    /// or an older one (write mode throughput), when given, otherwise of any dirty chunks,
+    /// lowest first. Someone waiting for the destage lock gets it between two batches (none
+    /// prepared), and the run then goes on. An error ends the run; a batch prepared meanwhile
+    /// is given back.
+    pub(super) fn destage_while(
+        &self,
+        turn: Turn,
+        unjournaled_upto: Option<u64>,
+        go_on: impl Fn(u64) -> bool,
+    ) -> Result<()> {
         loop {
-            let mut scratch = self.destage_lock.scratch.lock();
+            let mut scratch = match turn {
+                Turn::Asked => self.destage_lock.lock(),
+                Turn::Background => self.destage_lock.scratch.lock(),
+            };
             let mut next: Option<Prepared> = None;
             // When the last batch retired: the cache drains a batch per interval between
             // retirements, which is shorter than a batch's own time when two overlap.
@@ -197,7 +192,7 @@ impl Inner {
                 let current = match next.take() {
                     Some(p) => p,
                     None => {
-                        let mut p = match self.prepare(&[], None) {
+                        let mut p = match self.prepare(&[], unjournaled_upto) {
                             Ok(Some(p)) => p,
                             Ok(None) => break false,
                             Err(e) => {
@@ -217,21 +212,25 @@ impl Inner {
                 };
                 let more = go_on(current.bytes) && !self.destage_lock.wanted();
                 // The next batch is taken and its slots allocated before this one commits
-                // (the commit holds the metadata lock throughout its syncs).
-                let prepared = if more {
+                // (the commit holds the metadata lock throughout its syncs). Without the
+                // background destager every I/O stays on the caller's thread, in an order that
+                // depends only on the calls made: one batch after the other.
+                let overlapping = more && self.background_destage;
+                let prepared = if overlapping {
                     let busy: Vec<ChunkIndex> = current.batch.iter().map(|d| d.chunk).collect();
-                    self.prepare(&busy, None)
+                    self.prepare(&busy, unjournaled_upto)
                 } else {
                     Ok(None)
                 };
                 let started = current.started;
-                let (done, buf, prepared) = self.overlap(current, prepared, &mut scratch);
+                let (done, buf, prepared) =
+                    self.overlap(current, prepared, overlapping, &mut scratch);
                 scratch.push(buf);
                 let now = Instant::now();
                 let took = now - started;
                 let interval = last_done.map_or(took, |l| (now - l).min(took));
                 last_done = Some(now);
-                if matches!(prepared, Ok(Some(_))) {
+                if overlapping && matches!(prepared, Ok(Some(_))) {
                     self.stats
                         .destage_overlapped
                         .fetch_add(1, Ordering::Relaxed);
@@ -265,12 +264,14 @@ impl Inner {
     }
 
     /// Finishes `current` on a thread of its own while this one writes the copies of `next`
-    /// (when there is one); without a thread, one after the other. Returns what finishing
-    /// `current` returned, and `next` ready to finish (or given back if its copies failed).
+    /// (when there is one, and `parallel`); otherwise, or without a thread, one after the
+    /// other. Returns what finishing `current` returned, and `next` ready to finish (or given
+    /// back if its copies failed).
     fn overlap(
         &self,
         current: Prepared,
         next: Result<Option<Prepared>>,
+        parallel: bool,
         pool: &mut Vec<AlignedBuf>,
     ) -> (Result<usize>, AlignedBuf, Result<Option<Prepared>>) {
         let handed = Mutex::new(Some(current));
@@ -288,6 +289,10 @@ impl Inner {
             },
             other => other,
         };
+        if !parallel {
+            let (done, buf) = finish();
+            return (done, buf, copied(next, pool));
+        }
         std::thread::scope(|s| {
             let commit = std::thread::Builder::new()
                 .name("snapvol-commit".into())

@@ -12,6 +12,7 @@ use crate::journal::{JournalHead, Request};
 use crate::metadata::SnapshotMeta;
 use crate::units::{Epoch, WriteMode};
 
+use super::destager::Turn;
 use super::{millis, Inner, JOURNAL_EAGER, STAGING_SHARDS};
 
 impl Inner {
@@ -59,9 +60,7 @@ impl Inner {
         // landing from now on go to the next, and this FLUSH need not wait for them.
         let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst);
         loop {
-            if self.destage_batch_of(Some(generation))? > 0 {
-                continue;
-            }
+            self.destage_while(Turn::Asked, Some(generation), |_| true)?;
             if !self.cache.holds_unjournaled(generation) {
                 break;
             }
@@ -177,7 +176,7 @@ impl Inner {
                 // Make room: destage everything already journaled and move the head past it.
                 drop(journal);
                 let made_room = (|| {
-                    while self.destage_batch()? > 0 {}
+                    self.destage_dirty()?;
                     self.reclaim_journal(true)
                 })();
                 if let Err(e @ Error::DeviceFull { .. }) = made_room {

@@ -26,7 +26,7 @@ impl Inner {
     /// puts it on the right side of them.
     pub(super) fn recover(&self, records: Vec<JournalRecord>, created_seq: u64) -> Result<()> {
         let (n, bytes, snapshots) = self.replay(records, created_seq)?;
-        while self.destage_batch()? > 0 {}
+        self.destage_dirty()?;
         // Persist a head past everything replayed, with the journal's new sequence numbers
         // (and the recovered snapshots in the metadata log).
         let mut journal = self.journal.lock();
@@ -132,7 +132,7 @@ impl Inner {
             } else {
                 self.land(&req, &mut |n| self.reserve(n), |_, _| ())?;
                 if self.cache.dirty_bytes() > self.cache.limit() / 2 {
-                    while self.destage_batch()? > 0 {}
+                    self.destage_dirty()?;
                 }
             }
         }

@@ -6,12 +6,13 @@
 //! copies' slots ([`Inner::prepare`]), then reads the originals and writes the copies
 //! ([`Inner::copy`]); nothing of it is durable or visible yet, and [`Inner::abandon`] gives it
 //! all back. The second ([`Inner::finish`]) commits the pointers to the copies, then writes the
-//! new data to the source and retires the chunks from the cache. A run of batches
-//! ([`Inner::destage_while`]) overlaps them: batch *k* + 1's copies are written while batch *k*
-//! commits, so that the disk has the next batch's copies to write while the commit's syncs
-//! wait, instead of idling between the two. The batches take disjoint chunks (a batch's
+//! new data to the source and retires the chunks from the cache. In write mode throughput a run
+//! of batches ([`Inner::destage_while`]) overlaps them: batch *k* + 1's copies are written while
+//! batch *k* commits, so that the disk has the next batch's copies to write while the commit's
+//! syncs wait, instead of idling between the two. The batches take disjoint chunks (a batch's
 //! collection leaves the chunks of the one under way alone), so their order on the source does
-//! not matter, and their commits stay in order: each half runs one batch at a time.
+//! not matter, and their commits stay in order: each half runs one batch at a time. (Atomic
+//! mode runs the halves in turn: see `destage_while`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -212,10 +213,17 @@ impl Inner {
                 };
                 let more = go_on(current.bytes) && !self.destage_lock.wanted();
                 // The next batch is taken and its slots allocated before this one commits
-                // (the commit holds the metadata lock throughout its syncs). Without the
-                // background destager every I/O stays on the caller's thread, in an order that
-                // depends only on the calls made: one batch after the other.
-                let overlapping = more && self.background_destage;
+                // (the commit holds the metadata lock throughout its syncs). Only in write mode
+                // throughput, where a FLUSH waits for destaging: in atomic mode a FLUSH, a FUA
+                // write or a snapshot waits for a journal sync instead, and copies always in
+                // the disk's queue put every such sync behind them (W5's snapshot p99 under
+                // load doubled) for no throughput (atomic mode writes every byte three times
+                // and was at the disk's ceiling already). And without the background destager
+                // every I/O stays on the caller's thread, in an order that depends only on the
+                // calls made: one batch after the other.
+                let overlapping = more
+                    && self.background_destage
+                    && self.write_mode == crate::units::WriteMode::Throughput;
                 let prepared = if overlapping {
                     let busy: Vec<ChunkIndex> = current.batch.iter().map(|d| d.chunk).collect();
                     self.prepare(&busy, unjournaled_upto)

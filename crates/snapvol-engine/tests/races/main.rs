@@ -550,26 +550,27 @@ fn snapshots_never_change_while_writers_race_and_the_file_systems_fill_up_and_ar
     race_then_verify(true);
 }
 
-/// The same race with destage batches that overlap: each batch's copies are written while the
-/// batch before it commits, into chunks the writers race into. Nothing changes for any
-/// snapshot, and batches did overlap.
+/// The same race with destage batches that overlap (write mode throughput, where they do):
+/// each batch's copies are written while the batch before it commits, into chunks the writers
+/// race into, large writes skipping the journal among them. Nothing changes for any snapshot,
+/// what the cold chunks' writer flushed is there, and batches did overlap.
 #[test]
 fn snapshots_never_change_while_destage_batches_overlap_their_commits() {
-    let overlapped = race_then_verify_with(false, OVERLAP_CACHE);
+    let overlapped = race_then_verify_with(false, WriteMode::Throughput, OVERLAP_CACHE);
     assert!(overlapped > 0, "no destage batch overlapped the one before");
 }
 
 fn race_then_verify(fill: bool) {
-    race_then_verify_with(fill, options().cache_size);
+    race_then_verify_with(fill, WriteMode::Atomic, options().cache_size);
 }
 
-/// Races four rounds with a cache of `cache_size`, verifying each; returns how many destage
-/// batches overlapped the batch before them.
-fn race_then_verify_with(fill: bool, cache_size: u64) -> u64 {
+/// Races four rounds in write mode `mode` with a cache of `cache_size`, verifying each; returns
+/// how many destage batches overlapped the batch before them.
+fn race_then_verify_with(fill: bool, mode: WriteMode, cache_size: u64) -> u64 {
     let (mut refused, mut overlapped) = (0, 0);
     for round in 0..4u64 {
         let dev = Devices::blank(SIZE);
-        let vol = create_with_cache(&dev, SIZE, CHUNK, WriteMode::Atomic, cache_size);
+        let vol = create_with_cache(&dev, SIZE, CHUNK, mode, cache_size);
         // Meanwhile `check` looks at the open volume again and again: what is durable is
         // always consistent, whatever is going on.
         let racing = AtomicBool::new(true);
@@ -612,6 +613,9 @@ fn race_then_verify_with(fill: bool, cache_size: u64) -> u64 {
         vol.destage_all().expect("destage everything");
         for snap in &history.live {
             assert_unchanged(&vol, snap, &format!("(round {round}) after destaging"));
+        }
+        if let Some(flushed) = &history.flushed {
+            flushed.assert_present(&vol, &format!("(round {round}) after destaging"));
         }
         overlapped += vol.metrics().destage_overlapped;
         for snap in &history.deleted {
@@ -660,12 +664,13 @@ fn in_write_mode_throughput_snapshots_and_flushed_data_survive_a_power_loss_amid
     power_loss_then_verify_in(12, false, WriteMode::Throughput);
 }
 
-/// The power goes at a random moment of a race whose destage batches overlap: a commit under
+/// The power goes at a random moment of a race whose destage batches overlap (write mode
+/// throughput, large writes and FLUSHes racing with small writes): a commit under
 /// way with the next batch's copies half written, or the copies whole and not committed, lose
 /// nothing and leave no slot taken.
 #[test]
 fn snapshots_survive_a_power_loss_while_destage_batches_overlap_their_commits() {
-    let overlapped = power_loss_then_verify_with(12, false, WriteMode::Atomic, OVERLAP_CACHE);
+    let overlapped = power_loss_then_verify_with(12, false, WriteMode::Throughput, OVERLAP_CACHE);
     assert!(overlapped > 0, "no destage batch overlapped the one before");
 }
 

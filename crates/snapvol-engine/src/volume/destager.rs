@@ -192,24 +192,17 @@ impl Inner {
                 }
                 let current = match next.take() {
                     Some(p) => p,
-                    None => {
-                        let mut p = match self.prepare(&[], unjournaled_upto) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => break false,
-                            Err(e) => {
-                                return self
-                                    .settle(Err(e), Duration::ZERO, Duration::ZERO)
-                                    .map(drop)
-                            }
-                        };
-                        if let Err(e) = self.copy(&mut p, &mut scratch) {
-                            self.abandon(p, &mut scratch);
-                            return self
-                                .settle(Err(e), Duration::ZERO, Duration::ZERO)
-                                .map(drop);
+                    None => match self.prepare(&[], unjournaled_upto) {
+                        Ok(Some(p)) => self
+                            .copy_or_abandon(p, &mut scratch)
+                            .map_err(|e| self.batch_failed(e))?,
+                        Ok(None) => {
+                            // Nothing to destage: nothing waits for space either.
+                            self.out_of_space.store(0, Ordering::SeqCst);
+                            break false;
                         }
-                        p
-                    }
+                        Err(e) => return Err(self.batch_failed(e)),
+                    },
                 };
                 let more = go_on(current.bytes) && !self.destage_lock.wanted();
                 // The next batch is taken and its slots allocated before this one commits
@@ -243,8 +236,11 @@ impl Inner {
                         .destage_overlapped
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                let prepared = match self.settle(done, took, interval) {
-                    Ok(_) => prepared,
+                let prepared = match done
+                    .map_err(|e| self.batch_failed(e))
+                    .and_then(|n| self.batch_done(n, took, interval))
+                {
+                    Ok(()) => prepared,
                     Err(e) => {
                         if let Ok(Some(p)) = prepared {
                             self.abandon(p, &mut scratch);
@@ -257,11 +253,7 @@ impl Inner {
                     // Nothing but the chunks under way was left: look again now they retired.
                     Ok(None) if more => {}
                     Ok(None) => break self.destage_lock.wanted(),
-                    Err(e) => {
-                        return self
-                            .settle(Err(e), Duration::ZERO, Duration::ZERO)
-                            .map(drop)
-                    }
+                    Err(e) => return Err(self.batch_failed(e)),
                 }
             };
             if !handing_over {
@@ -282,69 +274,61 @@ impl Inner {
         parallel: bool,
         pool: &mut Vec<AlignedBuf>,
     ) -> (Result<usize>, AlignedBuf, Result<Option<Prepared>>) {
+        // Taken by whichever thread finishes it (a spawn that fails leaves it here).
         let handed = Mutex::new(Some(current));
         let finish = || {
             let p = handed.lock().take().expect("one batch, finished once");
             self.finish(p)
         };
-        let copied = |next: Result<Option<Prepared>>, pool: &mut Vec<AlignedBuf>| match next {
-            Ok(Some(mut p)) => match self.copy(&mut p, pool) {
-                Ok(()) => Ok(Some(p)),
-                Err(e) => {
-                    self.abandon(p, pool);
-                    Err(e)
-                }
-            },
+        let copied = |pool: &mut Vec<AlignedBuf>| match next {
+            Ok(Some(p)) => self.copy_or_abandon(p, pool).map(Some),
             other => other,
         };
-        if !parallel {
-            let (done, buf) = finish();
-            return (done, buf, copied(next, pool));
-        }
         std::thread::scope(|s| {
-            let commit = std::thread::Builder::new()
-                .name("snapvol-commit".into())
-                .spawn_scoped(s, finish);
+            let commit = parallel
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("snapvol-commit".into())
+                        .spawn_scoped(s, finish)
+                        .inspect_err(|e| tracing::debug!(volume = %self.name, error = %e, "no thread for a batch's commit: one batch after the other"))
+                        .ok()
+                })
+                .flatten();
             match commit {
-                Ok(commit) => {
-                    let next = copied(next, pool);
+                Some(commit) => {
+                    let next = copied(pool);
                     let (done, buf) = commit
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p));
                     (done, buf, next)
                 }
-                Err(e) => {
-                    tracing::debug!(volume = %self.name, error = %e, "no thread for a batch's commit: one batch after the other");
+                None => {
                     let (done, buf) = finish();
-                    (done, buf, copied(next, pool))
+                    (done, buf, copied(pool))
                 }
             }
         })
     }
 
-    /// The accounting of a batch's end: its figures when it destaged something (it `took`
-    /// that long, and the cache drained it in `interval`, shorter when it overlapped the batch
-    /// before), the volume failed by any error but a full file system (which pauses destaging
-    /// until space is freed).
-    fn settle(&self, done: Result<usize>, took: Duration, interval: Duration) -> Result<usize> {
-        match done {
-            Ok(0) => {
-                self.out_of_space.store(0, Ordering::SeqCst);
-                Ok(0)
-            }
-            Ok(n) => {
-                self.out_of_space.store(0, Ordering::SeqCst);
-                let s = &self.stats;
-                s.destage_duration.observe(took);
-                self.pacer.observe(n as u64 * self.geo.chunk(), interval);
-                s.destage_batches.fetch_add(1, Ordering::Relaxed);
-                s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
-                // After the batch's figures: a compaction is not destaging. Its error (not a
-                // full file system: that only defers it) has failed the volume already.
-                self.maybe_compact()?;
-                Ok(n)
-            }
-            Err(e @ Error::DeviceFull { device, .. }) => {
+    /// The accounting of a batch that destaged `n` chunks: it `took` that long, and the cache
+    /// drained it in `interval` (shorter when it overlapped the batch before).
+    fn batch_done(&self, n: usize, took: Duration, interval: Duration) -> Result<()> {
+        self.out_of_space.store(0, Ordering::SeqCst);
+        let s = &self.stats;
+        s.destage_duration.observe(took);
+        self.pacer.observe(n as u64 * self.geo.chunk(), interval);
+        s.destage_batches.fetch_add(1, Ordering::Relaxed);
+        s.destaged_chunks.fetch_add(n as u64, Ordering::Relaxed);
+        // After the batch's figures: a compaction is not destaging. Its error (not a full file
+        // system: that only defers it) has failed the volume already.
+        self.maybe_compact()
+    }
+
+    /// The accounting of a batch that failed with `e`, returned: a full file system pauses
+    /// destaging until space is freed, any other error fails the volume.
+    fn batch_failed(&self, e: Error) -> Error {
+        match e {
+            Error::DeviceFull { device, .. } => {
                 if self
                     .out_of_space
                     .swap(device_code(device), Ordering::SeqCst)
@@ -352,19 +336,16 @@ impl Inner {
                 {
                     tracing::warn!(volume = %self.name, error = %e, "destaging paused: no space left; it resumes once space is freed");
                 }
-                Err(e)
             }
-            Err(e) => {
-                self.fail(&e);
-                Err(e)
-            }
+            _ => self.fail(&e),
         }
+        e
     }
 
-    /// The start of a batch: takes up to [`MAX_BATCH`] (or a quarter of the cache) of dirty chunks not in `busy` (of those
-    /// holding writes that skipped the journal in flush generation `unjournaled_upto` or
-    /// older, when given), plans what each must preserve and allocates the copies' slots.
-    /// `None`: nothing to destage.
+    /// The start of a batch: takes up to [`MAX_BATCH`] (or a quarter of the cache) of dirty
+    /// chunks not in `busy` (of those holding writes that skipped the journal in flush
+    /// generation `unjournaled_upto` or older, when given), plans what each must preserve and
+    /// allocates the copies' slots. `None`: nothing to destage.
     fn prepare(
         &self,
         busy: &[ChunkIndex],
@@ -584,6 +565,21 @@ impl Inner {
             .map_err(|e| Error::io("write preserved chunks", Device::Target, first, e))?;
         prepared.placed = placed;
         Ok(())
+    }
+
+    /// [`Inner::copy`]; on failure the batch is given back ([`Inner::abandon`]).
+    fn copy_or_abandon(
+        &self,
+        mut prepared: Prepared,
+        pool: &mut Vec<AlignedBuf>,
+    ) -> Result<Prepared> {
+        match self.copy(&mut prepared, pool) {
+            Ok(()) => Ok(prepared),
+            Err(e) => {
+                self.abandon(prepared, pool);
+                Err(e)
+            }
+        }
     }
 
     /// Gives back what a prepared batch took (its slots, its writes' reservations) without

@@ -101,6 +101,21 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// A pacer that saw the destager drain 320 MiB/s in batches of 100 ms.
+    fn draining_320_mib_s() -> Pacer {
+        let p = Pacer::new();
+        p.observe(32 * MIB, Duration::from_millis(100));
+        p
+    }
+
+    /// What `n` writers of a MiB arriving together at `now` wait, with `dirty` of a 128 MiB
+    /// cache.
+    fn arrivals(p: &Pacer, n: usize, dirty: u64, now: u64) -> Vec<Duration> {
+        (0..n)
+            .map(|_| p.delay_at(MIB, dirty, 128 * MIB, now))
+            .collect()
+    }
+
     #[test]
     fn nobody_waits_until_the_rate_is_known_or_below_a_quarter_of_the_cache() {
         let p = Pacer::new();
@@ -111,13 +126,13 @@ mod tests {
 
     #[test]
     fn writers_at_half_full_are_admitted_at_the_drain_rate_one_after_another() {
-        let p = Pacer::new();
+        let p = draining_320_mib_s();
         // 320 MiB/s: a MiB every 3.125 ms. Four writers arrive together at t = 1 s: each
         // takes the slot after the one before.
-        p.observe(32 * MIB, Duration::from_millis(100));
         let now = 1_000_000_000;
-        let waits: Vec<u64> = (0..4)
-            .map(|_| p.delay_at(MIB, 64 * MIB, 128 * MIB, now).as_micros() as u64)
+        let waits: Vec<u128> = arrivals(&p, 4, 64 * MIB, now)
+            .iter()
+            .map(Duration::as_micros)
             .collect();
         assert_eq!(waits, [3125, 6250, 9375, 12500]);
         // One that comes after those slots have passed waits only for its own.
@@ -127,13 +142,7 @@ mod tests {
 
     #[test]
     fn the_fuller_the_cache_the_slower_writers_are_admitted() {
-        let p = Pacer::new();
-        p.observe(32 * MIB, Duration::from_millis(100));
-        let at = |dirty| {
-            let q = Pacer::new();
-            q.observe(32 * MIB, Duration::from_millis(100));
-            q.delay_at(MIB, dirty, 128 * MIB, 0)
-        };
+        let at = |dirty| draining_320_mib_s().delay_at(MIB, dirty, 128 * MIB, 0);
         assert!(at(40 * MIB) < at(64 * MIB));
         assert!(at(64 * MIB) < at(100 * MIB));
         assert!(at(128 * MIB) <= MAX_PAUSE);
@@ -141,14 +150,14 @@ mod tests {
 
     #[test]
     fn nobody_is_paced_longer_than_a_batch_takes_however_full_the_cache() {
-        let p = Pacer::new();
         // 320 MiB/s in batches of 100 ms. At the limit a MiB would take 20 / 320 s at the
         // floor ratio (62.5 ms): sixteen writers arriving together would get slots a second
         // apart. Each waits at most a batch, the time the cache's bound would make it wait.
-        p.observe(32 * MIB, Duration::from_millis(100));
+        let p = draining_320_mib_s();
         let now = 1_000_000_000;
-        let waits: Vec<u64> = (0..16)
-            .map(|_| p.delay_at(MIB, 128 * MIB, 128 * MIB, now).as_millis() as u64)
+        let waits: Vec<u128> = arrivals(&p, 16, 128 * MIB, now)
+            .iter()
+            .map(Duration::as_millis)
             .collect();
         assert_eq!(waits[0], 62);
         assert!(waits[1..].iter().all(|&w| w == 100), "{waits:?}");

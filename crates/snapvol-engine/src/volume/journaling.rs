@@ -59,7 +59,11 @@ impl Inner {
         // Writes acknowledged before now landed in this generation or an older one; writes
         // landing from now on go to the next, and this FLUSH need not wait for them.
         let generation = self.flush_gen.fetch_add(1, Ordering::SeqCst);
-        loop {
+        // With none of them in the cache there is no destage to ask for, and asking would wait
+        // for the batches of journaled writes under way (a batch that preserves originals takes
+        // a commit's syncs). A chunk a batch has taken stays in the cache until the batch
+        // retires it, so one under way is seen here and waited for.
+        while self.cache.holds_unjournaled(generation) {
             self.destage_while(Turn::Asked, Some(generation), |_| true)?;
             if !self.cache.holds_unjournaled(generation) {
                 break;

@@ -3,10 +3,12 @@
 //! where two images differ instead of dumping megabytes.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use snapvol_engine::units::SnapshotSeq;
+use snapvol_engine::vlun::Vlun;
 use snapvol_engine::{CreateOptions, Store, Volume, VolumeOptions};
 use tempfile::TempDir;
 
@@ -257,4 +259,59 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
         }
     }
     out
+}
+
+/// A VLUN that is `inner` except that every `sync` first runs `before_sync`: a test pauses or
+/// stalls a device's syncs with it, the way a disk busy with a long flush holds them.
+pub struct SyncHook<V> {
+    pub inner: V,
+    pub before_sync: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for SyncHook<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHook")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Vlun> Vlun for SyncHook<V> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (self.before_sync)();
+        self.inner.sync()
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn growable(&self) -> bool {
+        self.inner.growable()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.punch_zero(offset, len)
+    }
+    fn growth_room(&self) -> Option<u64> {
+        self.inner.growth_room()
+    }
+    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.reserve_space(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.inner.next_data(offset)
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.inner.next_hole(offset)
+    }
 }

@@ -31,6 +31,9 @@
 
 mod case;
 mod checks;
+#[allow(dead_code)] // the sweeps use their own devices; `smallest` pauses one with `SyncHook`
+#[path = "../common/mod.rs"]
+mod common;
 mod devices;
 mod smallest;
 mod sweep;

@@ -1,6 +1,5 @@
 //! The smallest cases the sweeps found, one rule each.
 
-use std::io;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use snapvol_engine::error::Device;
@@ -10,6 +9,7 @@ use snapvol_engine::vlun::{MemVlun, Vlun};
 use snapvol_engine::{Error, Layout, Vluns, Volume};
 
 use crate::case::{Held, CASE_TIMEOUT};
+use crate::common::SyncHook;
 use crate::devices::opts;
 use crate::workload::{pattern, Kind};
 use crate::{CHUNK, JOURNAL, KIB, SIZE};
@@ -183,15 +183,15 @@ fn a_write_zeroes_request_the_engine_splits_is_all_old_or_all_new_after_a_crash_
     vol.close().expect("close");
 }
 
-/// A source VLUN whose next `sync`, once armed, says so and waits for the test to let it go
-/// on: the call that made it has then passed every check a failed volume stops a call at.
-#[derive(Debug)]
-struct PausingSource {
-    inner: Arc<MemVlun>,
+/// The pause of a source VLUN's next `sync`, once armed: it says so and waits for the test to
+/// let it go on. The call that made it has then passed every check a failed volume stops a
+/// call at.
+#[derive(Debug, Default)]
+struct Pause {
     armed: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
 }
 
-impl PausingSource {
+impl Pause {
     /// Arms the pause: the first receiver hears of the paused call, the sender lets it go on
     /// (or its drop does).
     fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
@@ -200,16 +200,8 @@ impl PausingSource {
         *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((arrived, went));
         (arrival, go)
     }
-}
 
-impl Vlun for PausingSource {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
+    fn pass(&self) {
         let armed = self
             .armed
             .lock()
@@ -219,34 +211,6 @@ impl Vlun for PausingSource {
             let _ = arrived.send(());
             let _ = go.recv();
         }
-        self.inner.sync()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn growable(&self) -> bool {
-        self.inner.growable()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.punch_zero(offset, len)
-    }
-    fn growth_room(&self) -> Option<u64> {
-        self.inner.growth_room()
-    }
-    fn reserve_space(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.reserve_space(offset, len)
-    }
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        self.inner.next_data(offset)
-    }
-    fn next_hole(&self, offset: u64) -> io::Result<u64> {
-        self.inner.next_hole(offset)
     }
 }
 
@@ -260,9 +224,13 @@ impl Vlun for PausingSource {
 #[test]
 fn a_metadata_commit_racing_one_that_failed_is_refused_and_the_acknowledged_snapshot_survives() {
     let d = Devices::new();
-    let source = Arc::new(PausingSource {
+    let pause = Arc::new(Pause::default());
+    let source = Arc::new(SyncHook {
         inner: Arc::clone(&d.mem[0]),
-        armed: Mutex::new(None),
+        before_sync: Box::new({
+            let pause = Arc::clone(&pause);
+            move || pause.pass()
+        }),
     });
     let vluns = || Vluns {
         source: Box::new(Arc::clone(&source)),
@@ -276,7 +244,7 @@ fn a_metadata_commit_racing_one_that_failed_is_refused_and_the_acknowledged_snap
     vol.snapshot_create("s1")
         .expect("snapshot s1, durable in the journal only");
     let (moved, deleted) = std::thread::scope(|scope| {
-        let (arrival, go) = source.arm();
+        let (arrival, go) = pause.arm();
         // Moves the journal head past s1's record: the source sync first, then the
         // superblock, with s1's creation going into the log.
         let mover = scope.spawn(|| vol.destage_all());
